@@ -1,0 +1,33 @@
+# `make demo` and `make test` set everything up on a fresh machine: each creates .venv when
+# missing and installs the package into it (torch first: the CPU build on this machine's disk).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+QUICK ?=
+
+.PHONY: install demo test bench bench-quick distributed clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mme_jd.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(PY) -m mme_jd.cli bench $(if $(QUICK),--quick,)
+
+bench-quick: $(STAMP)
+	$(PY) -m mme_jd.cli bench --quick
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache demo_output

@@ -1,0 +1,1 @@
+"""Hub remote code of MME-JD, shipped in the wheel as `mme_jd.modeling`."""

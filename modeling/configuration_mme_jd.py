@@ -1,0 +1,297 @@
+"""Configuration of MME-JD: a base vision-language model, three LoRA experts and a router.
+
+Hub remote code: this file imports only the standard library, torch/transformers and its
+sibling files, so `AutoConfig.from_pretrained(folder, trust_remote_code=True)` works on a
+machine without the `mme_jd` package.
+
+Every choice of the method (see METHOD.md of the project) is a field here, named after the
+words of the method: `text_counterfactual`, `image_counterfactual`, `lambda_text`, ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+EXPERT_NAMES: tuple[str, ...] = ("general", "image_debias", "text_debias")
+ROUTER_STRATEGIES: tuple[str, ...] = ("none", "image", "text", "both")
+
+MODES = ("general", "mid", "mctd", "mme_jd")
+CORRECTIONS = ("none", "linear")
+HEADS = ("verbalizer", "linear")
+TEXT_COUNTERFACTUALS = ("lexical", "saliency", "given", "swap")
+IMAGE_COUNTERFACTUALS = ("attention", "gradient", "given")
+IMAGE_FILLS = ("mean", "zero")
+OTHER_MODALITY = ("null", "keep")
+CF_TARGETS = ("complement", "uniform")
+EXPERT_EXECUTIONS = ("routed", "all")
+BOTH_COMBINATIONS = ("mean", "product")
+ROUTER_POOLINGS = ("last", "mean")
+
+
+@dataclass(frozen=True)
+class BaseFamily:
+    """Prompt and processor quirks of one base-model family (the only model-specific code).
+
+    image_placeholder: what the prompt's `{image}` becomes for this family's processor.
+    image_layout: how `pixel_values` hold the image tokens, for masking image patches:
+        "grid": pixel_values [..., C, H, W]; the image tokens of one image form a square
+                grid over H × W (LLaVA, PaliGemma, Idefics3 without splitting, Gemma 3).
+        "merged_rows": pixel_values [patches, C·T·P·P] in merge groups; one image token is
+                `merge_size²` consecutive rows (Qwen2-VL, Qwen2.5-VL); the grid comes from
+                `image_grid_thw`.
+    language_model: the name of the base's language-model sub-module (where LoRA goes).
+    """
+
+    image_placeholder: str
+    image_layout: str = "grid"
+    language_model: str = "language_model"
+
+
+# Families tested end to end (tests/test_families.py). Any other image-text-to-text model
+# falls back to DEFAULT_FAMILY with the processor's own `image_token`.
+BASE_FAMILIES: dict[str, BaseFamily] = {
+    "llava": BaseFamily("<image>"),
+    "qwen2_vl": BaseFamily("<|vision_start|><|image_pad|><|vision_end|>", "merged_rows"),
+    "qwen2_5_vl": BaseFamily("<|vision_start|><|image_pad|><|vision_end|>", "merged_rows"),
+    "idefics3": BaseFamily("<image>", language_model="text_model"),
+    "smolvlm": BaseFamily("<image>", language_model="text_model"),
+    "paligemma": BaseFamily("<image>"),
+    "gemma3": BaseFamily("<start_of_image>"),
+}
+DEFAULT_FAMILY = BaseFamily("<image>")
+
+
+def base_family(model_type: str | None) -> BaseFamily:
+    """The quirks of a base family by its `model_type` (DEFAULT_FAMILY when unknown)."""
+    return BASE_FAMILIES.get(model_type or "", DEFAULT_FAMILY)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"MMEJDConfig.{name}={value!r} is not allowed; choose one of {list(allowed)}.")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not isinstance(value, (int, float)) or not (low <= value <= high):
+        raise ValueError(f"MMEJDConfig.{name}={value!r} must be a number in [{low}, {high}].")
+
+
+class MMEJDConfig(PreTrainedConfig):
+    r"""Configuration of [`MMEJDModel`].
+
+    Base model
+        base_config: the config of the base vision-language model: any config that
+            `AutoModelForImageTextToText` accepts (LLaVA, Qwen2-VL, Idefics3, PaliGemma, ...),
+            as a config object or a dict with `model_type`.
+
+    Labels and prompt (METHOD §2)
+        id2label / label2id: the class names (inherited fields).
+        label_words: one verbalizer word per class; the class logit is the language-model
+            logit of the word's first token at the answer position.
+        label_token_ids: those first tokens' ids, filled in from the processor by
+            `mme_jd.from_base` (or given by hand).
+        prompt_template: the prompt; `{image}` becomes the family's image placeholder,
+            `{text}` the input text, `{question}` the field `question`. The answer position
+            is the last token of the prompt.
+        question: the task question put into the prompt.
+        head: "verbalizer" (default; zero-shot capable) or "linear" (a linear layer per
+            expert over the final hidden state at the answer position).
+
+    Experts (LoRA adapters on one frozen base; METHOD §4)
+        expert_names: fixed ("general", "image_debias", "text_debias").
+        lora_rank, lora_alpha, lora_dropout: LoRA hyper-parameters of every expert.
+        lora_target_modules: names of linear layers to adapt; only those inside the
+            `lora_scope` sub-module (the language model) are adapted.
+        lora_scope: the name of the base sub-module the experts adapt (None: the family's
+            language model, "language_model" for most, "text_model" for Idefics3/SmolVLM).
+
+    Router
+        router_strategies: fixed ("none", "image", "text", "both").
+        router_hidden_size: hidden width of the router MLP on the general expert's pooled
+            final hidden state.
+        router_pooling: "last" (the answer position) or "mean" (mean over non-pad tokens).
+        router_threshold: a sample leaves `none` when 1 - P(none) >= router_threshold; it
+            then takes the most probable debias strategy. Tuned on validation for F0.5.
+        router_class_weights: class weights of the router's cross-entropy (None: uniform).
+
+    Debiasing
+        mode: "general" (the general expert), "mid" (counterfactual subtraction at
+            inference), "mctd" (a model trained on counterfactuals; runs like general),
+            "mme_jd" (routed mixture of experts).
+        lambda_text, lambda_image: MID's weights λ_t, λ_v:
+            f_mid(x) = f(x) - λ_t·f(x_t*) - λ_v·f(x_v*).
+        correction: "none" or "linear" (MID's subtraction on top of the routed expert).
+        expert_execution: "routed" (only routed samples run a debias expert) or "all" (every
+            expert on every sample, as the paper does).
+        both_combination: how strategy `both` mixes the image and text experts: "mean" of
+            logits or "product" (sum of log-probabilities, a product of experts).
+        expert_temperatures: per-expert temperature dividing its logits before mixing
+            (calibration), e.g. {"general": 1.0, "image_debias": 1.3, "text_debias": 0.9}.
+        mctd_text_weight, mctd_image_weight: w_t, w_v of the MCTD loss
+            CE(x, y) + w_t·CE(x_t*, ȳ) + w_v·CE(x_v*, ȳ).
+        cf_target: reversed target for more than two classes: "complement" (uniform over
+            the classes other than y) or "uniform" (uniform over all classes).
+
+    Counterfactuals (METHOD §3)
+        text_counterfactual: "lexical", "saliency", "given" or "swap".
+        image_counterfactual: "attention", "gradient" or "given".
+        text_mask_ratio: share of text words masked by the `saliency` builder.
+        image_mask_ratio: share of image tokens (patches) masked by `attention`/`gradient`.
+        image_fill: what masked patches become: "mean" (the image's channel mean) or "zero".
+        mask_word: the word that replaces masked text words.
+        other_modality: what the other half of a counterfactual holds: "null" (empty text /
+            mean image) or "keep".
+        attention_layers: how many of the last layers' attention maps the `attention`
+            builder averages.
+    """
+
+    model_type = "mme_jd"
+    sub_configs_defaults = {"base_config": SubConfigSpec(config_class=AutoConfig, model_type="llava")}
+
+    base_config: dict | PreTrainedConfig | None = None
+    # labels and prompt
+    label_words: list[str] | None = None
+    label_token_ids: list[int] | None = None
+    prompt_template: str = "{image} {text} question : {question} answer :"
+    question: str = "is it sarcastic ?"
+    head: str = "verbalizer"
+    # experts
+    expert_names: list[str] = field(default_factory=lambda: list(EXPERT_NAMES))
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value"]
+    )
+    lora_scope: str | None = None
+    # router
+    router_strategies: list[str] = field(default_factory=lambda: list(ROUTER_STRATEGIES))
+    router_hidden_size: int = 64
+    router_pooling: str = "last"
+    router_threshold: float = 0.5
+    router_class_weights: list[float] | None = None
+    # debiasing
+    mode: str = "mme_jd"
+    lambda_text: float = 0.5
+    lambda_image: float = 0.5
+    correction: str = "none"
+    expert_execution: str = "routed"
+    both_combination: str = "mean"
+    expert_temperatures: dict[str, float] | None = None
+    mctd_text_weight: float = 1.0
+    mctd_image_weight: float = 1.0
+    cf_target: str = "complement"
+    # counterfactuals
+    text_counterfactual: str = "lexical"
+    image_counterfactual: str = "attention"
+    text_mask_ratio: float = 0.3
+    image_mask_ratio: float = 0.25
+    image_fill: str = "mean"
+    mask_word: str = "[MASK]"
+    other_modality: str = "null"
+    attention_layers: int = 2
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.id2label and not self.label2id:
+            self.label2id = {name: int(index) for index, name in self.id2label.items()}
+        self.validate_fields()
+
+    # ------------------------------------------------------------------ validation
+    def validate_fields(self) -> None:
+        """Raise a `ValueError` naming the field and the allowed values for any bad value."""
+        if list(self.expert_names) != list(EXPERT_NAMES):
+            raise ValueError(f"MMEJDConfig.expert_names must be {list(EXPERT_NAMES)}, got {self.expert_names!r}.")
+        if list(self.router_strategies) != list(ROUTER_STRATEGIES):
+            raise ValueError(
+                f"MMEJDConfig.router_strategies must be {list(ROUTER_STRATEGIES)}, got {self.router_strategies!r}."
+            )
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("correction", self.correction, CORRECTIONS)
+        _check_choice("head", self.head, HEADS)
+        _check_choice("text_counterfactual", self.text_counterfactual, TEXT_COUNTERFACTUALS)
+        _check_choice("image_counterfactual", self.image_counterfactual, IMAGE_COUNTERFACTUALS)
+        _check_choice("image_fill", self.image_fill, IMAGE_FILLS)
+        _check_choice("other_modality", self.other_modality, OTHER_MODALITY)
+        _check_choice("cf_target", self.cf_target, CF_TARGETS)
+        _check_choice("expert_execution", self.expert_execution, EXPERT_EXECUTIONS)
+        _check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
+        _check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
+        _check_range("router_threshold", self.router_threshold, 0.0, 1.0)
+        _check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)
+        _check_range("image_mask_ratio", self.image_mask_ratio, 0.0, 1.0)
+        _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)
+        for name in ("lambda_text", "lambda_image", "mctd_text_weight", "mctd_image_weight"):
+            _check_range(name, getattr(self, name), 0.0, 100.0)
+        for name in ("lora_rank", "lora_alpha", "router_hidden_size", "attention_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MMEJDConfig.{name}={value!r} must be a positive integer.")
+        if "{text}" not in self.prompt_template:
+            raise ValueError(
+                f"MMEJDConfig.prompt_template={self.prompt_template!r} must contain '{{text}}' "
+                "(and usually '{image}' and '{question}')."
+            )
+        num_labels = len(self.id2label) if self.id2label else self.num_labels
+        if self.label_words is not None and len(self.label_words) != num_labels:
+            raise ValueError(
+                f"MMEJDConfig.label_words has {len(self.label_words)} words but there are {num_labels} labels "
+                f"({self.id2label}); give one word per label."
+            )
+        if self.label_token_ids is not None:
+            if len(self.label_token_ids) != num_labels:
+                raise ValueError(
+                    f"MMEJDConfig.label_token_ids has {len(self.label_token_ids)} ids for {num_labels} labels."
+                )
+            if len(set(self.label_token_ids)) != len(self.label_token_ids):
+                raise ValueError(
+                    f"MMEJDConfig.label_token_ids={self.label_token_ids} repeats a token: the label words "
+                    f"{self.label_words} must start with different tokens; choose other label_words."
+                )
+        if self.router_class_weights is not None and len(self.router_class_weights) != len(ROUTER_STRATEGIES):
+            raise ValueError(
+                f"MMEJDConfig.router_class_weights needs {len(ROUTER_STRATEGIES)} weights "
+                f"(one per {list(ROUTER_STRATEGIES)}), got {self.router_class_weights!r}."
+            )
+        if self.expert_temperatures is not None:
+            unknown = set(self.expert_temperatures) - set(EXPERT_NAMES)
+            if unknown:
+                raise ValueError(
+                    f"MMEJDConfig.expert_temperatures has unknown experts {sorted(unknown)}; "
+                    f"allowed: {list(EXPERT_NAMES)}."
+                )
+            for name, value in self.expert_temperatures.items():
+                if not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(f"MMEJDConfig.expert_temperatures[{name!r}]={value!r} must be > 0.")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def family(self) -> BaseFamily:
+        """Prompt/processor quirks of the base model's family."""
+        return base_family(getattr(self.base_config, "model_type", None))
+
+    @property
+    def text_config(self):
+        """The base model's language-model config (hidden size, vocab, pad id)."""
+        base = self.base_config
+        return base.get_text_config() if hasattr(base, "get_text_config") else base
+
+    @property
+    def image_token_id(self) -> int | None:
+        base = self.base_config
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(base, name, None)
+            if value is not None:
+                return int(value)
+        return None
+
+    def expert_temperature(self, expert: str) -> float:
+        """The calibration temperature of one expert (1.0 unless `expert_temperatures` sets it)."""
+        return float((self.expert_temperatures or {}).get(expert, 1.0))
+
+
+__all__ = ["MMEJDConfig", "BASE_FAMILIES", "EXPERT_NAMES", "ROUTER_STRATEGIES", "base_family"]

@@ -1,0 +1,389 @@
+"""Counterfactual inputs of MME-JD (METHOD §3), shared by training and inference.
+
+A counterfactual keeps the spurious context of one modality and removes its core semantics:
+
+    text counterfactual  x_t* = (text with core words replaced, image of `other_modality`)
+    image counterfactual x_v* = (text of `other_modality`,  image with salient patches filled)
+
+Text builders work on words (`text.split()`), so their masks compare with word-level truth:
+    lexical   every content word is core (a stop-word list and regexes keep the context:
+              hashtags, emoji, @user, URLs, punctuation, numbers)
+    saliency  the top `text_mask_ratio` words by a per-word score (the general expert's)
+    given     core word positions supplied by the dataset
+    swap      sentiment words replaced by a word of opposite polarity from a lexicon: a true
+              counterfactual whose label flips
+
+Image builders work on image tokens (patches): a boolean mask per image token, applied to the
+processor's `pixel_values` by `mask_image_tokens`, so the processor runs once per batch and the
+masked patches are exactly the model's patches. Scores come from `MMEJDModel.image_saliency`
+(`attention`, `gradient`) or from dataset boxes (`given`, via `boxes_to_token_masks`).
+
+`build_triple` makes the model inputs of originals and both counterfactuals in ONE processor
+call, padded to one length, so a model can run all three in one batched forward.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .configuration_mme_jd import MMEJDConfig
+
+# ---------------------------------------------------------------------------- text
+
+# Social-media context stays in a text counterfactual: it is where shortcuts live.
+_CONTEXT_PATTERNS = [
+    re.compile(r"^#\w+"),  # hashtag
+    re.compile(r"^@\w+"),  # user mention
+    re.compile(r"^(https?://|www\.)\S+"),  # URL
+    re.compile(r"^emoji_\w+$"),  # MMSD's emoji tokens
+    re.compile(r"^[\W_]+$"),  # punctuation (and emoji characters, which are non-word)
+    re.compile(r"^[+-]?\d[\d.,:%]*$"),  # numbers, times, percentages
+    re.compile(r"^<\w+>$"),  # placeholders such as <user>, <url>
+]
+
+STOP_WORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further had
+    has have having he her here hers herself him himself his how i if in into is it its itself just
+    me more most my myself no nor not now of off on once only or other our ours ourselves out over
+    own same she should so some such than that the their theirs them themselves then there these
+    they this those through to too under until up very was we were what when where which while who
+    whom why will with would you your yours yourself yourselves im ive id dont doesnt didnt cant
+    wont isnt arent wasnt werent its thats theres u ur lol rt via amp also get got gonna wanna
+    really still even much many one two""".split()
+)
+
+
+def _strip_word(word: str) -> str:
+    return word.strip(".,!?;:\"'()[]{}").lower()
+
+
+def is_context_word(word: str) -> bool:
+    """True for a word a text counterfactual keeps: stop words and social-media context."""
+    if any(pattern.match(word) for pattern in _CONTEXT_PATTERNS):
+        return True
+    stripped = _strip_word(word).replace("'", "")
+    return stripped == "" or stripped in STOP_WORDS
+
+
+def _replace_words(words: list[str], positions: Sequence[int], mask_word: str) -> str:
+    masked = list(words)
+    for position in positions:
+        masked[position] = mask_word
+    return " ".join(masked)
+
+
+def lexical_text_counterfactual(text: str, mask_word: str = "[MASK]") -> tuple[str, list[int]]:
+    """Mask every content word. Returns (counterfactual text, masked word positions)."""
+    words = text.split()
+    positions = [i for i, word in enumerate(words) if not is_context_word(word)]
+    return _replace_words(words, positions, mask_word), positions
+
+
+def given_text_counterfactual(
+    text: str, core_positions: Sequence[int], mask_word: str = "[MASK]"
+) -> tuple[str, list[int]]:
+    """Mask the core word positions the dataset gives."""
+    words = text.split()
+    bad = [p for p in core_positions if not 0 <= int(p) < len(words)]
+    if bad:
+        raise ValueError(
+            f"core word positions {bad} are outside the text's {len(words)} words: {text!r}; "
+            "positions index `text.split()`."
+        )
+    positions = sorted({int(p) for p in core_positions})
+    return _replace_words(words, positions, mask_word), positions
+
+
+def saliency_text_counterfactual(
+    text: str, word_scores: Sequence[float], ratio: float, mask_word: str = "[MASK]"
+) -> tuple[str, list[int]]:
+    """Mask the top `ratio` share of words by score (at least one word when the text has any)."""
+    words = text.split()
+    if len(word_scores) != len(words):
+        raise ValueError(f"got {len(word_scores)} word scores for {len(words)} words of {text!r}.")
+    if not words:
+        return text, []
+    count = max(1, round(ratio * len(words)))
+    order = sorted(range(len(words)), key=lambda i: (-float(word_scores[i]), i))
+    return _replace_words(words, order[:count], mask_word), sorted(order[:count])
+
+
+def swap_text_counterfactual(text: str, lexicon: Any, vocabulary: set[str] | None = None) -> tuple[str, list[int]]:
+    """Replace each sentiment word by one of opposite polarity (`lexicon.opposite(word)`).
+
+    `lexicon` is any object with `opposite(word, vocabulary=None) -> str | None` (for example
+    `mme_jd.data.lexicon.load_lexicon()`). Surrounding punctuation and a leading '#' are kept.
+    `vocabulary`, when given, restricts replacements to words a tokenizer knows.
+    """
+    words = text.split()
+    positions = []
+    for i, word in enumerate(words):
+        match = re.match(r"^(#?)([\W_]*)(.*?)([\W_]*)$", word)
+        prefix, lead, core, trail = match.groups()
+        if not core:
+            continue
+        opposite = lexicon.opposite(core.lower(), vocabulary=vocabulary)
+        if opposite:
+            words[i] = f"{prefix}{lead}{opposite}{trail}"
+            positions.append(i)
+    return " ".join(words), positions
+
+
+def text_counterfactuals(
+    texts: Sequence[str],
+    strategy: str,
+    mask_word: str = "[MASK]",
+    core_positions: Sequence[Sequence[int]] | None = None,
+    word_scores: Sequence[Sequence[float]] | None = None,
+    ratio: float = 0.3,
+    lexicon: Any = None,
+    vocabulary: set[str] | None = None,
+) -> list[tuple[str, list[int]]]:
+    """Build the text counterfactual of every text with one strategy (see module docstring)."""
+    if strategy == "lexical":
+        return [lexical_text_counterfactual(t, mask_word) for t in texts]
+    if strategy == "given":
+        if core_positions is None:
+            raise ValueError(
+                "text_counterfactual='given' needs core word positions per sample (a dataset column "
+                "such as `core_word_positions`); use 'lexical' or 'swap' for data without them."
+            )
+        return [given_text_counterfactual(t, p, mask_word) for t, p in zip(texts, core_positions)]
+    if strategy == "saliency":
+        if word_scores is None:
+            raise ValueError(
+                "text_counterfactual='saliency' needs per-word scores from the general expert "
+                "(MMEJDModel.text_saliency) or a precomputed `text_counterfactual` column."
+            )
+        return [saliency_text_counterfactual(t, s, ratio, mask_word) for t, s in zip(texts, word_scores)]
+    if strategy == "swap":
+        if lexicon is None:
+            raise ValueError(
+                "text_counterfactual='swap' needs a sentiment lexicon: pass "
+                "lexicon=mme_jd.data.lexicon.load_lexicon()."
+            )
+        return [swap_text_counterfactual(t, lexicon, vocabulary) for t in texts]
+    raise ValueError(f"unknown text counterfactual strategy {strategy!r}; choose lexical, saliency, given or swap.")
+
+
+def reversed_targets(labels: torch.Tensor, num_labels: int, cf_target: str = "complement") -> torch.Tensor:
+    """Soft targets ȳ for counterfactuals (METHOD §4).
+
+    Two classes: the other class. More: "complement" spreads the mass uniformly over the
+    classes other than y; "uniform" over all classes.
+    """
+    labels = labels.long()
+    if num_labels == 2 or cf_target == "complement":
+        targets = torch.ones(labels.shape[0], num_labels, dtype=torch.float32, device=labels.device)
+        targets.scatter_(1, labels[:, None], 0.0)
+        return targets / (num_labels - 1)
+    if cf_target == "uniform":
+        return torch.full((labels.shape[0], num_labels), 1.0 / num_labels, device=labels.device)
+    raise ValueError(f"unknown cf_target {cf_target!r}; choose 'complement' or 'uniform'.")
+
+
+# ---------------------------------------------------------------------------- image
+
+
+def image_token_grids(config: MMEJDConfig, inputs: dict) -> list[tuple[int, int]]:
+    """The (rows, cols) grid of image tokens of each sample's image.
+
+    grid layout: the square root of the number of image tokens in the sample's input_ids.
+    merged_rows layout (Qwen2-VL): `image_grid_thw` divided by the spatial merge size.
+    """
+    if config.family.image_layout == "merged_rows":
+        merge = int(getattr(config.base_config.vision_config, "spatial_merge_size", 2))
+        grids = []
+        for t, h, w in inputs["image_grid_thw"].tolist():
+            if t != 1:
+                raise ValueError("image counterfactuals support single-frame images only (temporal grid 1).")
+            grids.append((h // merge, w // merge))
+        return grids
+    counts = (inputs["input_ids"] == config.image_token_id).sum(dim=1).tolist()
+    grids = []
+    for count in counts:
+        side = math.isqrt(int(count))
+        if side * side != count or count == 0:
+            raise ValueError(
+                f"a sample has {count} image tokens, not a square grid of one image; image counterfactuals "
+                "need one image per sample without tiling (for Idefics3/SmolVLM set do_image_splitting=False)."
+            )
+        grids.append((side, side))
+    return grids
+
+
+def top_token_masks(scores: Sequence[torch.Tensor], ratio: float) -> list[torch.Tensor]:
+    """Boolean masks of the top `ratio` share of tokens by score (at least one token)."""
+    masks = []
+    for score in scores:
+        score = score.flatten().float()
+        count = max(1, round(ratio * score.numel()))
+        mask = torch.zeros_like(score, dtype=torch.bool)
+        mask[torch.topk(score, count).indices] = True
+        masks.append(mask)
+    return masks
+
+
+def boxes_to_token_masks(boxes: Sequence[Sequence[float]], grids: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Token masks of fractional boxes [x0, y0, x1, y1]: the cells that the box covers by at
+    least a quarter, and always the cell holding the box's centre."""
+    masks = []
+    for box, (rows, cols) in zip(boxes, grids):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if not (0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1):
+            raise ValueError(f"box {list(box)} is not [x0, y0, x1, y1] in fractions of the image size.")
+        mask = torch.zeros(rows, cols, dtype=torch.bool)
+        for r in range(rows):
+            for c in range(cols):
+                overlap_w = max(0.0, min(x1, (c + 1) / cols) - max(x0, c / cols))
+                overlap_h = max(0.0, min(y1, (r + 1) / rows) - max(y0, r / rows))
+                mask[r, c] = overlap_w * overlap_h * rows * cols >= 0.25
+        mask[min(rows - 1, int((y0 + y1) / 2 * rows)), min(cols - 1, int((x0 + x1) / 2 * cols))] = True
+        masks.append(mask.flatten())
+    return masks
+
+
+def mask_image_tokens(
+    config: MMEJDConfig, inputs: dict, token_masks: Sequence[torch.Tensor | None], fill: str | None = None
+) -> torch.Tensor:
+    """Return a copy of `inputs["pixel_values"]` with the masked image tokens' patches filled.
+
+    `token_masks[i]` is a boolean vector over sample i's image tokens (row-major grid), or
+    None to leave the image unchanged. `fill`: "mean" (the image's channel mean) or "zero".
+    """
+    fill = fill or config.image_fill
+    pixels = inputs["pixel_values"].clone()
+    grids = image_token_grids(config, inputs)
+    if config.family.image_layout == "merged_rows":
+        merge = int(getattr(config.base_config.vision_config, "spatial_merge_size", 2))
+        channels = int(getattr(config.base_config.vision_config, "in_channels", 3))
+        start = 0
+        for mask, (rows, cols) in zip(token_masks, grids):
+            count = rows * cols * merge * merge
+            if mask is not None:
+                block = pixels[start : start + count]
+                value = 0.0
+                if fill == "mean":
+                    value = block.reshape(count, channels, -1).mean(dim=(0, 2))
+                    value = value[:, None].expand(channels, block.shape[1] // channels).reshape(-1)
+                token_rows = mask.to(pixels.device).repeat_interleave(merge * merge)
+                block[token_rows] = value
+            start += count
+        return pixels
+    for index, (mask, (rows, cols)) in enumerate(zip(token_masks, grids)):
+        if mask is None:
+            continue
+        image = pixels[index]  # [..., C, H, W]
+        height, width = image.shape[-2:]
+        value = image.mean(dim=(-2, -1), keepdim=True) if fill == "mean" else torch.zeros_like(image[..., :1, :1])
+        pixel_mask = mask.reshape(rows, cols).to(pixels.device)
+        pixel_mask = pixel_mask.repeat_interleave(math.ceil(height / rows), 0)[:height]
+        pixel_mask = pixel_mask.repeat_interleave(math.ceil(width / cols), 1)[:, :width]
+        pixels[index] = torch.where(pixel_mask, value.expand_as(image), image)
+    return pixels
+
+
+# ---------------------------------------------------------------------------- model inputs
+
+
+def format_prompts(config: MMEJDConfig, texts: Sequence[str], image_placeholder: str | None = None) -> list[str]:
+    """Fill the prompt template for each text."""
+    placeholder = config.family.image_placeholder if image_placeholder is None else image_placeholder
+    return [
+        config.prompt_template.format(image=placeholder, text=text, question=config.question).strip()
+        for text in texts
+    ]
+
+
+def call_processor(processor: Any, config: MMEJDConfig, texts: Sequence[str], images: Sequence[Any]) -> dict:
+    """Run the processor once on prompts built from `texts` and their images."""
+    if len(texts) != len(images):
+        raise ValueError(f"got {len(texts)} texts for {len(images)} images; give one image per text.")
+    return processor(
+        text=format_prompts(config, texts), images=list(images), return_tensors="pt", padding=True
+    )
+
+
+def _split_rows(config: MMEJDConfig, inputs: dict, parts: int) -> list[dict]:
+    """Split a batch of parts·B rows into `parts` batches of B rows (pixel rows included)."""
+    batch = inputs["input_ids"].shape[0] // parts
+    out = [dict() for _ in range(parts)]
+    pixel_rows = None
+    if "image_grid_thw" in inputs:
+        pixel_rows = inputs["image_grid_thw"].prod(dim=1)
+    for key, value in inputs.items():
+        if not torch.is_tensor(value):
+            for part in out:
+                part[key] = value
+            continue
+        if key == "pixel_values" and pixel_rows is not None:
+            bounds = torch.cumsum(pixel_rows, 0).tolist()
+            starts = [0] + bounds
+            for p in range(parts):
+                out[p][key] = value[starts[p * batch] : starts[(p + 1) * batch]]
+            continue
+        for p in range(parts):
+            out[p][key] = value[p * batch : (p + 1) * batch]
+    return out
+
+
+def build_triple(
+    processor: Any,
+    config: MMEJDConfig,
+    texts: Sequence[str],
+    images: Sequence[Any],
+    text_counterfactual_texts: Sequence[str],
+    image_token_masks: Sequence[torch.Tensor] | None = None,
+) -> dict[str, dict]:
+    """Model inputs of the originals and of both counterfactuals, from ONE processor call.
+
+    Returns {"original": ..., "text_counterfactual": ..., "image_counterfactual": ...}, each a
+    dict of tensors with the same sequence length. With `other_modality="null"` the text
+    counterfactual's image is the image's mean (every patch filled) and the image
+    counterfactual's text is empty. `image_token_masks` may be None and applied later with
+    `apply_image_counterfactual` (when they come from the model's saliency on the original).
+    """
+    keep = config.other_modality == "keep"
+    image_cf_texts = list(texts) if keep else [""] * len(texts)
+    inputs = call_processor(
+        processor, config, list(texts) + list(text_counterfactual_texts) + image_cf_texts, list(images) * 3
+    )
+    original, text_cf, image_cf = _split_rows(config, dict(inputs), 3)
+    if not keep:
+        text_cf["pixel_values"] = mask_image_tokens(
+            config, text_cf, [torch.ones(r * c, dtype=torch.bool) for r, c in image_token_grids(config, text_cf)]
+        )
+    if image_token_masks is not None:
+        image_cf["pixel_values"] = mask_image_tokens(config, image_cf, image_token_masks)
+    return {"original": original, "text_counterfactual": text_cf, "image_counterfactual": image_cf}
+
+
+def apply_image_counterfactual(config: MMEJDConfig, image_cf: dict, token_masks: Sequence[torch.Tensor]) -> dict:
+    """Return the image-counterfactual inputs with `token_masks` applied to its pixels."""
+    return {**image_cf, "pixel_values": mask_image_tokens(config, image_cf, token_masks)}
+
+
+__all__ = [
+    "STOP_WORDS",
+    "is_context_word",
+    "lexical_text_counterfactual",
+    "given_text_counterfactual",
+    "saliency_text_counterfactual",
+    "swap_text_counterfactual",
+    "text_counterfactuals",
+    "reversed_targets",
+    "image_token_grids",
+    "top_token_masks",
+    "boxes_to_token_masks",
+    "mask_image_tokens",
+    "format_prompts",
+    "call_processor",
+    "build_triple",
+    "apply_image_counterfactual",
+]

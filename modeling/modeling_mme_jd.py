@@ -1,0 +1,568 @@
+"""MME-JD: a frozen base vision-language model, three LoRA experts and a router.
+
+Hub remote code: imports only torch, transformers, peft, the standard library and its sibling
+files.
+
+    input (text, image) ──► general expert ──► class logits f_g(x) ─────────────┐
+                              │ pooled final hidden state                         │
+                              ▼                                                   ▼
+                            router ─► strategy ∈ {none, image, text, both} ─► final logits
+                                       image → image_debias(x)   text → text_debias(x)
+                                       both  → mean(image_debias(x), text_debias(x))
+
+The experts are LoRA adapters ("general", "image_debias", "text_debias") of one `PeftModel`
+around the base. Class logits come from the verbalizer: the language-model logits of each
+label word's first token at the answer position (the last prompt token), computed from the
+final hidden state and only the label rows of the output embedding, never the full vocabulary.
+
+Modes (config.mode, or `mode=` per call):
+    general  f_g(x)                                   (1 pass)
+    mctd     f_g(x), weights trained on counterfactuals (1 pass)
+    mid      f_g(x) - λ_t·f_g(x_t*) - λ_v·f_g(x_v*)    (3 rows per sample, one batched pass)
+    mme_jd   routed: every sample runs general once; only samples the router sends away run
+             their debias expert(s), batched per adapter (1 + share routed away)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoModelForImageTextToText, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_mme_jd import EXPERT_NAMES, ROUTER_STRATEGIES, MMEJDConfig
+from .counterfactual_mme_jd import image_token_grids, reversed_targets
+
+# Tensors aligned with the token sequence: padded when batches of different length are joined.
+_SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+_NONE, _IMAGE, _TEXT, _BOTH = range(4)
+
+
+@dataclass
+class MMEJDOutput(ModelOutput):
+    """Every logit MME-JD computed, not only the final one.
+
+    loss: the training loss when labels (or router_labels) are given.
+    logits: final class logits [B, num_labels].
+    general_logits / image_debias_logits / text_debias_logits: each expert's class logits;
+        rows an expert did not run (routed inference) are NaN.
+    router_logits: [B, 4] over ("none", "image", "text", "both").
+    strategy: [B] index of the chosen strategy.
+    text_counterfactual_logits / image_counterfactual_logits: f(x_t*), f(x_v*) when computed.
+    pooled_hidden_state: the general expert's pooled final hidden state (the router's input).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    general_logits: torch.FloatTensor | None = None
+    image_debias_logits: torch.FloatTensor | None = None
+    text_debias_logits: torch.FloatTensor | None = None
+    router_logits: torch.FloatTensor | None = None
+    strategy: torch.LongTensor | None = None
+    text_counterfactual_logits: torch.FloatTensor | None = None
+    image_counterfactual_logits: torch.FloatTensor | None = None
+    pooled_hidden_state: torch.FloatTensor | None = None
+
+
+def answer_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended token of each row (works for left and right padding)."""
+    length = attention_mask.shape[1]
+    return length - 1 - attention_mask.flip(1).long().argmax(dim=1)
+
+
+def concat_inputs(parts: list[dict], pad_token_id: int = 0) -> dict:
+    """Join batches of model inputs row-wise into one batch (one forward pass for all).
+
+    Sequence tensors are right-padded to the longest part; other tensors (pixel_values,
+    image_grid_thw, ...) are concatenated along dim 0.
+    """
+    if len(parts) == 1:
+        return dict(parts[0])
+    length = max(part["input_ids"].shape[1] for part in parts)
+    joined = {}
+    for key in parts[0]:
+        values = [part[key] for part in parts]
+        if not torch.is_tensor(values[0]):
+            joined[key] = values[0]
+            continue
+        if key in _SEQUENCE_KEYS:
+            fill = pad_token_id if key == "input_ids" else 0
+            values = [F.pad(v, (0, length - v.shape[1]), value=fill) for v in values]
+        joined[key] = torch.cat(values, dim=0)
+    return joined
+
+
+def select_rows(inputs: dict, rows: torch.Tensor) -> dict:
+    """The sub-batch of `inputs` at the sample indices `rows` (pixel rows of Qwen2-VL too)."""
+    batch = inputs["input_ids"].shape[0]
+    rows = rows.to(inputs["input_ids"].device)
+    selected = {}
+    pixel_index = None
+    if "image_grid_thw" in inputs:
+        counts = inputs["image_grid_thw"].prod(dim=1)
+        starts = torch.cumsum(counts, 0) - counts
+        pixel_index = torch.cat(
+            [torch.arange(int(starts[r]), int(starts[r] + counts[r]), device=rows.device) for r in rows.tolist()]
+        ) if len(rows) else torch.zeros(0, dtype=torch.long, device=rows.device)
+    for key, value in inputs.items():
+        if key == "pixel_values" and pixel_index is not None:
+            selected[key] = value[pixel_index.to(value.device)]
+        elif torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch:
+            selected[key] = value[rows.to(value.device)]
+        else:
+            selected[key] = value
+    return selected
+
+
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against soft targets, averaged over the valid rows (all rows by default)."""
+    per_row = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+    if valid is None:
+        return per_row.mean()
+    valid = valid.to(per_row.device, per_row.dtype)
+    return (per_row * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+class MMEJDPreTrainedModel(PreTrainedModel):
+    config_class = MMEJDConfig
+    base_model_prefix = "mme_jd"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+
+class MMEJDModel(MMEJDPreTrainedModel):
+    """Base VLM + three LoRA experts + router (see the module docstring for the computation)."""
+
+    def __init__(self, config: MMEJDConfig, base_model: PreTrainedModel | None = None):
+        base_attention = getattr(base_model.config, "_attn_implementation", None) if base_model is not None else None
+        super().__init__(config)
+        if config.label_token_ids is None and config.head == "verbalizer":
+            raise ValueError(
+                "MMEJDConfig.label_token_ids is missing: the verbalizer needs the first token id of each label "
+                "word. Build the model with mme_jd.from_base(base, processor, label_words=...), which fills it in."
+            )
+        if base_model is None:
+            base = AutoModelForImageTextToText.from_config(
+                config.base_config, attn_implementation=config._attn_implementation
+            )
+        else:
+            base = base_model
+            # our PreTrainedModel.__init__ resets the shared sub-config's attention setting: restore it
+            base.set_attn_implementation(base_attention or config._attn_implementation or "sdpa")
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=self._lora_target_regex(base),
+            bias="none",
+        )
+        self.vlm: PeftModel = get_peft_model(base, lora, adapter_name=EXPERT_NAMES[0])
+        for name in EXPERT_NAMES[1:]:
+            self.vlm.add_adapter(name, lora)
+        hidden = config.text_config.hidden_size
+        self.router = nn.Sequential(
+            nn.Linear(hidden, config.router_hidden_size),
+            nn.GELU(),
+            nn.Linear(config.router_hidden_size, len(ROUTER_STRATEGIES)),
+        )
+        if config.head == "linear":
+            self.heads = nn.ModuleDict({name: nn.Linear(hidden, config.num_labels) for name in EXPERT_NAMES})
+        self._active_expert: str | None = None
+        self.processor = None  # attached by mme_jd.from_base / the pipeline; saved beside the weights
+        self.post_init()
+        # transformers 5 re-initialises every Linear in post_init, LoRA's B included: reset it so a
+        # fresh expert is an exact no-op (B = 0 ⇒ ΔW = B·A = 0).
+        self.reset_experts()
+        with torch.no_grad():  # an untrained router keeps every sample with the general expert
+            self.router[2].bias.copy_(torch.tensor([4.0, 0.0, 0.0, 0.0]))
+        self.freeze_all()
+
+    # ------------------------------------------------------------------ structure
+    def _lora_target_regex(self, base: nn.Module) -> str:
+        """A regex over module names: the configured linear layers inside the `lora_scope` module."""
+        names = [n for n, m in base.named_modules() if isinstance(m, nn.Linear)]
+        wanted = set(self.config.lora_target_modules)
+        scope = self.config.lora_scope or self.config.family.language_model
+        matches = [n for n in names if f".{scope}." in f".{n}" and n.rsplit(".", 1)[-1] in wanted]
+        if not matches:
+            raise ValueError(
+                f"MMEJDConfig.lora_target_modules={self.config.lora_target_modules} matches no linear layer inside "
+                f"'{scope}' of {type(base).__name__}; set lora_target_modules to names such as "
+                f"{sorted({n.rsplit('.', 1)[-1] for n in names if scope in n})[:8]}."
+            )
+        suffix = "|".join(sorted(wanted))
+        return rf"(.*\.)?{scope}\..*\.({suffix})"
+
+    @property
+    def base_model_with_experts(self) -> PreTrainedModel:
+        """The base VLM (`...ForConditionalGeneration`) with the LoRA layers injected."""
+        return self.vlm.get_base_model()
+
+    def reset_experts(self, names: tuple[str, ...] = EXPERT_NAMES) -> None:
+        """Zero LoRA's B matrices of the named experts: each becomes an exact no-op."""
+        with torch.no_grad():
+            for module_name, param in self.vlm.named_parameters():
+                if ".lora_B." in module_name and any(f".lora_B.{n}." in module_name for n in names):
+                    param.zero_()
+
+    def freeze_all(self) -> None:
+        for param in self.parameters():
+            param.requires_grad_(False)
+
+    def expert_parameters(self, name: str) -> list[nn.Parameter]:
+        """The trainable parameters of one expert (its LoRA matrices and, if any, its head)."""
+        params = [p for n, p in self.vlm.named_parameters() if f".{name}." in n and ".lora_" in n]
+        if self.config.head == "linear":
+            params += list(self.heads[name].parameters())
+        return params
+
+    def set_trainable(self, stage: str) -> list[nn.Parameter]:
+        """Freeze everything but what a training stage trains; returns those parameters.
+
+        stage: an expert name ("general", "image_debias", "text_debias") or "router".
+        """
+        self.freeze_all()
+        if stage == "router":
+            params = list(self.router.parameters())
+        elif stage in EXPERT_NAMES:
+            params = self.expert_parameters(stage)
+        else:
+            raise ValueError(f"unknown training stage {stage!r}; choose one of {[*EXPERT_NAMES, 'router']}.")
+        for param in params:
+            param.requires_grad_(True)
+        return params
+
+    def _use_expert(self, name: str) -> None:
+        """Activate one LoRA adapter without touching which parameters are trainable."""
+        if name not in EXPERT_NAMES:
+            raise ValueError(f"unknown expert {name!r}; choose one of {list(EXPERT_NAMES)}.")
+        if self._active_expert != name:
+            flags = [(p, p.requires_grad) for p in self.vlm.parameters()]
+            self.vlm.base_model.set_adapter(name)  # peft also flips requires_grad: restore it
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            self._active_expert = name
+
+    # ------------------------------------------------------------------ computation
+    def _encode(self, inputs: dict, output_attentions: bool = False):
+        """Final hidden states of the active expert. Returns (hidden [B,L,H], attentions)."""
+        inner = self.base_model_with_experts.model
+        outputs = inner(**inputs, output_attentions=output_attentions, use_cache=False, return_dict=True)
+        return outputs.last_hidden_state, getattr(outputs, "attentions", None)
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.router_pooling == "mean":
+            weights = attention_mask.to(hidden.dtype)[..., None]
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), answer_positions(attention_mask)]
+
+    def _class_logits(self, name: str, answer_hidden: torch.Tensor) -> torch.Tensor:
+        if self.config.head == "linear":
+            return self.heads[name](answer_hidden).float()
+        lm_head = self.base_model_with_experts.get_output_embeddings()
+        ids = torch.tensor(self.config.label_token_ids, device=answer_hidden.device)
+        logits = answer_hidden @ lm_head.weight[ids].T
+        if getattr(lm_head, "bias", None) is not None:
+            logits = logits + lm_head.bias[ids]
+        softcap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits.float()
+
+    def expert_forward(self, name: str, inputs: dict, output_attentions: bool = False):
+        """Run one expert. Returns (class logits [B,C], pooled hidden [B,H], attentions)."""
+        self._use_expert(name)
+        hidden, attentions = self._encode(inputs, output_attentions=output_attentions)
+        mask = inputs["attention_mask"]
+        answer_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), answer_positions(mask)]
+        pooled = answer_hidden if self.config.router_pooling == "last" else self._pool(hidden, mask)
+        return self._class_logits(name, answer_hidden), pooled, attentions
+
+    def route(self, router_logits: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """Strategy per sample: leave `none` when 1 - P(none) >= threshold, then the most
+        probable debias strategy."""
+        threshold = self.config.router_threshold if threshold is None else threshold
+        probs = router_logits.float().softmax(dim=-1)
+        away = (1.0 - probs[:, _NONE]) >= threshold
+        choice = probs[:, 1:].argmax(dim=-1) + 1
+        return torch.where(away, choice, torch.zeros_like(choice))
+
+    def _combine_both(self, image_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
+        if self.config.both_combination == "product":
+            return F.log_softmax(image_logits, -1) + F.log_softmax(text_logits, -1)
+        return (image_logits + text_logits) / 2
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        text_counterfactual: dict | None = None,
+        image_counterfactual: dict | None = None,
+        counterfactual_targets: torch.Tensor | None = None,
+        text_counterfactual_valid: torch.Tensor | None = None,
+        router_labels: torch.LongTensor | None = None,
+        mode: str | None = None,
+        expert: str | None = None,
+        return_experts: bool = False,
+        metadata: dict | None = None,
+        **base_inputs,
+    ) -> MMEJDOutput:
+        """Class logits of MME-JD.
+
+        Args:
+            input_ids, attention_mask, pixel_values, **base_inputs: the processor's outputs
+                (image_grid_thw, pixel_attention_mask, token_type_ids, ... pass through).
+            labels: [B] class ids; gives `loss`.
+            text_counterfactual / image_counterfactual: processor outputs of x_t* and x_v*
+                (see `counterfactual_mme_jd.build_triple`); needed by mode "mid", by
+                `correction="linear"`, and for the MCTD loss.
+            counterfactual_targets: [B, C] soft targets of the counterfactuals (default: the
+                reversed labels of METHOD §4).
+            text_counterfactual_valid: [B] bool; rows whose text counterfactual changed no
+                word get no reversed-target loss.
+            router_labels: [B] strategy ids; gives the router's class-weighted loss.
+            mode: overrides config.mode for this call.
+            expert: run this one expert on every row (training of one expert, ablations);
+                with counterfactuals and labels the loss is the MCTD loss.
+            return_experts: run every expert on every sample and return all their logits.
+            metadata: the collator's per-row truth (groups, masks); ignored here.
+        """
+        if input_ids is None or attention_mask is None:
+            raise ValueError("MMEJDModel needs input_ids and attention_mask (the processor's outputs).")
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **base_inputs}
+        if pixel_values is not None:
+            inputs["pixel_values"] = pixel_values
+        mode = mode or self.config.mode
+        if expert is not None or mode in ("general", "mctd"):
+            return self._single_expert(expert or "general", inputs, labels, text_counterfactual,
+                                       image_counterfactual, counterfactual_targets, text_counterfactual_valid)
+        if mode == "mid":
+            if text_counterfactual is None or image_counterfactual is None:
+                raise ValueError(
+                    "mode='mid' needs text_counterfactual and image_counterfactual inputs; build them with "
+                    "mme_jd.modeling.counterfactual_mme_jd.build_triple or use pipeline('multimodal-debias')."
+                )
+            out = self._single_expert("general", inputs, None, text_counterfactual, image_counterfactual, None)
+            out.logits = (
+                out.general_logits
+                - self.config.lambda_text * out.text_counterfactual_logits
+                - self.config.lambda_image * out.image_counterfactual_logits
+            )
+            out.loss = F.cross_entropy(out.logits, labels) if labels is not None else None
+            return out
+        if mode == "mme_jd":
+            return self._mixture(inputs, labels, text_counterfactual, image_counterfactual, router_labels,
+                                 return_experts)
+        raise ValueError(f"unknown mode {mode!r}; choose one of general, mid, mctd, mme_jd.")
+
+    def _run_with_counterfactuals(self, name: str, inputs: dict, text_cf: dict | None, image_cf: dict | None):
+        """One batched pass of one expert over originals and the given counterfactuals."""
+        parts = [inputs] + [cf for cf in (text_cf, image_cf) if cf is not None]
+        pad = self.config.text_config.pad_token_id or 0
+        logits, pooled, _ = self.expert_forward(name, concat_inputs(parts, pad))
+        batch = inputs["input_ids"].shape[0]
+        chunks = list(logits.split(batch))
+        original = chunks.pop(0)
+        text_logits = chunks.pop(0) if text_cf is not None else None
+        image_logits = chunks.pop(0) if image_cf is not None else None
+        return original, pooled[:batch], text_logits, image_logits
+
+    def _single_expert(self, name, inputs, labels, text_cf, image_cf, cf_targets, text_valid=None) -> MMEJDOutput:
+        logits, pooled, text_logits, image_logits = self._run_with_counterfactuals(name, inputs, text_cf, image_cf)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels)
+            if text_logits is not None or image_logits is not None:
+                if cf_targets is None:
+                    cf_targets = reversed_targets(labels, self.config.num_labels, self.config.cf_target)
+                if text_logits is not None and self.config.mctd_text_weight > 0:
+                    loss = loss + self.config.mctd_text_weight * _soft_cross_entropy(
+                        text_logits, cf_targets, text_valid
+                    )
+                if image_logits is not None and self.config.mctd_image_weight > 0:
+                    loss = loss + self.config.mctd_image_weight * _soft_cross_entropy(image_logits, cf_targets)
+        out = MMEJDOutput(loss=loss, logits=logits, pooled_hidden_state=pooled,
+                          text_counterfactual_logits=text_logits, image_counterfactual_logits=image_logits)
+        setattr(out, f"{name}_logits", logits)
+        return out
+
+    def _mixture(self, inputs, labels, text_cf, image_cf, router_labels, return_experts) -> MMEJDOutput:
+        config = self.config
+        use_cf = config.correction == "linear"
+        if use_cf and (text_cf is None or image_cf is None):
+            raise ValueError("correction='linear' needs text_counterfactual and image_counterfactual inputs.")
+        general, pooled, text_logits, image_logits = self._run_with_counterfactuals(
+            "general", inputs, text_cf if use_cf else None, image_cf if use_cf else None
+        )
+        router_logits = self.router(pooled.detach().to(self.router[0].weight.dtype))
+        strategy = self.route(router_logits)
+        batch = general.shape[0]
+        run_all = return_experts or config.expert_execution == "all"
+        expert_logits = {}
+        for name, wanted in (("image_debias", (_IMAGE, _BOTH)), ("text_debias", (_TEXT, _BOTH))):
+            rows = torch.arange(batch, device=general.device)
+            if not run_all:
+                rows = rows[(strategy == wanted[0]) | (strategy == wanted[1])]
+            full = torch.full_like(general, float("nan"))
+            if len(rows):
+                full[rows] = self.expert_forward(name, select_rows(inputs, rows))[0]
+            expert_logits[name] = full
+        scaled = {
+            "general": general / config.expert_temperature("general"),
+            **{n: v / config.expert_temperature(n) for n, v in expert_logits.items()},
+        }
+        final = scaled["general"].clone()
+        for value, source in ((_IMAGE, scaled["image_debias"]), (_TEXT, scaled["text_debias"])):
+            final[strategy == value] = source[strategy == value]
+        both = strategy == _BOTH
+        if both.any():
+            final[both] = self._combine_both(scaled["image_debias"][both], scaled["text_debias"][both])
+        if use_cf:
+            final = final - config.lambda_text * text_logits - config.lambda_image * image_logits
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(final, labels)
+        if router_labels is not None:
+            weights = None
+            if config.router_class_weights is not None:
+                weights = torch.tensor(config.router_class_weights, device=router_logits.device)
+            router_loss = F.cross_entropy(router_logits.float(), router_labels, weight=weights)
+            loss = router_loss if loss is None else loss + router_loss
+        return MMEJDOutput(
+            loss=loss, logits=final, general_logits=general, image_debias_logits=expert_logits["image_debias"],
+            text_debias_logits=expert_logits["text_debias"], router_logits=router_logits, strategy=strategy,
+            text_counterfactual_logits=text_logits, image_counterfactual_logits=image_logits,
+            pooled_hidden_state=pooled,
+        )
+
+    # ------------------------------------------------------------------ saliency
+    def _attention_maps(self, inputs: dict):
+        """The general expert's logits and attention maps. Attention maps need the eager
+        implementation: switch to it for this pass only."""
+        base = self.base_model_with_experts
+        previous = base.config._attn_implementation
+        switch = previous not in (None, "eager")
+        if switch:
+            base.set_attn_implementation("eager")
+        try:
+            with torch.no_grad():
+                logits, _, attentions = self.expert_forward("general", inputs, output_attentions=True)
+        finally:
+            if switch:
+                base.set_attn_implementation(previous)
+        if not attentions or attentions[-1] is None:
+            raise ValueError("the base model returned no attention maps; use image_counterfactual='gradient'.")
+        maps = torch.stack([a.float() for a in attentions[-self.config.attention_layers :]]).mean(dim=(0, 2))
+        return logits, maps
+
+    def image_saliency(self, inputs: dict, strategy: str | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-image-token saliency of the general expert, and its class logits (same pass).
+
+        attention: attention of the answer position over the image tokens, mean over heads of
+            the last `attention_layers` layers.
+        gradient: |gradient × input| of the predicted class logit w.r.t. pixel_values, summed
+            over each image token's patch.
+        Returns (one score vector per sample over its image tokens, general logits [B, C]).
+        """
+        strategy = strategy or self.config.image_counterfactual
+        image_token = self.config.image_token_id
+        positions = answer_positions(inputs["attention_mask"])
+        rows = torch.arange(inputs["input_ids"].shape[0], device=positions.device)
+        if strategy == "attention":
+            logits, maps = self._attention_maps(inputs)
+            answer_rows = maps[rows, positions]  # [B, L]
+            is_image = inputs["input_ids"] == image_token
+            return [answer_rows[i][is_image[i]] for i in range(len(rows))], logits
+        if strategy == "gradient":
+            pixels = inputs["pixel_values"].detach().clone().float().requires_grad_(True)
+            with torch.enable_grad():
+                logits, _, _ = self.expert_forward(
+                    "general", {**inputs, "pixel_values": pixels.to(inputs["pixel_values"].dtype)}
+                )
+                logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+            contribution = (pixels.grad * pixels).abs().detach()
+            return self._pool_pixels_per_token(inputs, contribution), logits.detach()
+        raise ValueError(f"image_saliency strategy {strategy!r} is not computed by the model; use attention or gradient.")
+
+    def _pool_pixels_per_token(self, inputs: dict, contribution: torch.Tensor) -> list[torch.Tensor]:
+        grids = image_token_grids(self.config, inputs)
+        scores = []
+        if self.config.family.image_layout == "merged_rows":
+            merge = int(getattr(self.config.base_config.vision_config, "spatial_merge_size", 2))
+            per_row = contribution.sum(dim=1)
+            start = 0
+            for rows, cols in grids:
+                count = rows * cols * merge * merge
+                scores.append(per_row[start : start + count].reshape(rows * cols, merge * merge).sum(1))
+                start += count
+            return scores
+        for index, (rows, cols) in enumerate(grids):
+            image = contribution[index].reshape(-1, *contribution.shape[-2:]).sum(0)  # [H, W]
+            height, width = image.shape
+            pooled = F.adaptive_avg_pool2d(image[None, None], (rows, cols))[0, 0]
+            scores.append(pooled.flatten() * height * width / (rows * cols))
+        return scores
+
+    def text_token_saliency(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of the answer position over every token (mean over heads of the last
+        `attention_layers` layers) and the general logits. Map tokens to words with
+        `mme_jd`'s collator or pipeline, which hold the tokenizer."""
+        positions = answer_positions(inputs["attention_mask"])
+        rows = torch.arange(inputs["input_ids"].shape[0], device=positions.device)
+        logits, maps = self._attention_maps(inputs)
+        return maps[rows, positions] * inputs["attention_mask"], logits
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
+        """Save weights (safetensors), config with `auto_map`, the modeling files and the
+        processor. Files are written into a temporary folder beside the target and then moved
+        into place one by one with `os.replace`, so an interrupted save never leaves a
+        half-written file where a good one was; other files in the folder are kept."""
+        processor = processor if processor is not None else self.processor
+        target = os.path.abspath(os.fspath(save_directory))
+        if kwargs.get("push_to_hub"):
+            super().save_pretrained(target, *args, **kwargs)
+            if processor is not None:
+                processor.save_pretrained(target)
+            return
+        os.makedirs(target, exist_ok=True)
+        staging = os.path.join(target, f".mme-jd-save-{os.getpid()}-{id(self):x}")
+        try:
+            super().save_pretrained(staging, *args, **kwargs)
+            if processor is not None:
+                processor.save_pretrained(staging)
+            for root, _, files in os.walk(staging):
+                destination = os.path.join(target, os.path.relpath(root, staging))
+                os.makedirs(destination, exist_ok=True)
+                for name in files:
+                    os.replace(os.path.join(root, name), os.path.join(destination, name))
+        finally:
+            _remove_tree(staging)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a folder and its content (what is left of a staging folder)."""
+    if not os.path.isdir(path):
+        return
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.remove(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    os.rmdir(path)
+
+
+MMEJDConfig.register_for_auto_class()
+MMEJDModel.register_for_auto_class("AutoModel")
+
+__all__ = ["MMEJDModel", "MMEJDOutput", "MMEJDPreTrainedModel", "answer_positions", "concat_inputs", "select_rows"]

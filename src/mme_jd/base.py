@@ -1,0 +1,82 @@
+"""Wrap any image-text-to-text base model and its processor into an `MMEJDModel`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .modeling.configuration_mme_jd import MMEJDConfig
+from .modeling.modeling_mme_jd import MMEJDModel
+
+SARCASM_LABELS = ("not_sarcastic", "sarcastic")
+
+
+def label_token_ids(tokenizer: Any, label_words: list[str]) -> list[int]:
+    """The first token of each label word as it follows the prompt (with a leading space where
+    the tokenizer marks word starts). Raises when two words share their first token."""
+    ids = []
+    for word in label_words:
+        for candidate in (" " + word, word):
+            tokens = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+            tokens = [t for t in tokens if tokenizer.decode([t]).strip()]
+            if tokens:
+                ids.append(int(tokens[0]))
+                break
+        else:
+            raise ValueError(f"label word {word!r} gives no token with this tokenizer; choose another word.")
+        if tokenizer.unk_token_id is not None and ids[-1] == tokenizer.unk_token_id:
+            raise ValueError(f"label word {word!r} is unknown to the tokenizer (it maps to the unknown token).")
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            f"label words {label_words} start with the same token ({ids}); choose words whose first tokens differ."
+        )
+    return ids
+
+
+def from_base(
+    base: Any,
+    processor: Any = None,
+    label_words: list[str] | tuple[str, ...] = ("no", "yes"),
+    labels: list[str] | tuple[str, ...] = SARCASM_LABELS,
+    question: str = "is it sarcastic ?",
+    **config_overrides: Any,
+) -> MMEJDModel:
+    """Build an `MMEJDModel` around a base VLM and its processor.
+
+    Args:
+        base: a `...ForConditionalGeneration` model, or a local folder / hub id to load one
+            with `AutoModelForImageTextToText.from_pretrained`.
+        processor: the base's processor, or a folder / hub id (default: the same as `base`).
+        label_words: one verbalizer word per class ("no"/"yes" for sarcasm).
+        labels: the class names, in label-id order.
+        question: the task question of the prompt.
+        **config_overrides: any `MMEJDConfig` field (lora_rank, mode, prompt_template, ...).
+
+    The processor is attached to the model (`model.processor`) and saved beside the weights.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if isinstance(base, (str, os.PathLike)):
+        source = os.fspath(base)
+        base = AutoModelForImageTextToText.from_pretrained(source)
+        processor = processor if processor is not None else source
+    if processor is None:
+        raise ValueError("from_base needs the base model's processor (an object, folder or hub id).")
+    if isinstance(processor, (str, os.PathLike)):
+        processor = AutoProcessor.from_pretrained(os.fspath(processor))
+    if len(label_words) != len(labels):
+        raise ValueError(f"got {len(label_words)} label_words for {len(labels)} labels; give one word per label.")
+    tokenizer = getattr(processor, "tokenizer", processor)
+    config = MMEJDConfig(
+        base_config=base.config,
+        id2label=dict(enumerate(labels)),
+        label_words=list(label_words),
+        label_token_ids=label_token_ids(tokenizer, list(label_words)),
+        question=question,
+        **config_overrides,
+    )
+    if config.text_config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+    model = MMEJDModel(config, base_model=base)
+    model.processor = processor
+    return model

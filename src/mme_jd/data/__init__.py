@@ -1,0 +1,1 @@
+"""Data: synthetic spurious-cue benchmark, real dataset loaders, counterfactual-triple collator."""

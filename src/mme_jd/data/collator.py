@@ -1,0 +1,155 @@
+"""The counterfactual-triple collator: dataset rows → one batch for `MMEJDModel`.
+
+    rows ──► texts, images, labels
+             │ text counterfactual: precomputed column `text_counterfactual`, else the builder
+             │ image counterfactual masks: column `image_counterfactual_mask`, else `given`
+             │   boxes (`core_box`), else the general expert's saliency (`saliency_model`)
+             ▼
+    ONE processor call over [originals; text counterfactuals; image counterfactuals]
+             ▼
+    {input_ids, attention_mask, pixel_values, ...,              (originals)
+     labels, counterfactual_targets, text_counterfactual_valid,
+     text_counterfactual: {...}, image_counterfactual: {...},   (same length, one forward)
+     metadata: {group, text_mask_positions, image_mask, ...}}   (ignored by the model)
+
+Works with `transformers.Trainer` given `remove_unused_columns=False` and
+`label_names=["labels"]`. Rows without an image (MMSD's stand-in) get a flat grey image and
+their `image_description` words in the prompt, as the data loader announced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..modeling.configuration_mme_jd import MMEJDConfig
+from ..modeling.counterfactual_mme_jd import (boxes_to_token_masks, build_triple, call_processor,
+                                              image_token_grids, mask_image_tokens, reversed_targets,
+                                              text_counterfactuals, top_token_masks)
+from .images import load_image
+
+logger = logging.getLogger("mme_jd")
+
+METADATA_COLUMNS = ("group", "text_cue", "image_cue", "clean_label", "core_word_positions", "core_box", "id")
+
+
+@dataclass
+class CounterfactualTripleCollator:
+    """Collate rows into originals + text and image counterfactuals (see module docstring).
+
+    Args:
+        processor: the base model's processor.
+        config: the model's `MMEJDConfig` (prompt, counterfactual strategies, ratios, fill).
+        include_counterfactuals: False gives originals only (ERM training, inference).
+        text_counterfactual / image_counterfactual: override the config's strategies.
+        lexicon: the sentiment lexicon of the `swap` builder (default: the shipped one).
+        saliency_model: the model whose general expert scores image tokens for the
+            `attention` / `gradient` builders when rows carry no precomputed mask.
+        vocabulary: restrict `swap` replacements to words the tokenizer knows (word-level
+            tokenizers); None for sub-word tokenizers, which know every word.
+    """
+
+    processor: Any
+    config: MMEJDConfig
+    include_counterfactuals: bool = True
+    text_counterfactual: str | None = None
+    image_counterfactual: str | None = None
+    lexicon: Any = None
+    saliency_model: Any = None
+    vocabulary: set[str] | None = None
+    text_column: str = "text"
+    image_column: str = "image"
+    label_column: str = "label"
+    _warned_stand_in: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.text_counterfactual = self.text_counterfactual or self.config.text_counterfactual
+        self.image_counterfactual = self.image_counterfactual or self.config.image_counterfactual
+        if self.text_counterfactual == "swap" and self.lexicon is None:
+            from .lexicon import load_lexicon
+
+            self.lexicon = load_lexicon()
+
+    # ------------------------------------------------------------------ pieces
+    def _texts_and_images(self, rows: list[dict]) -> tuple[list[str], list[Any], list[str]]:
+        texts, images, descriptions = [], [], []
+        for index, row in enumerate(rows):
+            text = row.get(self.text_column)
+            if not isinstance(text, str):
+                raise ValueError(f"row {index}: column '{self.text_column}' must be a string, got {type(text).__name__}.")
+            texts.append(text)
+            description = row.get("image_description") or ""
+            if row.get(self.image_column) is None and description and not self._warned_stand_in:
+                logger.warning("rows without images: using the image description words as a stand-in in the prompt.")
+                self._warned_stand_in = True
+            descriptions.append(f" image : {description}" if row.get(self.image_column) is None and description else "")
+            images.append(load_image(row.get(self.image_column), index=index))
+        return texts, images, descriptions
+
+    def _text_counterfactual_texts(self, rows: list[dict], texts: list[str]) -> list[tuple[str, list[int]]]:
+        if all("text_counterfactual" in row for row in rows):
+            return [(row["text_counterfactual"], list(row.get("text_mask_positions") or [])) for row in rows]
+        core = [row.get("core_word_positions") for row in rows] if self.text_counterfactual == "given" else None
+        if core is not None and any(c is None for c in core):
+            raise ValueError("text_counterfactual='given' needs a `core_word_positions` column in every row.")
+        return text_counterfactuals(
+            texts, self.text_counterfactual, self.config.mask_word, core_positions=core,
+            ratio=self.config.text_mask_ratio, lexicon=self.lexicon, vocabulary=self.vocabulary,
+            word_scores=[row.get("text_word_scores") for row in rows] if self.text_counterfactual == "saliency" else None,
+        )
+
+    def _image_masks(self, rows: list[dict], original: dict) -> list[torch.Tensor]:
+        if all(row.get("image_counterfactual_mask") is not None for row in rows):
+            return [torch.as_tensor(row["image_counterfactual_mask"], dtype=torch.bool) for row in rows]
+        if self.image_counterfactual == "given":
+            if any(row.get("core_box") is None for row in rows):
+                raise ValueError("image_counterfactual='given' needs a `core_box` column [x0, y0, x1, y1] in every row.")
+            return boxes_to_token_masks([row["core_box"] for row in rows], image_token_grids(self.config, original))
+        if self.saliency_model is None:
+            raise ValueError(
+                f"image_counterfactual='{self.image_counterfactual}' needs the general expert's saliency: pass "
+                "saliency_model= to the collator, or precompute an `image_counterfactual_mask` column with "
+                "mme_jd.training.precompute_counterfactuals."
+            )
+        with torch.no_grad():
+            device = next(self.saliency_model.parameters()).device
+            scores, _ = self.saliency_model.image_saliency(
+                {k: v.to(device) if torch.is_tensor(v) else v for k, v in original.items()}, self.image_counterfactual
+            )
+        return [m.cpu() for m in top_token_masks(scores, self.config.image_mask_ratio)]
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("cannot collate an empty list of rows.")
+        texts, images, descriptions = self._texts_and_images(rows)
+        prompts = [text + extra for text, extra in zip(texts, descriptions)]
+        batch: dict[str, Any] = {}
+        if self.label_column in rows[0] and rows[0][self.label_column] is not None:
+            batch["labels"] = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
+        metadata = {key: [row.get(key) for row in rows] for key in METADATA_COLUMNS if key in rows[0]}
+        if not self.include_counterfactuals:
+            inputs = dict(call_processor(self.processor, self.config, prompts, images))
+            return {**inputs, **batch, "metadata": metadata}
+        built = self._text_counterfactual_texts(rows, texts)
+        cf_prompts = [cf + extra for (cf, _), extra in zip(built, descriptions)]
+        triple = build_triple(self.processor, self.config, prompts, images, cf_prompts)
+        masks = self._image_masks(rows, triple["original"])
+        image_cf = triple["image_counterfactual"]
+        image_cf["pixel_values"] = mask_image_tokens(self.config, image_cf, masks)
+        batch.update(triple["original"])
+        batch["text_counterfactual"] = triple["text_counterfactual"]
+        batch["image_counterfactual"] = image_cf
+        # a text counterfactual that changed no word is the original: no reversed target for it
+        batch["text_counterfactual_valid"] = torch.tensor([len(p) > 0 for _, p in built])
+        if "labels" in batch:
+            batch["counterfactual_targets"] = reversed_targets(
+                batch["labels"], self.config.num_labels, self.config.cf_target
+            )
+        metadata["text_mask_positions"] = [p for _, p in built]
+        metadata["image_mask"] = [m.tolist() for m in masks]
+        batch["metadata"] = metadata
+        return batch

@@ -1,0 +1,82 @@
+"""Task metrics: accuracy, binary/macro/weighted F1, precision and recall.
+
+There is one implementation of the math, in the `evaluate` metric script
+`metric/mme_jd_metrics.py` (it must stand alone there, because `evaluate.load` copies the
+script into a cache folder where imports of `mme_jd` would not resolve). This module loads
+that file by path with importlib, under a module name that tells the script to skip its
+`evaluate` wrapper: `classification_metrics` needs numpy only and never pays the seconds
+that `import evaluate` costs. `load_metric()` gives the `evaluate` front end of the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+METRIC_MODULE_PATH: Path = Path(__file__).resolve().parent / "metric" / "mme_jd_metrics.py"
+"""Path of the `evaluate` metric script; pass it to `evaluate.load`."""
+
+_NUMPY_CORE_MODULE_NAME = "mme_jd.evaluation._metric_core"  # must match the script's constant
+
+
+@functools.lru_cache(maxsize=1)
+def _metric_core() -> ModuleType:
+    """The metric script imported as a plain module, without its `evaluate` wrapper."""
+    if _NUMPY_CORE_MODULE_NAME in sys.modules:
+        return sys.modules[_NUMPY_CORE_MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(_NUMPY_CORE_MODULE_NAME, METRIC_MODULE_PATH)
+    if spec is None or spec.loader is None:
+        raise ImportError(
+            f"Cannot load the metric script {METRIC_MODULE_PATH}; is the package installed "
+            "with its package data (evaluation/metric/*.py)?"
+        )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_NUMPY_CORE_MODULE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(_NUMPY_CORE_MODULE_NAME, None)
+        raise
+    return module
+
+
+def classification_metrics(
+    predictions,
+    references,
+    num_labels: int | None = None,
+    pos_label: int = 1,
+    average: str | None = None,
+) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of integer `predictions` against `references`.
+
+    Formulas, per class c with TP/FP/FN counted one-vs-rest:
+    `precision_c = TP_c/(TP_c+FP_c)`, `recall_c = TP_c/(TP_c+FN_c)`,
+    `f1_c = 2·TP_c/(2·TP_c+FP_c+FN_c)`, each 0.0 when its denominator is 0 (a class never
+    predicted or never present). `macro_*` = unweighted mean over the classes present in
+    references or predictions; `weighted_f1` = Σ_c support_c·f1_c / N. The binary figures
+    `precision`, `recall`, `f1` (of `pos_label` against the rest) are included when there
+    are 2 classes (`num_labels`, or inferred as max(largest id + 1, 2)) or when
+    `average="binary"`. Empty input raises ValueError.
+
+    Returns a dict of Python floats with keys `accuracy`, `macro_precision`,
+    `macro_recall`, `macro_f1`, `weighted_f1` (+ `precision`, `recall`, `f1`).
+    """
+    return _metric_core().classification_metrics(
+        predictions, references, num_labels=num_labels, pos_label=pos_label, average=average
+    )
+
+
+def load_metric(**kwargs: Any):
+    """The project's `evaluate` metric, loaded by path (works offline).
+
+    `kwargs` go to `evaluate.load` (e.g. `keep_in_memory=True`, `experiment_id=...`);
+    `compute(predictions=..., references=..., num_labels=None, pos_label=1, average=None)`
+    returns the same dict as `classification_metrics`.
+    """
+    import evaluate  # slow import (seconds): only when the evaluate front end is asked for
+
+    return evaluate.load(str(METRIC_MODULE_PATH), **kwargs)

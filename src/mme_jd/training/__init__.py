@@ -1,0 +1,1 @@
+"""Training stages of MME-JD on the Hugging Face Trainer."""

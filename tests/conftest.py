@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random models built offline, and a few real (text, image) samples."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+TEXTS = ["the movie was great #irony", "my day is bad", "today is good fun", "awful movie today"]
+
+
+def random_images(count: int, size: int = 40, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def nudge_experts(model, scale: float = 0.5, seed: int = 0) -> None:
+    """Give every LoRA B matrix random values so the experts differ from the base."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.vlm.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+
+
+@pytest.fixture
+def tiny_llava_model():
+    from families import tiny_llava
+
+    from mme_jd.base import from_base
+
+    base, processor = tiny_llava()
+    return from_base(base, processor).eval()
+
+
+@pytest.fixture
+def images():
+    return random_images(len(TEXTS))

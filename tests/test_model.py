@@ -1,0 +1,154 @@
+"""MMEJDModel on a tiny random LLaVA: no-op experts, every mode, routed inference."""
+
+import pytest
+import torch
+from conftest import TEXTS, nudge_experts
+
+from mme_jd.modeling.counterfactual_mme_jd import (apply_image_counterfactual, build_triple, text_counterfactuals,
+                                                   top_token_masks)
+
+
+def _triple(model, images, mask_ratio=0.25):
+    cf_texts = [text for text, _ in text_counterfactuals(TEXTS, "lexical")]
+    triple = build_triple(model.processor, model.config, TEXTS, images, cf_texts)
+    saliency, _ = model.image_saliency(triple["original"], "attention")
+    triple["image_counterfactual"] = apply_image_counterfactual(
+        model.config, triple["image_counterfactual"], top_token_masks(saliency, mask_ratio)
+    )
+    return triple
+
+
+def _plain_base_logits(model, inputs):
+    """Class logits of the base model without any adapter, computed the long way (full LM head)."""
+    with model.vlm.disable_adapter():
+        full = model.vlm.get_base_model()(**inputs).logits
+    last = inputs["attention_mask"].sum(1) - 1
+    return full[torch.arange(len(last)), last][:, model.config.label_token_ids]
+
+
+def test_fresh_experts_change_no_logit(tiny_llava_model, images):
+    model = tiny_llava_model
+    inputs = build_triple(model.processor, model.config, TEXTS, images, TEXTS)["original"]
+    reference = _plain_base_logits(model, inputs)
+    for expert in ("general", "image_debias", "text_debias"):
+        logits = model(**inputs, expert=expert).logits
+        assert torch.equal(logits, reference) or torch.allclose(logits, reference, atol=1e-6), expert
+    nudge_experts(model)
+    changed = model(**inputs, expert="text_debias").logits
+    assert not torch.allclose(changed, reference, atol=1e-3)
+    model.reset_experts()
+    assert torch.allclose(model(**inputs, expert="text_debias").logits, reference, atol=1e-6)
+
+
+def test_every_mode_gives_class_logits_and_a_loss(tiny_llava_model, images):
+    model = tiny_llava_model
+    nudge_experts(model)
+    triple = _triple(model, images)
+    labels = torch.tensor([1, 0, 0, 1])
+    for mode in ("general", "mid", "mctd", "mme_jd"):
+        out = model(**triple["original"], text_counterfactual=triple["text_counterfactual"],
+                    image_counterfactual=triple["image_counterfactual"], labels=labels, mode=mode)
+        assert out.logits.shape == (4, 2) and torch.isfinite(out.logits).all(), mode
+        assert out.loss is not None and out.loss.item() > 0, mode
+
+
+def test_mid_subtracts_the_counterfactual_logits(tiny_llava_model, images):
+    model = tiny_llava_model
+    nudge_experts(model)
+    model.config.lambda_text, model.config.lambda_image = 0.3, 0.6
+    triple = _triple(model, images)
+    out = model(**triple["original"], text_counterfactual=triple["text_counterfactual"],
+                image_counterfactual=triple["image_counterfactual"], mode="mid")
+    general = model(**triple["original"], mode="general").logits
+    text_cf = model(**triple["text_counterfactual"], mode="general").logits
+    image_cf = model(**triple["image_counterfactual"], mode="general").logits
+    assert torch.allclose(out.logits, general - 0.3 * text_cf - 0.6 * image_cf, atol=1e-5)
+    assert torch.allclose(out.text_counterfactual_logits, text_cf, atol=1e-5)
+    with pytest.raises(ValueError, match="mode='mid' needs text_counterfactual"):
+        model(**triple["original"], mode="mid")
+
+
+def test_mctd_loss_adds_the_reversed_counterfactual_terms(tiny_llava_model, images):
+    model = tiny_llava_model
+    nudge_experts(model)
+    triple = _triple(model, images)
+    labels = torch.tensor([1, 0, 0, 1])
+    plain = model(**triple["original"], labels=labels, expert="general")
+    full = model(**triple["original"], text_counterfactual=triple["text_counterfactual"],
+                 image_counterfactual=triple["image_counterfactual"], labels=labels, expert="general")
+    text_logits = model(**triple["text_counterfactual"], expert="general").logits
+    image_logits = model(**triple["image_counterfactual"], expert="general").logits
+    reversed_labels = 1 - labels
+    expected = (plain.loss + torch.nn.functional.cross_entropy(text_logits, reversed_labels)
+                + torch.nn.functional.cross_entropy(image_logits, reversed_labels))
+    assert torch.allclose(full.loss, expected, atol=1e-5)
+
+
+def _force_router(model, strategies):
+    """Make the router's output depend only on a per-sample bias we control via the pooled state."""
+    with torch.no_grad():
+        for layer in (model.router[0], model.router[2]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        model.router[2].bias[strategies] = 10.0
+
+
+def test_routed_inference_runs_debias_experts_only_on_routed_samples(tiny_llava_model, images):
+    model = tiny_llava_model
+    nudge_experts(model)
+    inputs = build_triple(model.processor, model.config, TEXTS, images, TEXTS)["original"]
+    everything = model(**inputs, mode="mme_jd", return_experts=True)
+    calls = []
+    hook = model.vlm.get_base_model().model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((model._active_expert, kwargs["input_ids"].shape[0])),
+        with_kwargs=True,
+    )
+    try:
+        _force_router(model, 0)  # every sample stays with `none`
+        out = model(**inputs, mode="mme_jd")
+        assert calls == [("general", 4)]
+        assert (out.strategy == 0).all() and torch.isnan(out.image_debias_logits).all()
+        assert torch.allclose(out.logits, everything.general_logits, atol=1e-5)
+
+        calls.clear()
+        _force_router(model, 3)  # every sample `both`: one batched pass per debias adapter
+        out = model(**inputs, mode="mme_jd")
+        assert calls == [("general", 4), ("image_debias", 4), ("text_debias", 4)]
+        expected = (everything.image_debias_logits + everything.text_debias_logits) / 2
+        assert torch.allclose(out.logits, expected, atol=1e-5)
+
+        calls.clear()
+        _force_router(model, 2)  # text
+        out = model(**inputs, mode="mme_jd")
+        assert calls == [("general", 4), ("text_debias", 4)]
+        assert torch.allclose(out.logits, everything.text_debias_logits, atol=1e-5)
+    finally:
+        hook.remove()
+
+
+def test_routed_subset_equals_the_full_expert_rows(tiny_llava_model, images):
+    """Samples routed away are computed on a sub-batch; their logits equal the full batch's."""
+    model = tiny_llava_model
+    nudge_experts(model)
+    inputs = build_triple(model.processor, model.config, TEXTS, images, TEXTS)["original"]
+    everything = model(**inputs, mode="mme_jd", return_experts=True)
+    model.config.router_threshold = 0.0  # everybody leaves `none`; choice among image/text/both
+    with torch.no_grad():
+        model.router[2].bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
+    out = model(**inputs, mode="mme_jd")
+    assert (out.strategy == 2).all()
+    assert torch.allclose(out.text_debias_logits, everything.text_debias_logits, atol=1e-5)
+
+
+def test_set_trainable_isolates_one_stage(tiny_llava_model):
+    model = tiny_llava_model
+    for stage in ("general", "image_debias", "text_debias", "router"):
+        params = model.set_trainable(stage)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable and len(trainable) == len(params)
+        if stage == "router":
+            assert all(n.startswith("router.") for n in trainable)
+        else:
+            assert all(f".{stage}." in n and ".lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="unknown training stage"):
+        model.set_trainable("everything")
