@@ -338,30 +338,44 @@ def build_triple(
     config: MMEJDConfig,
     texts: Sequence[str],
     images: Sequence[Any],
-    text_counterfactual_texts: Sequence[str],
+    text_counterfactual_texts: Sequence[str] | None,
     image_token_masks: Sequence[torch.Tensor] | None = None,
+    parts: Sequence[str] = ("text", "image"),
 ) -> dict[str, dict]:
     """Model inputs of the originals and of both counterfactuals, from ONE processor call.
 
-    Returns {"original": ..., "text_counterfactual": ..., "image_counterfactual": ...}, each a
-    dict of tensors with the same sequence length. With `other_modality="null"` the text
+    Returns {"original": ..., "text_counterfactual": ..., "image_counterfactual": ...} (only the
+    counterfactual `parts` asked for), each a dict of tensors with the same sequence length. With `other_modality="null"` the text
     counterfactual's image is the image's mean (every patch filled) and the image
     counterfactual's text is empty. `image_token_masks` may be None and applied later with
     `apply_image_counterfactual` (when they come from the model's saliency on the original).
     """
     keep = config.other_modality == "keep"
-    image_cf_texts = list(texts) if keep else [""] * len(texts)
-    inputs = call_processor(
-        processor, config, list(texts) + list(text_counterfactual_texts) + image_cf_texts, list(images) * 3
-    )
-    original, text_cf, image_cf = _split_rows(config, dict(inputs), 3)
-    if not keep:
-        text_cf["pixel_values"] = mask_image_tokens(
-            config, text_cf, [torch.ones(r * c, dtype=torch.bool) for r, c in image_token_grids(config, text_cf)]
-        )
-    if image_token_masks is not None:
-        image_cf["pixel_values"] = mask_image_tokens(config, image_cf, image_token_masks)
-    return {"original": original, "text_counterfactual": text_cf, "image_counterfactual": image_cf}
+    all_texts = list(texts)
+    if "text" in parts:
+        if text_counterfactual_texts is None:
+            raise ValueError("build_triple needs text_counterfactual_texts when parts include 'text'.")
+        all_texts += list(text_counterfactual_texts)
+    if "image" in parts:
+        all_texts += list(texts) if keep else [""] * len(texts)
+    count = 1 + len([p for p in parts if p in ("text", "image")])
+    inputs = call_processor(processor, config, all_texts, list(images) * count)
+    split = _split_rows(config, dict(inputs), count)
+    result = {"original": split.pop(0)}
+    if "text" in parts:
+        text_cf = split.pop(0)
+        if not keep:
+            grids = image_token_grids(config, text_cf)
+            text_cf["pixel_values"] = mask_image_tokens(
+                config, text_cf, [torch.ones(r * c, dtype=torch.bool) for r, c in grids]
+            )
+        result["text_counterfactual"] = text_cf
+    if "image" in parts:
+        image_cf = split.pop(0)
+        if image_token_masks is not None:
+            image_cf["pixel_values"] = mask_image_tokens(config, image_cf, image_token_masks)
+        result["image_counterfactual"] = image_cf
+    return result
 
 
 def apply_image_counterfactual(config: MMEJDConfig, image_cf: dict, token_masks: Sequence[torch.Tensor]) -> dict:

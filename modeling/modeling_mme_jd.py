@@ -339,6 +339,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
         """
         if input_ids is None or attention_mask is None:
             raise ValueError("MMEJDModel needs input_ids and attention_mask (the processor's outputs).")
+        base_inputs.pop("num_items_in_batch", None)  # the Trainer's, for token-averaged losses
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **base_inputs}
         if pixel_values is not None:
             inputs["pixel_values"] = pixel_values

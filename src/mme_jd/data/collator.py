@@ -50,6 +50,9 @@ class CounterfactualTripleCollator:
             `attention` / `gradient` builders when rows carry no precomputed mask.
         vocabulary: restrict `swap` replacements to words the tokenizer knows (word-level
             tokenizers); None for sub-word tokenizers, which know every word.
+        parts: which counterfactuals to build ("text", "image"); a training stage builds only
+            what its loss uses.
+        expert: when set, the batch carries `expert=...` so the model trains that expert.
     """
 
     processor: Any
@@ -60,6 +63,8 @@ class CounterfactualTripleCollator:
     lexicon: Any = None
     saliency_model: Any = None
     vocabulary: set[str] | None = None
+    parts: tuple[str, ...] = ("text", "image")
+    expert: str | None = None
     text_column: str = "text"
     image_column: str = "image"
     label_column: str = "label"
@@ -131,25 +136,30 @@ class CounterfactualTripleCollator:
         if self.label_column in rows[0] and rows[0][self.label_column] is not None:
             batch["labels"] = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
         metadata = {key: [row.get(key) for row in rows] for key in METADATA_COLUMNS if key in rows[0]}
-        if not self.include_counterfactuals:
+        if self.expert is not None:
+            batch["expert"] = self.expert
+        parts = tuple(self.parts) if self.include_counterfactuals else ()
+        if not parts:
             inputs = dict(call_processor(self.processor, self.config, prompts, images))
             return {**inputs, **batch, "metadata": metadata}
-        built = self._text_counterfactual_texts(rows, texts)
-        cf_prompts = [cf + extra for (cf, _), extra in zip(built, descriptions)]
-        triple = build_triple(self.processor, self.config, prompts, images, cf_prompts)
-        masks = self._image_masks(rows, triple["original"])
-        image_cf = triple["image_counterfactual"]
-        image_cf["pixel_values"] = mask_image_tokens(self.config, image_cf, masks)
+        built = self._text_counterfactual_texts(rows, texts) if "text" in parts else None
+        cf_prompts = [cf + extra for (cf, _), extra in zip(built, descriptions)] if built else None
+        triple = build_triple(self.processor, self.config, prompts, images, cf_prompts, parts=parts)
         batch.update(triple["original"])
-        batch["text_counterfactual"] = triple["text_counterfactual"]
-        batch["image_counterfactual"] = image_cf
-        # a text counterfactual that changed no word is the original: no reversed target for it
-        batch["text_counterfactual_valid"] = torch.tensor([len(p) > 0 for _, p in built])
+        if built is not None:
+            batch["text_counterfactual"] = triple["text_counterfactual"]
+            # a text counterfactual that changed no word is the original: no reversed target for it
+            batch["text_counterfactual_valid"] = torch.tensor([len(p) > 0 for _, p in built])
+            metadata["text_mask_positions"] = [p for _, p in built]
+        if "image" in parts:
+            masks = self._image_masks(rows, triple["original"])
+            image_cf = triple["image_counterfactual"]
+            image_cf["pixel_values"] = mask_image_tokens(self.config, image_cf, masks)
+            batch["image_counterfactual"] = image_cf
+            metadata["image_mask"] = [m.tolist() for m in masks]
         if "labels" in batch:
             batch["counterfactual_targets"] = reversed_targets(
                 batch["labels"], self.config.num_labels, self.config.cf_target
             )
-        metadata["text_mask_positions"] = [p for _, p in built]
-        metadata["image_mask"] = [m.tolist() for m in masks]
         batch["metadata"] = metadata
         return batch

@@ -1,0 +1,66 @@
+"""Run a model over a dataset in batches and keep every logit (training, evaluation, bench)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .data.collator import CounterfactualTripleCollator
+
+
+def collect_outputs(
+    model,
+    processor,
+    dataset,
+    batch_size: int = 64,
+    mode: str | None = None,
+    counterfactual_parts: tuple[str, ...] = (),
+    text_counterfactual: str | None = None,
+    image_counterfactual: str | None = None,
+    return_experts: bool = False,
+    lexicon: Any = None,
+    vocabulary: set[str] | None = None,
+    progress: bool = False,
+    description: str = "predict",
+) -> dict[str, torch.Tensor]:
+    """Batched inference over `dataset` rows; returns the concatenated outputs.
+
+    Keys: labels, groups (when the rows have them), logits, strategy, router_logits,
+    general_logits, image_debias_logits, text_debias_logits, text_counterfactual_logits,
+    image_counterfactual_logits, pooled_hidden_state: whichever the model computed.
+    Image counterfactual masks come from the model's own saliency (`saliency_model=model`).
+    """
+    from tqdm.auto import tqdm
+
+    collator = CounterfactualTripleCollator(
+        processor, model.config, include_counterfactuals=bool(counterfactual_parts),
+        parts=counterfactual_parts or ("text", "image"), text_counterfactual=text_counterfactual,
+        image_counterfactual=image_counterfactual, lexicon=lexicon, vocabulary=vocabulary, saliency_model=model,
+    )
+    model.eval()
+    device = next(model.parameters()).device
+    collected: dict[str, list[torch.Tensor]] = {}
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=description, disable=not progress, leave=False):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collator(rows)
+        metadata = batch.pop("metadata")
+        labels = batch.pop("labels", None)
+        batch.pop("counterfactual_targets", None)
+        batch.pop("text_counterfactual_valid", None)
+        batch = {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict)
+                     else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with torch.no_grad():
+            out = model(**batch, mode=mode, return_experts=return_experts)
+        values = {key: getattr(out, key) for key in (
+            "logits", "strategy", "router_logits", "general_logits", "image_debias_logits", "text_debias_logits",
+            "text_counterfactual_logits", "image_counterfactual_logits", "pooled_hidden_state")}
+        if labels is not None:
+            values["labels"] = labels
+        if metadata.get("group") is not None and None not in metadata["group"]:
+            values["groups"] = torch.tensor(metadata["group"])
+        for key, value in values.items():
+            if value is not None:
+                collected.setdefault(key, []).append(value.detach().cpu())
+    return {key: torch.cat(values) for key, values in collected.items()}

@@ -1,0 +1,250 @@
+"""One entry point that runs every stage of a recipe from one config and saves one checkpoint.
+
+    recipe "general": general                                      (ERM baseline)
+    recipe "mid":     general → fit λ_t, λ_v on the balanced validation split
+    recipe "mctd":    mctd (general adapter on originals + both counterfactuals)
+    recipe "mme_jd":  general → image_debias, text_debias (warm start) → router → fit λ
+
+Each finished stage saves its weights under `output_dir/stages/<stage>/` with a `done.json`
+marker; a rerun with `resume_from_checkpoint=True` skips finished stages and resumes the
+interrupted one from its last Trainer checkpoint, reaching the same weights as an
+uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .mid import fit_lambdas
+from .router_labels import strategy_labels, train_router
+from .stages import copy_expert, run_expert_stage, stage_arguments
+
+logger = logging.getLogger("mme_jd")
+
+RECIPES: dict[str, tuple[str, ...]] = {
+    "general": ("general",),
+    "mid": ("general", "mid"),
+    "mctd": ("mctd",),
+    "mme_jd": ("general", "image_debias", "text_debias", "router", "mid"),
+}
+
+
+@dataclass
+class MMEJDTrainingConfig:
+    """The MME-JD settings of a training run (TrainingArguments hold the optimiser's).
+
+    recipe: "general", "mid", "mctd" or "mme_jd" (see the module docstring).
+    text_counterfactual: text builder for training: "swap" (default: the only builder that
+        removed both cues on the synthetic benchmark; a flipped label is real), "lexical",
+        "given" (dataset truth: an upper bound) or "saliency".
+    image_counterfactual: image builder: "attention" (default), "gradient" or "given".
+    mid_text_counterfactual: text builder of MID's subtraction ("lexical": the cue-only input).
+    train_split / router_split / mid_split: dataset split names; knobs are fitted on the
+        group-balanced validation split, never on a test split.
+    router_epochs, router_learning_rate: the router stage's schedule.
+    mctd_text_weight / mctd_image_weight: w_t, w_v of the MCTD loss (None: the model's).
+    use_vocabulary_for_swap: restrict swap replacements to the tokenizer's vocabulary (for
+        word-level tokenizers such as the tiny default's).
+    """
+
+    recipe: str = "mme_jd"
+    text_counterfactual: str = "swap"
+    image_counterfactual: str = "attention"
+    mid_text_counterfactual: str = "lexical"
+    train_split: str = "train"
+    router_split: str = "validation_balanced"
+    mid_split: str = "validation_balanced"
+    router_epochs: float = 30.0
+    router_learning_rate: float = 3e-3
+    mctd_text_weight: float | None = None
+    mctd_image_weight: float | None = None
+    use_vocabulary_for_swap: bool = True
+    inference_batch_size: int = 128
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"MMEJDTrainingConfig.recipe={self.recipe!r}; choose one of {sorted(RECIPES)}.")
+
+
+def _vocabulary(processor, enabled: bool) -> set[str] | None:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = tokenizer.get_vocab() if enabled else None
+    # only word-level vocabularies restrict swaps; sub-word tokenizers spell any word
+    if vocab and all(not token.startswith(("▁", "Ġ", "##")) for token in list(vocab)[:2000]) and len(vocab) < 5000:
+        return set(vocab)
+    return None
+
+
+def _done_marker(output_dir: Path, stage: str) -> Path:
+    return output_dir / "stages" / stage / "done.json"
+
+
+def _save_stage(model, output_dir: Path, stage: str, log: dict) -> None:
+    folder = output_dir / "stages" / stage
+    model.save_pretrained(folder)
+    temporary = folder / "done.json.tmp"
+    temporary.write_text(json.dumps({**log, "config": model.config.to_diff_dict()}, indent=2, default=str))
+    os.replace(temporary, folder / "done.json")
+
+
+def _load_stage(model, output_dir: Path, stage: str) -> dict:
+    from safetensors.torch import load_file
+
+    folder = output_dir / "stages" / stage
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"stage checkpoint {folder} does not fit this model (unexpected keys {unexpected[:3]}).")
+    log = json.loads((folder / "done.json").read_text())
+    for key in ("router_threshold", "router_class_weights", "lambda_text", "lambda_image", "mode"):
+        if key in log["config"]:
+            setattr(model.config, key, log["config"][key])
+    return log
+
+
+def train(
+    model,
+    dataset,
+    args,
+    config: MMEJDTrainingConfig | None = None,
+    processor: Any = None,
+    resume_from_checkpoint: bool = False,
+    callbacks: list | None = None,
+) -> dict:
+    """Run a recipe's stages on `dataset` (a DatasetDict) and save `args.output_dir/final`.
+
+    Args:
+        model: an `MMEJDModel` (e.g. `mme_jd.from_base(...)` or the tiny default).
+        dataset: splits named by the config (train, validation_balanced, ...).
+        args: `transformers.TrainingArguments` for the expert stages (each stage writes into
+            `args.output_dir/stages/<stage>/`).
+        config: the MME-JD settings (`MMEJDTrainingConfig`).
+        processor: the base's processor (default: `model.processor`).
+        resume_from_checkpoint: skip finished stages and resume the interrupted one.
+    Returns a report: per-stage logs (steps, loss, seconds), router shares, fitted λs.
+    """
+    from transformers import set_seed
+
+    config = config or MMEJDTrainingConfig()
+    processor = processor if processor is not None else model.processor
+    if processor is None:
+        raise ValueError("train needs the base's processor: pass processor= or build the model with mme_jd.from_base.")
+    for split in {config.train_split, config.router_split, config.mid_split}:
+        if split not in dataset:
+            raise ValueError(f"dataset has no split {split!r}; it has {list(dataset)}. Set the split names in "
+                             "MMEJDTrainingConfig (train_split, router_split, mid_split).")
+    output_dir = Path(args.output_dir)
+    if config.mctd_text_weight is not None:
+        model.config.mctd_text_weight = config.mctd_text_weight
+    if config.mctd_image_weight is not None:
+        model.config.mctd_image_weight = config.mctd_image_weight
+    # the model keeps its inference builders (text: masked, usable on any input); the training
+    # text builder (swap by default) is used only by the stages
+    model.config.image_counterfactual = config.image_counterfactual
+    vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
+    stages = RECIPES[config.recipe]
+    report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "stages": []}
+    started = time.perf_counter()
+    for index, stage in enumerate(stages):
+        print(f"[mme-jd] stage {index + 1}/{len(stages)}: {stage}", flush=True)
+        if resume_from_checkpoint and _done_marker(output_dir, stage).exists():
+            log = _load_stage(model, output_dir, stage)
+            log.pop("config", None)
+            report["stages"].append({**log, "resumed": "skipped (finished before)"})
+            continue
+        set_seed(args.seed)
+        stage_started = time.perf_counter()
+        if stage in ("general", "mctd", "image_debias", "text_debias"):
+            if stage in ("image_debias", "text_debias"):
+                copy_expert(model, "general", stage)  # warm start
+            train_rows = dataset[config.train_split]
+            if stage in ("mctd", "image_debias") and config.image_counterfactual in ("attention", "gradient"):
+                train_rows = precompute_image_masks(model, processor, train_rows, config)
+            stage_dir = output_dir / "stages" / stage
+            resume = None
+            if resume_from_checkpoint and any(stage_dir.glob("checkpoint-*")):
+                resume = True
+            log = run_expert_stage(
+                model, stage, train_rows, stage_arguments(args, stage, str(stage_dir)), processor,
+                config.text_counterfactual, config.image_counterfactual, vocabulary=vocabulary,
+                resume_from_checkpoint=resume, callbacks=callbacks,
+            )
+        elif stage == "router":
+            log = _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, callbacks)
+        elif stage == "mid":
+            log = _mid_stage(model, processor, dataset[config.mid_split], config)
+        log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
+        print(f"[mme-jd] stage {stage} done in {log['seconds_total']} s: "
+              + ", ".join(f"{k}={v}" for k, v in log.items() if k in ("train_loss", "threshold", "routed_shares",
+                                                                      "lambda_text", "lambda_image")), flush=True)
+        _save_stage(model, output_dir, stage, log)
+        report["stages"].append(log)
+    model.config.mode = {"general": "general", "mid": "mid", "mctd": "mctd", "mme_jd": "mme_jd"}[config.recipe]
+    final = output_dir / "final"
+    model.save_pretrained(final, processor=processor)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    report["checkpoint"] = str(final)
+    (final / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
+    """Add the `image_counterfactual_mask` column: the current general expert's top
+    `image_mask_ratio` image tokens, computed once instead of in every epoch's collator."""
+    from ..data.collator import CounterfactualTripleCollator
+    from ..modeling.counterfactual_mme_jd import top_token_masks
+
+    if "image_counterfactual_mask" in rows.column_names:
+        return rows
+    collator = CounterfactualTripleCollator(processor, model.config, include_counterfactuals=False)
+    masks: list[list[bool]] = []
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(rows), config.inference_batch_size):
+        batch = collator([rows[i] for i in range(start, min(start + config.inference_batch_size, len(rows)))])
+        inputs = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v) and k != "labels"}
+        scores, _ = model.image_saliency(inputs, config.image_counterfactual)
+        masks.extend(m.tolist() for m in top_token_masks(scores, model.config.image_mask_ratio))
+    return rows.add_column("image_counterfactual_mask", masks)
+
+
+def _router_stage(model, processor, rows, args, config, vocabulary, callbacks) -> dict:
+    from ..inference import collect_outputs
+
+    outputs = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="mme_jd",
+                              return_experts=True, progress=True, description="router labels")
+    labels = outputs["labels"]
+    predictions = {k: outputs[f"{k}_logits"].argmax(-1) for k in ("general", "image_debias", "text_debias")}
+    both = model._combine_both(outputs["image_debias_logits"], outputs["text_debias_logits"]).argmax(-1)
+    targets = strategy_labels(labels, predictions["general"], predictions["image_debias"],
+                              predictions["text_debias"], both)
+    router_args = stage_arguments(
+        args, "router", str(Path(args.output_dir) / "stages" / "router"), num_train_epochs=config.router_epochs,
+        learning_rate=config.router_learning_rate, max_steps=-1, per_device_train_batch_size=64,
+        save_strategy="no", warmup_steps=0, logging_steps=50,
+    )
+    return train_router(model, outputs["pooled_hidden_state"], targets, router_args, callbacks)
+
+
+def _mid_stage(model, processor, rows, config) -> dict:
+    from ..inference import collect_outputs
+
+    outputs = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="mid",
+                              counterfactual_parts=("text", "image"),
+                              text_counterfactual=config.mid_text_counterfactual,
+                              image_counterfactual=config.image_counterfactual, progress=True,
+                              description="fit MID")
+    fitted = fit_lambdas(outputs["general_logits"], outputs["text_counterfactual_logits"],
+                         outputs["image_counterfactual_logits"], outputs["labels"], outputs.get("groups"))
+    model.config.lambda_text = fitted["lambda_text"]
+    model.config.lambda_image = fitted["lambda_image"]
+    return {"stage": "mid", **fitted}

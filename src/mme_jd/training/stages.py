@@ -1,0 +1,90 @@
+"""The training stages of MME-JD (METHOD §5), each a `transformers.Trainer` run.
+
+    general       originals, CE(x, y)                        (plain fine-tuning = ERM)
+    mctd          originals + both counterfactuals, reversed  (one model; general adapter)
+    image_debias  originals + image counterfactuals           (warm start from general)
+    text_debias   originals + text counterfactuals            (warm start from general)
+    router        general's pooled states → strategy labels   (base and experts frozen)
+
+Only the stage's own parameters are trainable (`MMEJDModel.set_trainable`). The collator
+builds exactly the counterfactual parts a stage's loss uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+
+from ..data.collator import CounterfactualTripleCollator
+
+logger = logging.getLogger("mme_jd")
+
+# stage → (expert trained, counterfactual parts built by the collator)
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "general": ("general", ()),
+    "mctd": ("general", ("text", "image")),
+    "image_debias": ("image_debias", ("image",)),
+    "text_debias": ("text_debias", ("text",)),
+}
+
+
+def copy_expert(model, source: str, target: str) -> None:
+    """Warm start: copy the LoRA weights of expert `source` into expert `target`."""
+    params = dict(model.vlm.named_parameters())
+    with torch.no_grad():
+        for name, param in params.items():
+            if f".{target}." in name and ".lora_" in name:
+                param.copy_(params[name.replace(f".{target}.", f".{source}.")])
+        if model.config.head == "linear":
+            model.heads[target].load_state_dict(model.heads[source].state_dict())
+
+
+def stage_arguments(args, stage: str, output_dir: str, **overrides: Any):
+    """The TrainingArguments of one stage: the user's, in the stage's own output folder, with
+    what the triple collator needs."""
+    fields = {f.name for f in dataclasses.fields(args) if f.init}
+    values = {name: getattr(args, name) for name in fields}
+    values.update(output_dir=output_dir, remove_unused_columns=False, label_names=["labels"],
+                  run_name=f"mme-jd-{stage}", **overrides)
+    if values.get("report_to") in (None, "all"):
+        values["report_to"] = "none"
+    return type(args)(**values)
+
+
+def run_expert_stage(
+    model,
+    stage: str,
+    train_dataset,
+    args,
+    processor,
+    text_counterfactual: str,
+    image_counterfactual: str,
+    lexicon: Any = None,
+    vocabulary: set[str] | None = None,
+    resume_from_checkpoint: bool | str | None = None,
+    callbacks: list | None = None,
+) -> dict:
+    """Train one expert stage with the Trainer. Returns the stage's log (loss, steps, seconds)."""
+    from transformers import Trainer
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(STAGES)} or 'router'.")
+    expert, parts = STAGES[stage]
+    model.set_trainable(expert)
+    collator = CounterfactualTripleCollator(
+        processor, model.config, include_counterfactuals=bool(parts), parts=parts or ("text", "image"),
+        text_counterfactual=text_counterfactual, image_counterfactual=image_counterfactual,
+        lexicon=lexicon, vocabulary=vocabulary, expert=expert,
+    )
+    model.train()
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
+                      callbacks=callbacks)
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    model.eval()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"stage": stage, "expert": expert, "parts": list(parts), "steps": result.global_step,
+            "train_loss": result.training_loss, "losses": losses,
+            "seconds": round(result.metrics.get("train_runtime", 0.0), 2)}
