@@ -29,5 +29,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m mme_jd.cli bench --quick
 
+# Two CPU processes (DDP over gloo). accelerate's `--cpu` multi-process path needs MPI; without
+# it, `--multi_gpu` starts torchrun, and TrainingArguments(use_cpu=True) picks the gloo backend.
+distributed: $(STAMP)
+	$(VENV)/bin/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no -m mme_jd.training --output-dir outputs/distributed --num-train 256 --max-steps 4
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache demo_output

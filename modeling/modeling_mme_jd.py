@@ -530,6 +530,9 @@ class MMEJDModel(MMEJDPreTrainedModel):
         into place one by one with `os.replace`, so an interrupted save never leaves a
         half-written file where a good one was; other files in the folder are kept."""
         processor = processor if processor is not None else self.processor
+        # keep this model's own key layout: transformers would otherwise store the base's keys in
+        # its legacy layout, which the Trainer's checkpoint reload (load_state_dict) cannot match
+        kwargs.setdefault("save_original_format", False)
         target = os.path.abspath(os.fspath(save_directory))
         if kwargs.get("push_to_hub"):
             super().save_pretrained(target, *args, **kwargs)

@@ -88,22 +88,33 @@ def _done_marker(output_dir: Path, stage: str) -> Path:
     return output_dir / "stages" / stage / "done.json"
 
 
+def _on_main_process(write) -> None:
+    """Run `write` on the main process only, then let every process continue together (DDP)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        write()
+    state.wait_for_everyone()
+
+
 def _save_stage(model, output_dir: Path, stage: str, log: dict) -> None:
-    folder = output_dir / "stages" / stage
-    model.save_pretrained(folder)
-    temporary = folder / "done.json.tmp"
-    temporary.write_text(json.dumps({**log, "config": model.config.to_diff_dict()}, indent=2, default=str))
-    os.replace(temporary, folder / "done.json")
+    def write() -> None:
+        folder = output_dir / "stages" / stage
+        model.save_pretrained(folder)
+        temporary = folder / "done.json.tmp"
+        temporary.write_text(json.dumps({**log, "config": model.config.to_diff_dict()}, indent=2, default=str))
+        os.replace(temporary, folder / "done.json")
+
+    _on_main_process(write)
 
 
 def _load_stage(model, output_dir: Path, stage: str) -> dict:
-    from safetensors.torch import load_file
-
+    """Load a finished stage's weights into `model` (through from_pretrained: transformers may
+    store checkpoint keys in another layout and converts them on load)."""
     folder = output_dir / "stages" / stage
-    state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ValueError(f"stage checkpoint {folder} does not fit this model (unexpected keys {unexpected[:3]}).")
+    saved = type(model).from_pretrained(folder)
+    model.load_state_dict(saved.state_dict())
     log = json.loads((folder / "done.json").read_text())
     for key in ("router_threshold", "router_class_weights", "lambda_text", "lambda_image", "mode"):
         if key in log["config"]:
@@ -152,7 +163,8 @@ def train(
     model.config.image_counterfactual = config.image_counterfactual
     vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
     stages = RECIPES[config.recipe]
-    report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "stages": []}
+    report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "stages": [],
+                              "world_size": args.world_size}
     started = time.perf_counter()
     for index, stage in enumerate(stages):
         print(f"[mme-jd] stage {index + 1}/{len(stages)}: {stage}", flush=True)
@@ -190,10 +202,16 @@ def train(
         report["stages"].append(log)
     model.config.mode = {"general": "general", "mid": "mid", "mctd": "mctd", "mme_jd": "mme_jd"}[config.recipe]
     final = output_dir / "final"
-    model.save_pretrained(final, processor=processor)
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["checkpoint"] = str(final)
-    (final / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
+
+    def write() -> None:
+        model.save_pretrained(final, processor=processor)
+        temporary = final / "training_report.json.tmp"
+        temporary.write_text(json.dumps(report, indent=2, default=str))
+        os.replace(temporary, final / "training_report.json")
+
+    _on_main_process(write)
     return report
 
 

@@ -1,0 +1,90 @@
+"""`python -m mme_jd.training` (and `accelerate launch -m mme_jd.training`): train a recipe.
+
+Example, two CPU processes (DDP over gloo) on the tiny default and synthetic data:
+    accelerate launch --cpu --num_processes 2 -m mme_jd.training --output-dir out --max-steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--output-dir", required=True, help="where stages and the final checkpoint go")
+    parser.add_argument("--recipe", default="mme_jd", choices=["general", "mid", "mctd", "mme_jd"],
+                        help="which stages to run (default: %(default)s)")
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (random tiny default), 'tiny-pretrained' (the cached pretrained tiny base), "
+                             "or a folder / hub id of an image-text-to-text base model (default: %(default)s)")
+    parser.add_argument("--dataset", default="synthetic",
+                        help="'synthetic', 'mmsd2', 'mmsd' or 'mvsa_single' (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
+    parser.add_argument("--num-train", type=int, default=6000, help="synthetic training rows (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="steps per expert stage; -1 uses --epochs")
+    parser.add_argument("--epochs", type=float, default=1.0, help="epochs per expert stage (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="expert stages' LR (default: %(default)s)")
+    parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical", "given", "saliency"],
+                        help="text builder for training (default: %(default)s)")
+    parser.add_argument("--image-counterfactual", default="attention", choices=["attention", "gradient", "given"],
+                        help="image builder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import TrainingArguments
+
+    from . import MMEJDTrainingConfig, train
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.dataset == "synthetic":
+        from ..data.synthetic import make_synthetic_benchmark
+
+        dataset = make_synthetic_benchmark(num_train=args.num_train, seed=args.seed,
+                                           splits=["train", "validation_balanced"])
+    else:
+        from ..data.real import load_dataset_by_name
+
+        dataset = load_dataset_by_name(args.dataset, data_dir=args.data_dir)
+    if args.model == "tiny":
+        from ..tiny import tiny_model
+
+        model = tiny_model()
+    elif args.model == "tiny-pretrained":
+        from ..tiny import pretrained_tiny_model
+
+        model = pretrained_tiny_model()
+    else:
+        from ..base import from_base
+
+        model = from_base(args.model)
+    training_args = TrainingArguments(
+        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
+        num_train_epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed, logging_steps=20,
+        save_steps=200, save_total_limit=1, report_to="none", use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if not torch.cuda.is_available() else None,
+    )
+    split_names = {"validation_balanced": "validation_balanced" if "validation_balanced" in dataset else "validation"}
+    config = MMEJDTrainingConfig(recipe=args.recipe, text_counterfactual=args.text_counterfactual,
+                                 image_counterfactual=args.image_counterfactual,
+                                 router_split=split_names["validation_balanced"],
+                                 mid_split=split_names["validation_balanced"])
+    return train(model, dataset, training_args, config, resume_from_checkpoint=args.resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m mme_jd.training", description=__doc__))
+    report = run(parser.parse_args(argv))
+    print(json.dumps({"checkpoint": report["checkpoint"], "seconds": report["seconds"],
+                      "stages": [{k: v for k, v in s.items() if k != "losses"} for s in report["stages"]]},
+                     indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

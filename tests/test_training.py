@@ -1,0 +1,193 @@
+"""Training stages on the Trainer: parameter isolation, loss going down, resume, reload
+through AutoModel, and a 2-process DDP run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from mme_jd.data.synthetic import make_synthetic_benchmark
+from mme_jd.tiny import tiny_model
+from mme_jd.training import MMEJDTrainingConfig, train
+
+torch.set_num_threads(2)
+
+
+def _args(output_dir, **overrides):
+    values = dict(output_dir=str(output_dir), per_device_train_batch_size=16, max_steps=2, learning_rate=5e-3,
+                  logging_steps=1, save_steps=2, report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic_benchmark(num_train=96, num_validation_balanced=64, seed=1,
+                                    splits=["train", "validation_balanced"])
+
+
+@pytest.fixture(scope="module")
+def mme_jd_run(tmp_path_factory, data):
+    output = tmp_path_factory.mktemp("mme_jd_run")
+    model = tiny_model()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    report = train(model, data, _args(output), MMEJDTrainingConfig(recipe="mme_jd", router_epochs=3))
+    return output, model, initial, report
+
+
+def load_file(path):
+    """The state dict of a saved stage, loaded the way transformers maps checkpoint keys."""
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    return MMEJDModel.from_pretrained(Path(path).parent).state_dict()
+
+
+def _changed(before, after):
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_each_stage_changes_only_its_own_parameters(mme_jd_run):
+    output, model, initial, report = mme_jd_run
+    names = [stage["stage"] for stage in report["stages"]]
+    assert names == ["general", "image_debias", "text_debias", "router", "mid"]
+    previous = {k: v for k, v in initial.items()}
+    for stage in ("general", "image_debias", "text_debias", "router"):
+        state = load_file(str(output / "stages" / stage / "model.safetensors"))
+        changed = _changed(previous, state)
+        assert changed, stage
+        if stage == "router":
+            assert all(k.startswith("router.") for k in changed)
+        else:
+            assert all(f".{stage}." in k and ".lora_" in k for k in changed), (stage, sorted(changed)[:3])
+        previous = state
+    base_keys = [k for k in initial if ".lora_" not in k and not k.startswith("router.")]
+    assert all(torch.equal(initial[k], previous[k]) for k in base_keys)  # the base stays frozen
+
+
+def test_debias_experts_are_warm_started_from_general(mme_jd_run):
+    output, _, initial, _ = mme_jd_run
+    general = load_file(str(output / "stages" / "general" / "model.safetensors"))
+    image_stage = load_file(str(output / "stages" / "image_debias" / "model.safetensors"))
+    # text_debias is untouched during the image stage, image_debias moved away from general's weights
+    a_key = next(k for k in general if ".lora_A.general." in k)
+    assert not torch.equal(general[a_key], initial[a_key])
+    image_key = a_key.replace(".general.", ".image_debias.")
+    assert not torch.equal(image_stage[image_key], initial[image_key])
+    assert torch.allclose(image_stage[image_key], general[a_key], atol=0.1)  # two small steps from general's
+
+
+def test_report_logs_stage_times_router_shares_and_lambdas(mme_jd_run):
+    output, model, _, report = mme_jd_run
+    router = next(s for s in report["stages"] if s["stage"] == "router")
+    assert abs(sum(router["routed_shares"].values()) - 1) < 1e-5 and 0 <= router["threshold"] <= 1
+    mid = next(s for s in report["stages"] if s["stage"] == "mid")
+    assert model.config.lambda_text == mid["lambda_text"] and model.config.lambda_image == mid["lambda_image"]
+    assert all(s["seconds_total"] >= 0 for s in report["stages"])
+    saved = json.loads((output / "final" / "training_report.json").read_text())
+    assert saved["recipe"] == "mme_jd" and saved["world_size"] == 1
+
+
+def test_final_checkpoint_reloads_through_automodel_in_a_fresh_process(mme_jd_run, data):
+    output, model, _, _ = mme_jd_run
+    from mme_jd.data.collator import CounterfactualTripleCollator
+
+    collator = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)
+    batch = collator([data["validation_balanced"][i] for i in range(8)])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        expected = model(**inputs, mode="mme_jd")
+    torch.save(inputs, output / "inputs.pt")
+    script = (
+        "import sys, torch, json; sys.modules['mme_jd'] = None\n"
+        "from transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(output / 'final')!r}, trust_remote_code=True).eval()\n"
+        f"out = m(**torch.load({str(output / 'inputs.pt')!r}))\n"
+        f"torch.save({{'logits': out.logits, 'strategy': out.strategy}}, {str(output / 'reloaded.pt')!r})\n"
+        "print(json.dumps([m.config.mode, m.config.router_threshold, m.config.lambda_text]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    mode, threshold, lambda_text = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (mode, threshold, lambda_text) == ("mme_jd", model.config.router_threshold, model.config.lambda_text)
+    reloaded = torch.load(output / "reloaded.pt")
+    assert torch.equal(reloaded["logits"], expected.logits) and torch.equal(reloaded["strategy"], expected.strategy)
+
+
+def test_loss_goes_down_on_a_learnable_task(tmp_path, data):
+    """The general stage learns 'is the #irony token present?' (a one-token task) from scratch."""
+    from mme_jd.data.collator import CounterfactualTripleCollator
+
+    rows = data["train"].map(lambda row: {"label": row["text_cue"]})
+    dataset = {"train": rows, "validation_balanced": data["validation_balanced"]}
+    model = tiny_model()
+    batch = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)(
+        [rows[i] for i in range(len(rows))]
+    )
+    batch.pop("metadata")
+
+    def loss_and_accuracy():
+        with torch.no_grad():
+            out = model(**batch, expert="general")
+        return out.loss.item(), (out.logits.argmax(-1) == batch["labels"]).float().mean().item()
+
+    before, _ = loss_and_accuracy()
+    report = train(model, dataset, _args(tmp_path, max_steps=30, learning_rate=1e-2, save_steps=1000),
+                   MMEJDTrainingConfig(recipe="general"))
+    after, accuracy = loss_and_accuracy()
+    assert report["stages"][0]["steps"] == 30
+    assert after < 0.75 * before and accuracy > 0.75, (before, after, accuracy)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Interrupt()
+
+
+def test_resume_reaches_the_same_weights(tmp_path, data):
+    config = MMEJDTrainingConfig(recipe="general")
+    args = dict(max_steps=6, save_steps=3)
+    uninterrupted = tiny_model()
+    train(uninterrupted, data, _args(tmp_path / "a", **args), config)
+
+    interrupted = tiny_model()
+    with pytest.raises(_Interrupt):
+        train(interrupted, data, _args(tmp_path / "b", **args), config, callbacks=[_StopAt(4)])
+    assert (tmp_path / "b" / "stages" / "general" / "checkpoint-3").is_dir()
+    resumed = tiny_model()
+    train(resumed, data, _args(tmp_path / "b", **args), config, resume_from_checkpoint=True)
+    expected, got = uninterrupted.state_dict(), resumed.state_dict()
+    lora = [k for k in expected if ".lora_" in k]
+    assert any(not torch.equal(expected[k], tiny_model().state_dict()[k]) for k in lora)
+    for key in lora:
+        assert torch.allclose(expected[key], got[key], atol=1e-6), key
+
+
+def test_two_process_distributed_run_gives_a_usable_checkpoint(tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mme_jd.training",
+               "--output-dir", str(tmp_path), "--num-train", "64", "--max-steps", "2", "--batch-size", "8",
+               "--recipe", "mctd"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "final" / "training_report.json").read_text())
+    assert report["world_size"] == 2 and report["stages"][0]["steps"] == 2
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tmp_path / "final", trust_remote_code=True)
+    assert model.config.mode == "mctd"
