@@ -28,6 +28,7 @@ IMAGE_FILLS = ("mean", "zero")
 OTHER_MODALITY = ("null", "keep")
 CF_TARGETS = ("complement", "uniform")
 EXPERT_EXECUTIONS = ("routed", "all")
+DEBIAS_OBJECTIVES = ("reversed", "poe")
 BOTH_COMBINATIONS = ("mean", "product")
 ROUTER_POOLINGS = ("last", "mean")
 
@@ -135,6 +136,11 @@ class MMEJDConfig(PreTrainedConfig):
             CE(x, y) + w_t·CE(x_t*, ȳ) + w_v·CE(x_v*, ȳ).
         cf_target: reversed target for more than two classes: "complement" (uniform over
             the classes other than y) or "uniform" (uniform over all classes).
+        image_debias_objective / text_debias_objective: how a debias expert learns from its
+            counterfactual: "reversed" (MCTD: CE(x, y) + w·CE(x*, ȳ)) or "poe" (product of
+            experts: CE(log p_expert(x) + log p_general(x*), y) with the general expert frozen
+            on the cue-only counterfactual x*, so the expert learns what the cue leaves
+            unexplained; at inference the expert runs alone).
 
     Counterfactuals (METHOD §3)
         text_counterfactual: "lexical", "saliency", "given" or "swap".
@@ -165,7 +171,8 @@ class MMEJDConfig(PreTrainedConfig):
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value"]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                 "query", "key", "value", "dense"]
     )
     lora_scope: str | None = None
     # router
@@ -185,6 +192,8 @@ class MMEJDConfig(PreTrainedConfig):
     mctd_text_weight: float = 1.0
     mctd_image_weight: float = 1.0
     cf_target: str = "complement"
+    image_debias_objective: str = "reversed"
+    text_debias_objective: str = "reversed"
     # counterfactuals
     text_counterfactual: str = "lexical"
     image_counterfactual: str = "attention"
@@ -218,6 +227,8 @@ class MMEJDConfig(PreTrainedConfig):
         _check_choice("image_fill", self.image_fill, IMAGE_FILLS)
         _check_choice("other_modality", self.other_modality, OTHER_MODALITY)
         _check_choice("cf_target", self.cf_target, CF_TARGETS)
+        _check_choice("image_debias_objective", self.image_debias_objective, DEBIAS_OBJECTIVES)
+        _check_choice("text_debias_objective", self.text_debias_objective, DEBIAS_OBJECTIVES)
         _check_choice("expert_execution", self.expert_execution, EXPERT_EXECUTIONS)
         _check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
         _check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)

@@ -37,6 +37,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mme_jd import EXPERT_NAMES, ROUTER_STRATEGIES, MMEJDConfig
 from .counterfactual_mme_jd import image_token_grids, reversed_targets
+from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
 
 # Tensors aligned with the token sequence: padded when batches of different length are joined.
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -136,6 +137,9 @@ class MMEJDPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
+    # forward takes **base_inputs but computes a plain mean loss: the Trainer must scale it for
+    # gradient accumulation itself
+    accepts_loss_kwargs = False
 
 
 class MMEJDModel(MMEJDPreTrainedModel):
@@ -378,7 +382,25 @@ class MMEJDModel(MMEJDPreTrainedModel):
         image_logits = chunks.pop(0) if image_cf is not None else None
         return original, pooled[:batch], text_logits, image_logits
 
+    def _product_of_experts(self, name, inputs, labels, counterfactual) -> MMEJDOutput:
+        """PoE training of a debias expert against the frozen general expert's prediction on
+        the cue-only counterfactual: CE(log_softmax(f_e(x)) + log_softmax(f_g(x*)), y)."""
+        with torch.no_grad():
+            bias_logits = self.expert_forward("general", counterfactual)[0]
+        logits, pooled, _ = self.expert_forward(name, inputs)
+        combined = F.log_softmax(logits, -1) + F.log_softmax(bias_logits, -1)
+        out = MMEJDOutput(loss=F.cross_entropy(combined, labels), logits=logits, pooled_hidden_state=pooled)
+        setattr(out, f"{name}_logits", logits)
+        setattr(out, "image_counterfactual_logits" if name == "image_debias" else "text_counterfactual_logits",
+                bias_logits)
+        return out
+
     def _single_expert(self, name, inputs, labels, text_cf, image_cf, cf_targets, text_valid=None) -> MMEJDOutput:
+        if labels is not None and self.training:
+            objective = {"image_debias": (self.config.image_debias_objective, image_cf),
+                         "text_debias": (self.config.text_debias_objective, text_cf)}.get(name)
+            if objective is not None and objective[0] == "poe" and objective[1] is not None:
+                return self._product_of_experts(name, inputs, labels, objective[1])
         logits, pooled, text_logits, image_logits = self._run_with_counterfactuals(name, inputs, text_cf, image_cf)
         loss = None
         if labels is not None:
@@ -525,14 +547,17 @@ class MMEJDModel(MMEJDPreTrainedModel):
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
-        """Save weights (safetensors), config with `auto_map`, the modeling files and the
-        processor. Files are written into a temporary folder beside the target and then moved
+        """Save weights (safetensors), config with `auto_map` and `custom_pipelines` (the
+        `multimodal-debias` pipeline), the modeling and pipeline files and the processor.
+        Files are written into a temporary folder beside the target and then moved
         into place one by one with `os.replace`, so an interrupted save never leaves a
         half-written file where a good one was; other files in the folder are kept."""
         processor = processor if processor is not None else self.processor
         # keep this model's own key layout: transformers would otherwise store the base's keys in
         # its legacy layout, which the Trainer's checkpoint reload (load_state_dict) cannot match
         kwargs.setdefault("save_original_format", False)
+        pipelines = getattr(self.config, "custom_pipelines", None) or {}
+        self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
         target = os.path.abspath(os.fspath(save_directory))
         if kwargs.get("push_to_hub"):
             super().save_pretrained(target, *args, **kwargs)

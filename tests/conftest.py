@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # pytest -n 2 runs two workers on two cores
 
 TEXTS = ["the movie was great #irony", "my day is bad", "today is good fun", "awful movie today"]
 

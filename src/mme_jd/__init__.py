@@ -2,7 +2,9 @@
 
 Importing `mme_jd` registers the `mme_jd` model type with `AutoConfig` and `AutoModel`, so a
 saved MME-JD folder loads with `AutoModel.from_pretrained(folder)` even without
-`trust_remote_code`. Heavier parts (data, training, evaluation) load on first use.
+`trust_remote_code`, and the `multimodal-debias` pipeline task, so
+`transformers.pipeline("multimodal-debias", model=folder)` works. Heavier parts (data,
+training, evaluation) load on first use.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ _LAZY = {
     "MMEJDConfig": "mme_jd.modeling.configuration_mme_jd",
     "MMEJDModel": "mme_jd.modeling.modeling_mme_jd",
     "MMEJDOutput": "mme_jd.modeling.modeling_mme_jd",
+    "MultimodalDebiasPipeline": "mme_jd.modeling.pipeline_mme_jd",
     "from_base": "mme_jd.base",
     "tiny_model": "mme_jd.tiny",
     "build_tiny_base": "mme_jd.tiny",
@@ -23,11 +26,15 @@ _LAZY = {
 
 
 def register_auto_classes() -> None:
-    """Register MME-JD with transformers' Auto classes (idempotent)."""
+    """Register MME-JD with transformers' Auto classes and the `multimodal-debias` pipeline
+    task (idempotent)."""
     from transformers import AutoConfig, AutoModel
 
     from .modeling.configuration_mme_jd import MMEJDConfig
     from .modeling.modeling_mme_jd import MMEJDModel
+    from .modeling.pipeline_mme_jd import register_pipeline
+
+    register_pipeline()
 
     try:
         AutoConfig.register(MMEJDConfig.model_type, MMEJDConfig, exist_ok=True)

@@ -1,9 +1,36 @@
-"""The `mme-jd` command line. Each command has `--help`; failures exit non-zero with one line."""
+"""The `mme-jd` command line. Each command has `--help`; failures exit non-zero with one line.
+
+Commands: demo, predict, publish. A command is a `_<name>(args)` handler plus an
+`_add_<name>(commands)` function that declares its parser; `build_parser` calls each adder.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import json
+import os
 import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own progress bars (loading weights, writing shards) while a command
+    runs, so stderr holds the command's progress bar and its one-line errors."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -12,14 +39,289 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.output_dir, num_samples=args.samples)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mme-jd", description="MME-JD: debias multimodal LLM classifiers.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="run the main job on the embedded tiny default",
                                description="Build the tiny default, run every mode, save, reload in a fresh process.")
     demo.add_argument("--output-dir", default="demo_output", help="where the model and summary go (default: %(default)s)")
     demo.add_argument("--samples", type=int, default=6, help="synthetic rows to run (default: %(default)s)")
     demo.set_defaults(handler=_demo)
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def read_rows(path: str | os.PathLike, input_format: str | None = None) -> list[dict]:
+    """The rows of a JSONL file (one JSON object per line, blank lines skipped) or a CSV file
+    with a header. Raises FileNotFoundError / ValueError with the line at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {str(path)!r}")
+    fmt = input_format or ("csv" if path.suffix.lower() == ".csv" else
+                           "jsonl" if path.suffix.lower() in _JSONL_SUFFIXES else None)
+    if fmt is None:
+        raise ValueError(
+            f"cannot tell the format of {str(path)!r} from its extension; use .jsonl or .csv, or --format."
+        )
+    try:
+        if fmt == "csv":
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                return [dict(row) for row in csv.DictReader(handle)]
+        rows = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path.name} line {number}: invalid JSON ({error.msg}).") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}.")
+                rows.append(row)
+        return rows
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text ({error.reason}).") from None
+    except csv.Error as error:
+        raise ValueError(f"{str(path)!r} is not a valid CSV file ({error}).") from None
+
+
+def _pipeline_input(row: dict, folder: Path, image_column: str, text_column: str, label_column: str) -> dict:
+    """A row as a pipeline input; a relative image path is relative to the input file's folder."""
+    item: dict[str, Any] = {}
+    if image_column in row:
+        image = row[image_column]
+        if isinstance(image, str) and image.strip() and not image.startswith(("http://", "https://")):
+            image = os.path.join(folder, os.path.expanduser(image))
+        item["image"] = image
+    if text_column in row:
+        item["text"] = row[text_column]
+    if row.get(label_column) not in (None, ""):
+        item["label"] = row[label_column]
+    return item
+
+
+def _write_jsonl(records: list[dict], output: str) -> None:
+    """JSON lines to stdout ('-') or to a file, written atomically (temporary file, os.replace)."""
+    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+    if output == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, target)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def load_pipeline(model: str, device: str | None = None):
+    """The `multimodal-debias` pipeline of a saved model folder (or Hub id)."""
+    from transformers import pipeline
+
+    from . import register_auto_classes
+
+    register_auto_classes()
+    if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise FileNotFoundError(f"model folder not found: {model!r}")
+    try:
+        return pipeline("multimodal-debias", model=model, device=device)
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(f"cannot load the model {model!r}: {first}") from None
+
+
+def predict_file(
+    model: str,
+    input_path: str | os.PathLike,
+    output: str | None = None,
+    *,
+    mode: str | None = None,
+    batch_size: int = 8,
+    top_k: int | None = None,
+    explain: bool = False,
+    return_experts: bool = False,
+    on_error: str = "raise",
+    device: str | None = None,
+    image_column: str = "image",
+    text_column: str = "text",
+    label_column: str = "label",
+    input_format: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict every row of a JSONL/CSV file with the `multimodal-debias` pipeline (the
+    `mme-jd predict` command). Each output line: {"index", "input": the row as read, "label",
+    "score", "strategy", "scores", ...} or, for a bad row with on_error="report",
+    {"index", "input", "error", ...}. Returns a summary (rows, predicted, failed,
+    first_error, strategies, output)."""
+    from tqdm.auto import tqdm
+
+    rows = read_rows(input_path, input_format)
+    if not rows:
+        raise ValueError(f"{str(input_path)!r} holds no rows.")
+    output = output or str(Path(input_path).with_name(Path(input_path).stem + ".predictions.jsonl"))
+    folder = Path(input_path).resolve().parent
+    items = [_pipeline_input(row, folder, image_column, text_column, label_column) for row in rows]
+    pipe = load_pipeline(model, device)
+    options = {"mode": mode, "top_k": top_k, "explain": explain, "return_experts": return_experts,
+               "errors": on_error}
+    with tqdm(total=len(items), desc="predict", unit="row", file=sys.stderr, disable=not progress) as bar:
+        results = pipe(items, batch_size=batch_size, progress_callback=lambda done, total: bar.update(done - bar.n),
+                       **{k: v for k, v in options.items() if v is not None})
+    records = [{"index": index, "input": row, **result} for index, (row, result) in enumerate(zip(rows, results))]
+    _write_jsonl(records, output)
+    errors = [result["error"] for result in results if result.get("error")]
+    return {
+        "rows": len(rows), "predicted": len(rows) - len(errors), "failed": len(errors),
+        "first_error": errors[0] if errors else None,
+        "strategies": dict(Counter(r["strategy"] for r in results if r.get("strategy") is not None)),
+        "output": output,
+    }
+
+
+def _predict(args: argparse.Namespace) -> None:
+    with _quiet_transformers():
+        summary = predict_file(
+            args.model, args.input, args.output, mode=args.mode, batch_size=args.batch_size, top_k=args.top_k,
+            explain=args.explain, return_experts=args.return_experts, on_error=args.on_error, device=args.device,
+            image_column=args.image_column, text_column=args.text_column, label_column=args.label_column,
+            input_format=args.format, progress=not args.no_progress,
+        )
+    counts = ", ".join(f"{name} {count}" for name, count in summary["strategies"].items())
+    print(f"predicted {summary['predicted']} of {summary['rows']} rows → {summary['output']} (strategies: {counts})",
+          file=sys.stderr)
+    if summary["failed"]:
+        raise ValueError(f"{summary['failed']} of {summary['rows']} rows failed (first: {summary['first_error']}); "
+                         f"their 'error' field in {summary['output']} says why")
+
+
+def _add_predict(commands) -> None:
+    predict = commands.add_parser(
+        "predict", help="classify the image/text rows of a JSONL or CSV file",
+        description=(
+            "Run the multimodal-debias pipeline over the rows of a JSONL or CSV file and write one JSON\n"
+            "line per row: the row's index and input, the predicted label, its score, the debiasing\n"
+            "strategy and the scores of every class. A progress bar goes to stderr."
+        ),
+        epilog=(
+            "A row's image is a file path, absolute or relative to the input file's folder; 'input N'\n"
+            "in messages is the N-th row, counted from 0. With --on-error raise (default) a bad row\n"
+            "stops the run (exit 1, nothing written); with report every row is written, bad ones with\n"
+            "an 'error' field, and the exit status is 1 when any row failed.\n\n"
+            "example: mme-jd predict my-mme-jd rows.jsonl --output predictions.jsonl --mode mme_jd"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("model", help="a saved MME-JD model folder (or a Hub id) with its processor")
+    predict.add_argument("input",
+                         help="the rows: a .jsonl file (one JSON object per line) or a .csv file with a header")
+    predict.add_argument("--output", "-o", default=None,
+                         help="where the predictions go, one JSON object per line (.jsonl), written atomically; "
+                              "default: <input>.predictions.jsonl beside the input; '-' for stdout")
+    predict.add_argument("--format", choices=("jsonl", "csv"), default=None,
+                         help="the input's format (default: from its extension: .jsonl/.json or .csv)")
+    predict.add_argument("--image-column", default="image",
+                         help="the column holding the image path (default: %(default)s)")
+    predict.add_argument("--text-column", default="text", help="the column holding the text (default: %(default)s)")
+    predict.add_argument("--label-column", default="label",
+                         help="an optional column with the true label (name or id), checked against the model's "
+                              "labels and copied to 'true_label'; ignored when absent (default: %(default)s)")
+    predict.add_argument("--mode", choices=("general", "mid", "mctd", "mme_jd"), default=None,
+                         help="the debiasing mode (default: the model's config.mode)")
+    predict.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default: %(default)s)")
+    predict.add_argument("--top-k", type=int, default=None,
+                         help="keep the K most probable classes in 'scores' (default: every class)")
+    predict.add_argument("--explain", action="store_true",
+                         help="add the counterfactuals' scores and the masked words and image patches")
+    predict.add_argument("--return-experts", action="store_true", help="add every expert's scores (and the router's)")
+    predict.add_argument("--on-error", choices=("raise", "report"), default="raise",
+                         help="bad rows (missing or corrupt image, empty text, unknown label ...): 'raise' stops "
+                              "at the first, 'report' writes them with an 'error' field (default: %(default)s)")
+    predict.add_argument("--device", default=None,
+                         help="where the model runs: cpu, cuda, cuda:1, mps ... (default: the first GPU, else cpu)")
+    predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    predict.set_defaults(handler=_predict)
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from .hub import publish
+
+    try:
+        with _quiet_transformers():
+            result = publish(
+                args.model, args.repo_id, report=args.report, output_dir=args.output_dir, license=args.license,
+                base_model=args.base_model, datasets=args.dataset, dataset_split=args.dataset_split, tags=args.tag,
+                pipeline_tag=args.pipeline_tag, private=args.private or None, token=args.token,
+                revision=args.revision, commit_message=args.commit_message, dry_run=args.dry_run,
+            )
+    except OSError as error:  # Hub errors (HTTP, missing token) are OSErrors; keep the one-line contract
+        if isinstance(error, FileNotFoundError):
+            raise
+        lines = str(error).strip().splitlines()
+        raise RuntimeError(f"{type(error).__name__}: {lines[0] if lines else 'no details'}") from None
+    files = ", ".join(result.files)
+    if result.uploaded:
+        print(f"uploaded to https://huggingface.co/{result.repo_id}: {files}, then {result.upload_order[1][0]}")
+    else:
+        print(f"dry run: wrote {result.folder} ({files}, README.md); nothing uploaded")
+
+
+def _add_publish(commands) -> None:
+    publish = commands.add_parser(
+        "publish", help="upload a saved model, its processor, remote code and model card to the Hub",
+        description=(
+            "Save the model with its processor, remote code (configuration, modeling, counterfactual, inputs and "
+            "pipeline files) and pipeline config into an upload folder, render the model card (README.md) from "
+            "hub_cards/model_card.md with the evaluation report's results, and upload the folder to the Hub: the "
+            "model files first, the card last."
+        ),
+        epilog="example: mme-jd publish runs/final me/mme-jd-mmsd --report eval/report.json "
+               "--base-model llava-hf/llava-1.5-7b-hf --dataset me/mmsd --dry-run",
+    )
+    publish.add_argument("model", help="a folder written by MMEJDModel.save_pretrained, with its processor")
+    publish.add_argument("repo_id", help="the Hub repository, 'user/name' (created when missing)")
+    publish.add_argument("--report", default=None,
+                         help="an evaluation report.json (mme_jd.evaluation.report.write_report) for the card's "
+                              "eval_results, metric table and routing shares")
+    publish.add_argument("--output-dir", default=None,
+                         help="the upload folder to write (default: <model>-hub beside the model); replaced when an "
+                              "earlier publish wrote it, refused when it holds other files")
+    publish.add_argument("--license", default="apache-2.0", help="the card's license id (default: %(default)s)")
+    publish.add_argument("--base-model", default=None, help="the base model's Hub id, for the card's base_model")
+    publish.add_argument("--dataset", action="append", default=None,
+                         help="a dataset id the model was trained/evaluated on (repeat for several; the first is "
+                              "the one of the eval results)")
+    publish.add_argument("--dataset-split", default="test",
+                         help="the split the report was computed on (default: %(default)s)")
+    publish.add_argument("--tag", action="append", default=None, help="an extra card tag (repeat for several)")
+    publish.add_argument("--pipeline-tag", default="image-text-to-text",
+                         help="the card's pipeline_tag (default: %(default)s)")
+    publish.add_argument("--private", action="store_true", help="create the repository as private")
+    publish.add_argument("--token", default=None, help="a Hub token (default: the one of `hf auth login` / HF_TOKEN)")
+    publish.add_argument("--revision", default=None, help="the branch to upload to (default: main)")
+    publish.add_argument("--commit-message", default=None, help="the message of the model files' commit")
+    publish.add_argument("--dry-run", action="store_true", help="write the upload folder and card, upload nothing")
+    publish.set_defaults(handler=_publish)
+
+
+# ---------------------------------------------------------------------------- main
+
+_COMMANDS = (_add_demo, _add_predict, _add_publish)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mme-jd", description="MME-JD: debias multimodal LLM classifiers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(commands)
     return parser
 
 
@@ -28,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"mme-jd {args.command}: error: {error}", file=sys.stderr)
+        reason = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"mme-jd {args.command}: error: {reason}", file=sys.stderr)
         return 1
     return 0
 

@@ -5,7 +5,9 @@
 2. run a forward pass in each mode (general, mid, mctd, mme_jd) on those rows;
 3. save the model (weights, config with auto_map, remote code, processor), reload it in a
    fresh offline process through `AutoModel.from_pretrained(..., trust_remote_code=True)` and
-   check the logits are identical.
+   check the logits are identical;
+4. run `pipeline("multimodal-debias", model=<saved folder>)` on a few of the rows and print
+   each prediction with its strategy.
 """
 
 from __future__ import annotations
@@ -43,14 +45,14 @@ def run_demo(output_dir: str | Path = "demo_output", num_samples: int = 6) -> di
     started = time.perf_counter()
     model = tiny_model().eval()
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"[1/3] tiny default: {type(model.base_model_with_experts).__name__}, {parameters:,} parameters, "
+    print(f"[1/4] tiny default: {type(model.base_model_with_experts).__name__}, {parameters:,} parameters, "
           f"experts {list(model.config.expert_names)}")
     data = make_synthetic_benchmark(num_test=num_samples, splits=["test_balanced"], seed=0)["test_balanced"]
     rows = [data[i] for i in range(min(num_samples, len(data)))]
     collator = CounterfactualTripleCollator(model.processor, model.config, saliency_model=model)
     batch = collator(rows)
     names = model.config.id2label
-    print(f"[2/3] forward in each mode on {len(rows)} synthetic rows (labels {[names[int(l)] for l in batch['labels']]}):")
+    print(f"[2/4] forward in each mode on {len(rows)} synthetic rows (labels {[names[int(l)] for l in batch['labels']]}):")
     results = {}
     with torch.no_grad():
         for mode in ("general", "mid", "mctd", "mme_jd"):
@@ -74,13 +76,28 @@ def run_demo(output_dir: str | Path = "demo_output", num_samples: int = 6) -> di
     reloaded = torch.load(output_dir / "reloaded_logits.pt")
     identical = bool(torch.equal(reloaded, expected))
     files = sorted(p.name for p in folder.iterdir())
-    print(f"[3/3] saved to {folder} ({', '.join(files)})")
+    print(f"[3/4] saved to {folder} ({', '.join(files)})")
     print(f"      reloaded in a fresh offline process via remote code ({process.stdout.strip()}): "
           f"logits identical = {identical}")
+    pipeline_predictions = _pipeline_step(folder, rows[:3])
     summary = {"parameters": parameters, "modes": results, "saved_files": files, "reload_identical": identical,
-               "seconds": round(time.perf_counter() - started, 1)}
+               "pipeline": pipeline_predictions, "seconds": round(time.perf_counter() - started, 1)}
     (output_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     if not identical:
         raise RuntimeError("the reloaded model's logits differ from the saved model's")
     print(f"done in {summary['seconds']} s; summary in {output_dir / 'demo_summary.json'}")
     return summary
+
+
+def _pipeline_step(folder: Path, rows: list[dict]) -> list[dict]:
+    """Step 4: the `multimodal-debias` pipeline on the saved folder, a few rows, printed."""
+    from transformers import pipeline
+
+    pipe = pipeline("multimodal-debias", model=str(folder), device="cpu")
+    predictions = pipe([{"image": row["image"], "text": row["text"]} for row in rows])
+    print(f"[4/4] pipeline('multimodal-debias', model={folder.name!r}) on {len(rows)} rows, "
+          f"mode {pipe.model.config.mode}:")
+    for row, prediction in zip(rows, predictions):
+        print(f"      {row['text']!r:45s} → {prediction['label']} ({prediction['score']:.3f}), "
+              f"strategy {prediction['strategy']}")
+    return [{"text": row["text"], **prediction} for row, prediction in zip(rows, predictions)]

@@ -36,6 +36,19 @@ logger = logging.getLogger("mme_jd")
 METADATA_COLUMNS = ("group", "text_cue", "image_cue", "clean_label", "core_word_positions", "core_box", "id")
 
 
+def _changed_words(text: str, counterfactual: str) -> list[int]:
+    """Positions (in `text.split()`) of the words a precomputed counterfactual changed, for rows
+    that carry no `text_mask_positions`. Words cut off at the end count as changed; words
+    appended at the end count as a change of the last word."""
+    words, cf_words = text.split(), counterfactual.split()
+    changed = [i for i, (a, b) in enumerate(zip(words, cf_words)) if a != b]
+    if len(cf_words) < len(words):
+        changed += range(len(cf_words), len(words))
+    elif len(cf_words) > len(words) and words and not changed:
+        changed.append(len(words) - 1)
+    return changed
+
+
 @dataclass
 class CounterfactualTripleCollator:
     """Collate rows into originals + text and image counterfactuals (see module docstring).
@@ -96,14 +109,23 @@ class CounterfactualTripleCollator:
 
     def _text_counterfactual_texts(self, rows: list[dict], texts: list[str]) -> list[tuple[str, list[int]]]:
         if all("text_counterfactual" in row for row in rows):
-            return [(row["text_counterfactual"], list(row.get("text_mask_positions") or [])) for row in rows]
+            return [
+                (row["text_counterfactual"], list(row["text_mask_positions"]) if row.get("text_mask_positions")
+                 is not None else _changed_words(text, row["text_counterfactual"]))
+                for row, text in zip(rows, texts)
+            ]
         core = [row.get("core_word_positions") for row in rows] if self.text_counterfactual == "given" else None
         if core is not None and any(c is None for c in core):
             raise ValueError("text_counterfactual='given' needs a `core_word_positions` column in every row.")
+        scores = None
+        if self.text_counterfactual == "saliency":
+            scores = [row.get("text_word_scores") for row in rows]
+            if any(s is None for s in scores):
+                scores = None  # text_counterfactuals says what is missing
         return text_counterfactuals(
             texts, self.text_counterfactual, self.config.mask_word, core_positions=core,
             ratio=self.config.text_mask_ratio, lexicon=self.lexicon, vocabulary=self.vocabulary,
-            word_scores=[row.get("text_word_scores") for row in rows] if self.text_counterfactual == "saliency" else None,
+            word_scores=scores,
         )
 
     def _image_masks(self, rows: list[dict], original: dict) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 
 from .mid import fit_lambdas
 from .router_labels import strategy_labels, train_router
-from .stages import copy_expert, run_expert_stage, stage_arguments
+from .stages import copy_expert, run_expert_stage, stage_arguments, stage_parts
 
 logger = logging.getLogger("mme_jd")
 
@@ -51,6 +51,12 @@ class MMEJDTrainingConfig:
         group-balanced validation split, never on a test split.
     router_epochs, router_learning_rate: the router stage's schedule.
     mctd_text_weight / mctd_image_weight: w_t, w_v of the MCTD loss (None: the model's).
+        The default w_v = 0: a masked image counterfactual has no defined label on a task that
+        needs both modalities, and training it with a reversed target collapsed MCTD on the
+        synthetic benchmark (ID 0.52, WGA 0.23, bench/results/synthetic_recipes_seed0.json);
+        the swap text counterfactual carries the debiasing.
+    image_debias_objective / text_debias_objective: "reversed" or "poe" for the debias
+        experts (see MMEJDConfig); None keeps the model's.
     use_vocabulary_for_swap: restrict swap replacements to the tokenizer's vocabulary (for
         word-level tokenizers such as the tiny default's).
     """
@@ -65,7 +71,9 @@ class MMEJDTrainingConfig:
     router_epochs: float = 30.0
     router_learning_rate: float = 3e-3
     mctd_text_weight: float | None = None
-    mctd_image_weight: float | None = None
+    mctd_image_weight: float | None = 0.0
+    image_debias_objective: str | None = None
+    text_debias_objective: str | None = None
     use_vocabulary_for_swap: bool = True
     inference_batch_size: int = 128
     extra: dict[str, Any] = field(default_factory=dict)
@@ -158,6 +166,9 @@ def train(
         model.config.mctd_text_weight = config.mctd_text_weight
     if config.mctd_image_weight is not None:
         model.config.mctd_image_weight = config.mctd_image_weight
+    for field_name in ("image_debias_objective", "text_debias_objective"):
+        if getattr(config, field_name) is not None:
+            setattr(model.config, field_name, getattr(config, field_name))
     # the model keeps its inference builders (text: masked, usable on any input); the training
     # text builder (swap by default) is used only by the stages
     model.config.image_counterfactual = config.image_counterfactual
@@ -179,7 +190,7 @@ def train(
             if stage in ("image_debias", "text_debias"):
                 copy_expert(model, "general", stage)  # warm start
             train_rows = dataset[config.train_split]
-            if stage in ("mctd", "image_debias") and config.image_counterfactual in ("attention", "gradient"):
+            if "image" in stage_parts(stage, model.config) and config.image_counterfactual in ("attention", "gradient"):
                 train_rows = precompute_image_masks(model, processor, train_rows, config)
             stage_dir = output_dir / "stages" / stage
             resume = None

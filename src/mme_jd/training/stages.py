@@ -31,6 +31,15 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+def stage_parts(stage: str, model_config) -> tuple[str, ...]:
+    """The counterfactual parts a stage's loss uses (a zero MCTD weight drops its part)."""
+    parts = STAGES[stage][1]
+    if stage == "mctd":
+        weights = {"text": model_config.mctd_text_weight, "image": model_config.mctd_image_weight}
+        parts = tuple(p for p in parts if weights[p] > 0)
+    return parts
+
+
 def copy_expert(model, source: str, target: str) -> None:
     """Warm start: copy the LoRA weights of expert `source` into expert `target`."""
     params = dict(model.vlm.named_parameters())
@@ -72,7 +81,8 @@ def run_expert_stage(
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(STAGES)} or 'router'.")
-    expert, parts = STAGES[stage]
+    expert = STAGES[stage][0]
+    parts = stage_parts(stage, model.config)
     model.set_trainable(expert)
     collator = CounterfactualTripleCollator(
         processor, model.config, include_counterfactuals=bool(parts), parts=parts or ("text", "image"),

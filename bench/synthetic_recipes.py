@@ -1,0 +1,101 @@
+"""Synthetic benchmark, one seed: ERM, oracle, MID, MCTD and MME-JD on the pretrained tiny base.
+
+    python bench/synthetic_recipes.py [--num-train 6000] [--epochs 3] [--seed 0]
+
+One `mme_jd` training run gives ERM (its general expert), MID (fitted λ), each debias expert
+alone and routed MME-JD; `mctd` and the oracle (general on the cue-free train split) are
+trained on the same data. Writes bench/results/synthetic_recipes_seed<S>.json and prints a
+table. (`make bench` of the evaluation issue extends this to seeds, peers and costs.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from mme_jd.data.synthetic import make_synthetic_benchmark
+from mme_jd.inference import collect_outputs
+from mme_jd.tiny import pretrained_tiny_model
+from mme_jd.training import MMEJDTrainingConfig, train
+from mme_jd.training.mid import worst_group_accuracy
+
+SPLITS = ("test_id", "test_ood", "test_balanced")
+
+
+def _figures(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> dict:
+    predictions = logits.argmax(-1)
+    return {"accuracy": round(float((predictions == labels).float().mean()), 4),
+            "worst_group_accuracy": round(worst_group_accuracy(predictions, labels, groups), 4)}
+
+
+def evaluate(model, data, recipe: str) -> dict[str, dict]:
+    """Figures of every method a trained recipe offers, per test split."""
+    results: dict[str, dict] = {}
+    for split in SPLITS:
+        rows = data[split]
+        if recipe == "mme_jd":
+            out = collect_outputs(model, model.processor, rows, batch_size=256, mode="mme_jd", return_experts=True)
+            named = {"ERM (general expert)": out["general_logits"], "image_debias expert alone": out["image_debias_logits"],
+                     "text_debias expert alone": out["text_debias_logits"], "MME-JD routed": out["logits"]}
+            routed_away = float((out["strategy"] != 0).float().mean())
+            mid = collect_outputs(model, model.processor, rows, batch_size=256, mode="mid",
+                                  counterfactual_parts=("text", "image"), text_counterfactual="lexical")
+            named["MID (λ fitted on validation_balanced)"] = mid["logits"]
+        else:
+            out = collect_outputs(model, model.processor, rows, batch_size=256, mode="general")
+            named = {{"mctd": "MCTD", "oracle": "oracle (cue-free train)"}[recipe]: out["logits"]}
+        for name, logits in named.items():
+            results.setdefault(name, {})[split] = _figures(logits, out["labels"], out["groups"])
+        if recipe == "mme_jd":
+            results["MME-JD routed"][split]["routed_away"] = round(routed_away, 4)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-train", type=int, default=6000)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--learning-rate", type=float, default=5e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", default="mme_jd,mctd,oracle")
+    parser.add_argument("--image-debias-objective", default="reversed", choices=["reversed", "poe"])
+    parser.add_argument("--output", default="outputs/bench")
+    cli = parser.parse_args()
+    torch.set_num_threads(2)
+    data = make_synthetic_benchmark(num_train=cli.num_train, num_test=1000, seed=cli.seed,
+                                    splits=["train", "train_cue_free", "validation_balanced", *SPLITS])
+    results: dict = {"settings": vars(cli), "methods": {}, "training": {}}
+    for recipe in cli.recipes.split(","):
+        model = pretrained_tiny_model()
+        args = TrainingArguments(
+            output_dir=f"{cli.output}/{recipe}", per_device_train_batch_size=64, num_train_epochs=cli.epochs,
+            learning_rate=cli.learning_rate, warmup_steps=10, logging_steps=50, save_strategy="no",
+            report_to="none", use_cpu=True, seed=cli.seed, disable_tqdm=True,
+        )
+        config = MMEJDTrainingConfig(recipe="general" if recipe == "oracle" else recipe,
+                                     train_split="train_cue_free" if recipe == "oracle" else "train",
+                                     image_debias_objective=cli.image_debias_objective)
+        started = time.perf_counter()
+        report = train(model, data, args, config)
+        results["training"][recipe] = {"seconds": round(time.perf_counter() - started, 1),
+                                       "stages": [{k: v for k, v in s.items() if k != "losses"}
+                                                  for s in report["stages"]]}
+        for name, figures in evaluate(model, data, recipe).items():
+            results["methods"][name] = figures
+            print(f"{name:40s}", "  ".join(f"{s}={f['accuracy']:.3f}" for s, f in figures.items()),
+                  f"WGA={figures['test_balanced']['worst_group_accuracy']:.3f}", flush=True)
+    out = Path(__file__).parent / "results" / f"synthetic_recipes_seed{cli.seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(results, indent=2, default=str))
+    temporary.replace(out)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
