@@ -191,3 +191,15 @@ def test_two_process_distributed_run_gives_a_usable_checkpoint(tmp_path):
 
     model = AutoModel.from_pretrained(tmp_path / "final", trust_remote_code=True)
     assert model.config.mode == "mctd"
+
+
+def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
+    from mme_jd.cli import main
+
+    code = main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
+                 "--max-steps", "1", "--batch-size", "8"])
+    assert code == 0
+    assert "checkpoint:" in capsys.readouterr().out
+    report = json.loads((tmp_path / "final" / "training_report.json").read_text())
+    assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
+    assert main(["train", "--output-dir", str(tmp_path), "--dataset", "nope"]) == 1

@@ -314,7 +314,30 @@ def _add_publish(commands) -> None:
 
 # ---------------------------------------------------------------------------- main
 
-_COMMANDS = (_add_demo, _add_predict, _add_publish)
+# ---------------------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training.__main__ import run
+
+    report = run(args)
+    print(f"checkpoint: {report['checkpoint']} ({report['seconds']} s)")
+
+
+def _add_train(commands) -> None:
+    from .training.__main__ import add_arguments
+
+    train = commands.add_parser(
+        "train", help="train a recipe (general, mid, mctd, mme_jd) and save one checkpoint",
+        description="Run every stage of a recipe through the Hugging Face Trainer and save "
+                    "OUTPUT_DIR/final (reloads with AutoModel.from_pretrained(..., trust_remote_code=True)). "
+                    "For several processes: accelerate launch -m mme_jd.training ... (same options).",
+    )
+    add_arguments(train)
+    train.set_defaults(handler=_train)
+
+
+_COMMANDS = (_add_demo, _add_train, _add_predict, _add_publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
