@@ -34,6 +34,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .evaluation.report import METRIC_LABELS
+
 __all__ = ["PublishResult", "build_model_card", "eval_results_from_report", "load_report", "publish",
            "template_path"]
 
@@ -42,14 +44,7 @@ MARKER_NAME = ".mme-jd-publish.json"
 DEFAULT_TAGS = ("mme-jd", "multimodal-debias", "debiasing", "mixture-of-experts", "lora", "custom_code")
 DEFAULT_PIPELINE_TAG = "image-text-to-text"
 _METRIC_NAMES = {
-    "accuracy": "Accuracy",
-    "f1": "F1 (positive class)",
-    "precision": "Precision (positive class)",
-    "recall": "Recall (positive class)",
-    "macro_f1": "Macro F1",
-    "weighted_f1": "Weighted F1",
-    "macro_precision": "Macro precision",
-    "macro_recall": "Macro recall",
+    **METRIC_LABELS,
     "worst_group_accuracy": "Worst-group accuracy",
     "group_average_accuracy": "Group-average accuracy",
     "ece": "Expected calibration error",

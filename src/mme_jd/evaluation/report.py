@@ -32,7 +32,8 @@ __all__ = ["write_report"]
 
 _SUPPORTED_FORMATS = ("json", "md", "html")
 
-_METRIC_LABELS = {
+# display names of the classification metrics (also used by the model card in mme_jd.hub)
+METRIC_LABELS = {
     "accuracy": "Accuracy",
     "f1": "F1 (positive class)",
     "precision": "Precision (positive class)",
@@ -332,7 +333,7 @@ def _build_document(
     metrics = results.get("metrics") if isinstance(results.get("metrics"), Mapping) else {}
     for key in ("accuracy", "f1", "macro_f1", "weighted_f1"):
         if key in metrics:
-            summary.append([_METRIC_LABELS[key], _fmt(metrics[key])])
+            summary.append([METRIC_LABELS[key], _fmt(metrics[key])])
     groups = results.get("groups") if isinstance(results.get("groups"), Mapping) else None
     if groups:
         worst = f"{_fmt(groups.get('worst_group_accuracy'))} ({groups.get('worst_group')})"
@@ -356,7 +357,7 @@ def _build_document(
 
     if metrics:
         doc.add(_Heading("Task metrics"))
-        doc.add(_Table(["Metric", "Value"], _scalar_rows(metrics, _METRIC_LABELS)))
+        doc.add(_Table(["Metric", "Value"], _scalar_rows(metrics, METRIC_LABELS)))
 
     if groups:
         doc.add(_Heading("Per-group accuracy"))
