@@ -118,6 +118,9 @@ class MMEJDConfig(PreTrainedConfig):
         router_threshold: a sample leaves `none` when 1 - P(none) >= router_threshold; it
             then takes the most probable debias strategy. Tuned on validation for F0.5.
         router_class_weights: class weights of the router's cross-entropy (None: uniform).
+        routed_strategy: what a sample that leaves `none` gets: None (the router's most probable
+            debias strategy) or a fixed "image", "text" or "both" (chosen on validation when one
+            debias strategy dominates; the router then decides only *whether* to debias).
 
     Debiasing
         mode: "general" (the general expert), "mid" (counterfactual subtraction at
@@ -181,6 +184,7 @@ class MMEJDConfig(PreTrainedConfig):
     router_pooling: str = "last"
     router_threshold: float = 0.5
     router_class_weights: list[float] | None = None
+    routed_strategy: str | None = None
     # debiasing
     mode: str = "mme_jd"
     lambda_text: float = 0.5
@@ -232,6 +236,7 @@ class MMEJDConfig(PreTrainedConfig):
         _check_choice("expert_execution", self.expert_execution, EXPERT_EXECUTIONS)
         _check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
         _check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
+        _check_choice("routed_strategy", self.routed_strategy, (None, *ROUTER_STRATEGIES[1:]))
         _check_range("router_threshold", self.router_threshold, 0.0, 1.0)
         _check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)
         _check_range("image_mask_ratio", self.image_mask_ratio, 0.0, 1.0)

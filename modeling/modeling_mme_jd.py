@@ -292,11 +292,14 @@ class MMEJDModel(MMEJDPreTrainedModel):
 
     def route(self, router_logits: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
         """Strategy per sample: leave `none` when 1 - P(none) >= threshold, then the most
-        probable debias strategy."""
+        probable debias strategy (or the fixed `config.routed_strategy`)."""
         threshold = self.config.router_threshold if threshold is None else threshold
         probs = router_logits.float().softmax(dim=-1)
         away = (1.0 - probs[:, _NONE]) >= threshold
-        choice = probs[:, 1:].argmax(dim=-1) + 1
+        if self.config.routed_strategy is not None:
+            choice = torch.full_like(probs[:, 0], ROUTER_STRATEGIES.index(self.config.routed_strategy)).long()
+        else:
+            choice = probs[:, 1:].argmax(dim=-1) + 1
         return torch.where(away, choice, torch.zeros_like(choice))
 
     def _combine_both(self, image_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:

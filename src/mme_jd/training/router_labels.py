@@ -20,12 +20,23 @@ NONE, IMAGE, TEXT, BOTH = range(4)
 
 
 def strategy_labels(labels: torch.Tensor, general: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
-                    both: torch.Tensor) -> torch.Tensor:
-    """The cheapest right strategy per sample (predictions given as class ids)."""
+                    both: torch.Tensor, image_confidence: torch.Tensor | None = None,
+                    text_confidence: torch.Tensor | None = None) -> torch.Tensor:
+    """The cheapest right strategy per sample (predictions given as class ids).
+
+    `none` where general is right (or nothing is); else image or text, which cost the same
+    (one expert pass): the right one, and where both are right the one more confident in the
+    true label when confidences (P(true label)) are given, image otherwise; else `both`.
+    """
     out = torch.full_like(labels, NONE)
     wrong = general != labels
-    for strategy, prediction in ((BOTH, both), (TEXT, text), (IMAGE, image)):  # cheapest written last
-        out = torch.where(wrong & (prediction == labels), torch.full_like(out, strategy), out)
+    image_right, text_right = image == labels, text == labels
+    prefer_text = text_right & ~image_right
+    if image_confidence is not None and text_confidence is not None:
+        prefer_text = prefer_text | (text_right & image_right & (text_confidence > image_confidence))
+    out = torch.where(wrong & (both == labels), torch.full_like(out, BOTH), out)
+    out = torch.where(wrong & text_right, torch.full_like(out, TEXT), out)
+    out = torch.where(wrong & image_right & ~prefer_text, torch.full_like(out, IMAGE), out)
     return out
 
 
@@ -85,8 +96,49 @@ def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: flo
     return best
 
 
-def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callbacks: list | None = None) -> dict[str, Any]:
-    """Train `model.router` on cached pooled states with the Trainer; tune the threshold."""
+def mixture_logits(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
+                   threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final logits and strategies of the routed mixture at `threshold`, from logits computed
+    once (the same combination as MMEJDModel's routed forward)."""
+    strategy = model.route(router_logits, threshold)
+    temperature = model.config.expert_temperature
+    scaled = {name: logits / temperature(name) for name, logits in expert_logits.items()}
+    final = scaled["general"].clone()
+    final[strategy == IMAGE] = scaled["image_debias"][strategy == IMAGE]
+    final[strategy == TEXT] = scaled["text_debias"][strategy == TEXT]
+    both = strategy == BOTH
+    final[both] = model._combine_both(scaled["image_debias"][both], scaled["text_debias"][both])
+    return final, strategy
+
+
+def tune_threshold_for_groups(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
+                              labels: torch.Tensor, groups: torch.Tensor | None) -> tuple[float, float]:
+    """The threshold whose routed mixture has the best worst-group accuracy on this (group-
+    balanced validation) data; ties go to the higher mean accuracy, then to routing less.
+    Returns (threshold, worst-group accuracy)."""
+    from .mid import worst_group_accuracy
+
+    probs = router_logits.float().softmax(-1)
+    candidates = torch.unique(torch.cat([1 - probs[:, NONE], torch.tensor([0.0, 1.0])])).tolist()
+    best = None
+    for threshold in candidates:
+        final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
+        predictions = final.argmax(-1)
+        key = (worst_group_accuracy(predictions, labels, groups), float((predictions == labels).float().mean()),
+               -float((strategy != NONE).float().mean()))
+        if best is None or key > best[0]:
+            best = (key, float(threshold))
+    return best[1], best[0][0]
+
+
+def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callbacks: list | None = None,
+                 threshold_objective: str = "f0.5", expert_logits: dict[str, torch.Tensor] | None = None,
+                 labels: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> dict[str, Any]:
+    """Train `model.router` on cached pooled states with the Trainer; tune the threshold.
+
+    threshold_objective: "f0.5" (METHOD §4: F0.5 of leaving `none`, precision first) or
+    "worst_group" (the routed mixture's worst-group accuracy on this data; needs the experts'
+    logits, the labels and the groups)."""
     from transformers import Trainer
 
     model.set_trainable("router")
@@ -99,11 +151,28 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     model.freeze_all()
     with torch.no_grad():
         logits = model.router(pooled.to(model.router[0].weight.device))
-    threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu())
+    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu())
+    threshold, group_score, chosen = f_threshold, None, model.config.routed_strategy
+    if threshold_objective == "worst_group":
+        if expert_logits is None or labels is None:
+            raise ValueError("threshold_objective='worst_group' needs the experts' logits and the labels.")
+        # the threshold and what routed samples get (the router's choice, or one fixed debias
+        # strategy), jointly, for the best worst-group accuracy of the mixture on this data
+        best = None
+        for candidate in (None, "image", "text", "both"):
+            model.config.routed_strategy = candidate
+            candidate_threshold, score = tune_threshold_for_groups(model, logits.cpu(), expert_logits, labels, groups)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, candidate_threshold, candidate)
+        group_score, threshold, chosen = best
+    elif threshold_objective != "f0.5":
+        raise ValueError(f"unknown threshold_objective {threshold_objective!r}; choose 'f0.5' or 'worst_group'.")
+    model.config.routed_strategy = chosen
     model.config.router_threshold = threshold
     shares = torch.bincount(model.route(logits).cpu(), minlength=4).float() / len(targets)
     label_shares = torch.bincount(targets, minlength=4).float() / len(targets)
     return {"stage": "router", "steps": result.global_step, "train_loss": result.training_loss,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 2), "threshold": threshold,
-            "f0.5": fbeta, "label_shares": dict(zip(model.config.router_strategies, label_shares.tolist())),
+            "threshold_objective": threshold_objective, "f0.5_threshold": f_threshold, "f0.5": fbeta,
+            "validation_worst_group_accuracy": group_score, "routed_strategy": chosen, "label_shares": dict(zip(model.config.router_strategies, label_shares.tolist())),
             "routed_shares": dict(zip(model.config.router_strategies, shares.tolist()))}

@@ -1,0 +1,67 @@
+"""Router labels, threshold tuning and the routed mixture, on hand-computed cases."""
+
+import pytest
+import torch
+
+from mme_jd.training.router_labels import (class_weights, mixture_logits, strategy_labels, tune_threshold,
+                                           tune_threshold_for_groups)
+
+
+def test_strategy_labels_pick_the_cheapest_right_strategy():
+    labels = torch.tensor([1, 1, 1, 1, 1, 0])
+    general = torch.tensor([1, 0, 0, 0, 0, 1])
+    image = torch.tensor([0, 1, 0, 1, 0, 1])
+    text = torch.tensor([0, 0, 1, 1, 0, 1])
+    both = torch.tensor([0, 0, 0, 0, 1, 1])
+    # none (general right), image, text, image (tie, no confidences), both, none (nothing right)
+    assert strategy_labels(labels, general, image, text, both).tolist() == [0, 1, 2, 1, 3, 0]
+    image_conf = torch.tensor([0.0, 0.9, 0.0, 0.6, 0.0, 0.0])
+    text_conf = torch.tensor([0.0, 0.0, 0.9, 0.8, 0.0, 0.0])
+    # the tie goes to the expert more confident in the true label
+    assert strategy_labels(labels, general, image, text, both, image_conf, text_conf).tolist() == [0, 1, 2, 2, 3, 0]
+
+
+def test_class_weights_are_inverse_frequency_and_zero_for_absent_classes():
+    weights = class_weights(torch.tensor([0, 0, 0, 2]))
+    assert weights[1] == 0 and weights[3] == 0
+    assert torch.isclose(weights[0] * 3, weights[2] * 1)
+
+
+def test_f05_threshold_prefers_precision():
+    # P(none) per sample: away scores 0.9, 0.6, 0.2; only the first truly needs debiasing
+    router_logits = torch.log(torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.4, 0.6, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0]]) + 1e-9)
+    threshold, fbeta = tune_threshold(router_logits, torch.tensor([1, 0, 0]))
+    assert 0.6 < threshold <= 0.9 and fbeta == pytest.approx(1.0)
+
+
+class _Mixture(torch.nn.Module):
+    """Just what the routed mixture needs of MMEJDModel: route, combine, temperatures."""
+
+    def __init__(self, routed_strategy=None):
+        super().__init__()
+        from mme_jd.modeling.configuration_mme_jd import MMEJDConfig
+        from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+        self.config = MMEJDConfig(base_config={"model_type": "llava"}, routed_strategy=routed_strategy)
+        self.route = MMEJDModel.route.__get__(self)
+        self._combine_both = MMEJDModel._combine_both.__get__(self)
+
+
+def test_routed_strategy_fixes_what_routed_samples_get_and_groups_tune_the_threshold():
+    labels = torch.tensor([1, 0, 1, 0])
+    groups = torch.tensor([0, 0, 1, 1])
+    experts = {"general": torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),  # right on group 0
+               "image_debias": torch.tensor([[1.0, 0.0]] * 4),  # always class 0
+               "text_debias": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])}  # always right
+    # the router is more sure of `none` on group 0, and prefers image over text everywhere
+    router_logits = torch.log(torch.tensor([[0.9, 0.06, 0.04, 0.0], [0.9, 0.06, 0.04, 0.0],
+                                            [0.2, 0.5, 0.3, 0.0], [0.2, 0.5, 0.3, 0.0]]) + 1e-9)
+    by_router = _Mixture()
+    threshold, wga = tune_threshold_for_groups(by_router, router_logits, experts, labels, groups)
+    assert wga == pytest.approx(0.5)  # routed samples go to the image expert: half of group 1 wrong
+    fixed = _Mixture("text")
+    threshold, wga = tune_threshold_for_groups(fixed, router_logits, experts, labels, groups)
+    assert wga == pytest.approx(1.0) and 0.1 < threshold <= 0.8 + 1e-6  # group 1 → text, group 0 stays
+    final, strategy = mixture_logits(fixed, router_logits, experts, threshold)
+    assert strategy.tolist() == [0, 0, 2, 2]
+    assert torch.equal(final.argmax(-1), labels)
