@@ -64,12 +64,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipes", default="mme_jd,mctd,oracle")
     parser.add_argument("--image-debias-objective", default="reversed", choices=["reversed", "poe"])
+    parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical", "given"],
+                        help="'given' uses the generator's truth: an upper bound a real dataset does not allow")
+    parser.add_argument("--image-counterfactual", default="attention", choices=["attention", "gradient", "given"])
+    parser.add_argument("--tag", default="", help="suffix of the method names (e.g. ' [truth]')")
     parser.add_argument("--output", default="outputs/bench")
     cli = parser.parse_args()
     torch.set_num_threads(2)
     data = make_synthetic_benchmark(num_train=cli.num_train, num_test=1000, seed=cli.seed,
                                     splits=["train", "train_cue_free", "validation_balanced", *SPLITS])
-    results: dict = {"settings": vars(cli), "methods": {}, "training": {}}
+    results: dict = {"settings": vars(cli), "methods": {}, "training": {}, "runs": [vars(cli)]}
     for recipe in cli.recipes.split(","):
         model = pretrained_tiny_model()
         args = TrainingArguments(
@@ -79,18 +83,27 @@ def main() -> None:
         )
         config = MMEJDTrainingConfig(recipe="general" if recipe == "oracle" else recipe,
                                      train_split="train_cue_free" if recipe == "oracle" else "train",
-                                     image_debias_objective=cli.image_debias_objective)
+                                     image_debias_objective=cli.image_debias_objective,
+                                     text_counterfactual=cli.text_counterfactual,
+                                     image_counterfactual=cli.image_counterfactual)
         started = time.perf_counter()
         report = train(model, data, args, config)
-        results["training"][recipe] = {"seconds": round(time.perf_counter() - started, 1),
+        results["training"][recipe + cli.tag] = {"seconds": round(time.perf_counter() - started, 1),
                                        "stages": [{k: v for k, v in s.items() if k != "losses"}
                                                   for s in report["stages"]]}
         for name, figures in evaluate(model, data, recipe).items():
+            name = name + cli.tag
             results["methods"][name] = figures
             print(f"{name:40s}", "  ".join(f"{s}={f['accuracy']:.3f}" for s, f in figures.items()),
                   f"WGA={figures['test_balanced']['worst_group_accuracy']:.3f}", flush=True)
     out = Path(__file__).parent / "results" / f"synthetic_recipes_seed{cli.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # runs of other recipes with the same seed accumulate in one file
+        previous = json.loads(out.read_text())
+        previous["methods"].update(results["methods"])
+        previous["training"].update(results["training"])
+        previous.setdefault("runs", []).append(results["settings"])
+        results = previous
     temporary = out.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(results, indent=2, default=str))
     temporary.replace(out)

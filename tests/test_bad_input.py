@@ -23,14 +23,6 @@ from mme_jd.modeling import inputs_mme_jd
 GOOD_TEXT = "the movie was great #irony"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def pipe(tiny_llava_model):
     return pipeline("multimodal-debias", model=tiny_llava_model)

@@ -11,20 +11,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import random_images
 
 from mme_jd import cli, hub
 
 TEXTS = ["the movie was great #irony", "my day is bad", "today is good fun"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,6 @@ from mme_jd.modeling.pipeline_mme_jd import PIPELINE_TASK, REMOTE_PIPELINE_TASK,
 MORE_TEXTS = TEXTS + ["the day was terrible #irony", "good movie", "my movie is fun today"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two CPU cores are shared by parallel workers: one thread each is much faster here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def model(tiny_llava_model):
     """The tiny LLaVA with distinct experts and a router that sends some samples away."""
