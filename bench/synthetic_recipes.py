@@ -68,13 +68,36 @@ def main() -> None:
                         help="'given' uses the generator's truth: an upper bound a real dataset does not allow")
     parser.add_argument("--image-counterfactual", default="attention", choices=["attention", "gradient", "given"])
     parser.add_argument("--tag", default="", help="suffix of the method names (e.g. ' [truth]')")
+    parser.add_argument("--refit-router", action="store_true",
+                        help="reuse OUTPUT/mme_jd/final, refit only its router with the current defaults, "
+                             "and evaluate (minutes instead of a full training)")
     parser.add_argument("--output", default="outputs/bench")
     cli = parser.parse_args()
     torch.set_num_threads(2)
     data = make_synthetic_benchmark(num_train=cli.num_train, num_test=1000, seed=cli.seed,
                                     splits=["train", "train_cue_free", "validation_balanced", *SPLITS])
     results: dict = {"settings": vars(cli), "methods": {}, "training": {}, "runs": [vars(cli)]}
-    for recipe in cli.recipes.split(","):
+    if cli.refit_router:
+        from transformers import AutoProcessor
+
+        from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+        from mme_jd.training import refit_router
+
+        folder = Path(cli.output) / "mme_jd" / "final"
+        model = MMEJDModel.from_pretrained(folder).eval()
+        model.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        args = TrainingArguments(output_dir=f"{cli.output}/refit", report_to="none", use_cpu=True, seed=cli.seed,
+                                 disable_tqdm=True, per_device_train_batch_size=64)
+        log = refit_router(model, data, args, MMEJDTrainingConfig())
+        results["training"]["router refit" + cli.tag] = log
+        print("router refit:", {k: v for k, v in log.items() if k in ("threshold", "routed_strategy",
+                                                                        "routed_shares", "validation_worst_group_accuracy")})
+        figures = evaluate(model, data, "mme_jd")["MME-JD routed"]
+        name = "MME-JD routed (router refit: worst-group threshold, routed strategy)" + cli.tag
+        results["methods"][name] = figures
+        print(f"{name:40s}", "  ".join(f"{s}={f['accuracy']:.3f}" for s, f in figures.items()),
+              f"WGA={figures['test_balanced']['worst_group_accuracy']:.3f}", flush=True)
+    for recipe in (cli.recipes.split(",") if not cli.refit_router else []):
         model = pretrained_tiny_model()
         args = TrainingArguments(
             output_dir=f"{cli.output}/{recipe}", per_device_train_batch_size=64, num_train_epochs=cli.epochs,

@@ -14,6 +14,7 @@ _LAZY = {
     "MMEJDTrainingConfig": "mme_jd.training.run",
     "RECIPES": "mme_jd.training.run",
     "precompute_image_masks": "mme_jd.training.run",
+    "refit_router": "mme_jd.training.run",
     "fit_lambdas": "mme_jd.training.mid",
     "strategy_labels": "mme_jd.training.router_labels",
     "copy_expert": "mme_jd.training.stages",

@@ -231,6 +231,19 @@ def train(
     return report
 
 
+def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None, processor: Any = None) -> dict:
+    """Run only the router stage again on a trained model (e.g. after changing the router
+    settings): router labels on `config.router_split`, router training on cached pooled
+    states, threshold and routed strategy. The base and the experts stay as they are."""
+    config = config or MMEJDTrainingConfig()
+    processor = processor if processor is not None else model.processor
+    vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
+    for layer in model.router:
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, None)
+
+
 def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
     """Add the `image_counterfactual_mask` column: the current general expert's top
     `image_mask_ratio` image tokens, computed once instead of in every epoch's collator."""
