@@ -203,3 +203,16 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
     report = json.loads((tmp_path / "final" / "training_report.json").read_text())
     assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
     assert main(["train", "--output-dir", str(tmp_path), "--dataset", "nope"]) == 1
+
+
+def test_refit_router_changes_only_the_router_and_sets_its_knobs(mme_jd_run, data, tmp_path):
+    from mme_jd.training import refit_router
+
+    _, model, _, _ = mme_jd_run
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    log = refit_router(model, data, _args(tmp_path), MMEJDTrainingConfig(router_epochs=2))
+    changed = _changed(before, model.state_dict())
+    assert changed and all(k.startswith("router.") for k in changed)
+    assert log["threshold_objective"] == "worst_group" and model.config.router_threshold == log["threshold"]
+    assert model.config.routed_strategy == log["routed_strategy"] in (None, "image", "text", "both")
+    assert 0.0 <= log["validation_worst_group_accuracy"] <= 1.0
