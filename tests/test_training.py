@@ -216,3 +216,13 @@ def test_refit_router_changes_only_the_router_and_sets_its_knobs(mme_jd_run, dat
     assert log["threshold_objective"] == "worst_group" and model.config.router_threshold == log["threshold"]
     assert model.config.routed_strategy == log["routed_strategy"] in (None, "image", "text", "both")
     assert 0.0 <= log["validation_worst_group_accuracy"] <= 1.0
+
+
+def test_cli_evaluate_writes_a_report_for_a_trained_checkpoint(mme_jd_run, tmp_path):
+    from mme_jd.cli import main
+
+    output, _, _, _ = mme_jd_run
+    assert main(["evaluate", str(output / "final"), "--rows", "32", "--output-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
+    assert "worst_group_accuracy" in report["groups"] and (tmp_path / "report.md").is_file()

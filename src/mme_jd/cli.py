@@ -337,7 +337,71 @@ def _add_train(commands) -> None:
     train.set_defaults(handler=_train)
 
 
-_COMMANDS = (_add_demo, _add_train, _add_predict, _add_publish)
+# ---------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation.run import evaluate_model
+
+    if args.dataset == "synthetic":
+        from .data.synthetic import make_synthetic_benchmark
+
+        dataset = make_synthetic_benchmark(num_test=args.rows, splits=[args.split or "test_balanced"], seed=args.seed)
+    elif args.dataset in ("mmsd2", "mmsd", "mvsa_single"):
+        from .data.real import load_dataset_by_name
+
+        dataset = load_dataset_by_name(args.dataset, data_dir=args.data_dir)
+    else:
+        dataset = args.dataset  # a datasets.save_to_disk folder
+    result = evaluate_model(args.model, dataset, args.output_dir, mode=args.mode, batch_size=args.batch_size,
+                            split=args.split, formats=tuple(args.formats.split(",")))
+    print(f"report written to {args.output_dir}: " + ", ".join(sorted(str(k) for k in result.get("files", {}))))
+
+
+def _add_evaluate(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a saved model on a dataset: JSON + Markdown report with plots",
+        description="Run a saved MME-JD folder over a dataset split and write report.json, report.md "
+                    "(and plots: per-group accuracy, routing shares, reliability diagram).",
+    )
+    evaluate.add_argument("model", help="a saved MME-JD model folder")
+    evaluate.add_argument("--dataset", default="synthetic",
+                          help="'synthetic', 'mmsd2', 'mmsd', 'mvsa_single' or a datasets.save_to_disk folder "
+                               "(default: %(default)s)")
+    evaluate.add_argument("--split", default=None, help="split name (default: test_balanced for synthetic, else test)")
+    evaluate.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
+    evaluate.add_argument("--rows", type=int, default=1000, help="synthetic rows to generate (default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0, help="synthetic data seed (default: %(default)s)")
+    evaluate.add_argument("--mode", default=None, choices=["general", "mid", "mctd", "mme_jd"],
+                          help="debiasing mode (default: the model's)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
+    evaluate.add_argument("--formats", default="json,md", help="comma-separated: json, md, html (default: %(default)s)")
+    evaluate.add_argument("--output-dir", required=True, help="where the report goes")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .bench import run_from_args
+
+    run_from_args(args)
+
+
+def _add_bench(commands) -> None:
+    from .bench import add_arguments
+
+    bench = commands.add_parser(
+        "bench", help="benchmark ERM, oracle, MID, MCTD, MME-JD and peers on the synthetic benchmark",
+        description="Train and evaluate every method with the same base, data and seeds; write bench/results "
+                    "and the README's results table. --quick: one seed, fewer rows (about 10 minutes).",
+    )
+    add_arguments(bench)
+    bench.set_defaults(handler=_bench)
+
+
+_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,237 @@
+"""The `evaluate` entry point: a saved model (or a model object) and a dataset → report files.
+
+    results = evaluate_model("my-mme-jd", data["test_balanced"], "eval/", mode="mme_jd")
+
+What runs (all through `mme_jd.inference.collect_outputs`, batched, with a progress bar):
+
+1. the model in `mode` (default: the model's `config.mode`) over the rows; mode "mid" builds
+   both counterfactuals, mode "mme_jd" runs with `return_experts=True` so that the report
+   shows each expert next to the routed mixture (the routed predictions are the same);
+2. the general expert on the cue-only counterfactuals (a mode "mid" pass: the text with its
+   content words masked, the image with its salient patches masked), for reliance — skipped
+   when step 1 already was that pass.
+
+What is computed (`mme_jd.evaluation.diagnostics.Evaluator`): task metrics, per-group accuracy
+(worst-group and group-average) when the rows have `group`, reliance = share of samples whose
+prediction equals the general expert's prediction on the cue-only counterfactual (one figure
+per counterfactual, "text" and "image"), calibration (ECE and the reliability bins), and in
+mode "mme_jd" the router's shares (with the targets of METHOD §4: the cheapest strategy that is
+right) and each expert's figures. `write_report` writes `report.json`, `report.md` and plots.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["evaluate_model", "headline_figures", "load_model", "prediction_figures", "synthetic_group_names"]
+
+#: Text builders the general expert can run on any input; the others are training-only
+#: (`swap` changes the label, `given` needs a dataset's core spans) and fall back to lexical.
+INFERENCE_TEXT_COUNTERFACTUALS = ("lexical", "saliency")
+
+
+def load_model(model_folder_or_model):
+    """(model, processor): a folder (or hub id) through `AutoModel` / `AutoProcessor` with
+    `trust_remote_code=True`, or a model object with its `processor` attached."""
+    if isinstance(model_folder_or_model, (str, os.PathLike)):
+        from transformers import AutoModel, AutoProcessor
+
+        folder = os.fspath(model_folder_or_model)
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        model.processor = processor
+        return model.eval(), processor
+    processor = getattr(model_folder_or_model, "processor", None)
+    if processor is None:
+        raise ValueError("evaluate_model needs the model's processor: attach it (model.processor = processor) or "
+                         "pass the folder the model was saved to.")
+    return model_folder_or_model, processor
+
+
+def _resolve_dataset(dataset, split: str | None):
+    """A `datasets.Dataset` from a Dataset, a DatasetDict (+ split) or a `save_to_disk` folder."""
+    import datasets
+
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = datasets.load_from_disk(os.fspath(dataset))
+    if isinstance(dataset, datasets.DatasetDict):
+        if split is None:
+            if len(dataset) == 1:
+                split = next(iter(dataset))
+            elif "test" in dataset:
+                split = "test"
+            else:
+                raise ValueError(f"the dataset has splits {list(dataset)}: pass split= to choose one.")
+        if split not in dataset:
+            raise ValueError(f"the dataset has no split {split!r}; it has {list(dataset)}.")
+        return dataset[split], split
+    if split is not None:
+        raise ValueError("split= is only for a DatasetDict; a Dataset is evaluated as it is.")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: nothing to evaluate.")
+    return dataset, None
+
+
+def synthetic_group_names(rows, num_labels: int) -> list[str] | None:
+    """Names of the synthetic benchmark's (label × text cue × image cue) groups, when the rows'
+    `group` column follows its coding (`mme_jd.data.synthetic.group_id`); else None."""
+    from ..data import synthetic
+
+    needed = {"group", "label", "text_cue", "image_cue"}
+    if not needed <= set(rows.column_names) or num_labels not in (2, 3):
+        return None
+    group, label, text_cue, image_cue = (np.asarray(rows[c]) for c in ("group", "label", "text_cue", "image_cue"))
+    if not np.array_equal(group, synthetic.group_id(label, text_cue, image_cue, num_labels)):
+        return None
+    return [synthetic.group_description(g, num_labels) for g in range(synthetic.num_groups(num_labels))]
+
+
+def _inference_text_counterfactual(config, requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    builder = getattr(config, "text_counterfactual", "lexical")
+    return builder if builder in INFERENCE_TEXT_COUNTERFACTUALS else "lexical"
+
+
+def prediction_figures(
+    evaluator,
+    logits: torch.Tensor,
+    counterfactual_logits: dict[str, torch.Tensor] | None = None,
+    strategies: torch.Tensor | None = None,
+    target_strategies: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """`Evaluator.evaluate` of class logits: predictions = argmax, probabilities = softmax,
+    reliance against the argmax of each counterfactual's logits."""
+    logits = logits.float()
+    counterfactuals = None
+    if counterfactual_logits:
+        counterfactuals = {name: value.argmax(-1).numpy() for name, value in counterfactual_logits.items()}
+    return evaluator.evaluate(
+        logits.argmax(-1).numpy(),
+        probabilities=logits.softmax(-1).numpy(),
+        counterfactual_predictions=counterfactuals,
+        strategies=strategies.numpy() if strategies is not None else None,
+        target_strategies=target_strategies.numpy() if target_strategies is not None else None,
+    )
+
+
+def headline_figures(figures: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of one expert (the full dicts stay with the mixture)."""
+    summary = {key: figures["metrics"][key] for key in ("accuracy", "f1", "macro_f1", "weighted_f1")
+               if key in figures["metrics"]}
+    if "groups" in figures:
+        summary["worst_group_accuracy"] = figures["groups"]["worst_group_accuracy"]
+        summary["group_average_accuracy"] = figures["groups"]["group_average_accuracy"]
+    for name, value in figures.get("reliance", {}).items():
+        summary[f"reliance_{name}"] = value
+    if "calibration" in figures:
+        summary["ece"] = figures["calibration"]["ece"]
+    return summary
+
+
+def evaluate_model(
+    model_folder_or_model,
+    dataset,
+    output_dir: str | os.PathLike,
+    mode: str | None = None,
+    batch_size: int = 64,
+    formats: Sequence[str] | str = ("json", "md"),
+    progress: bool = True,
+    split: str | None = None,
+    text_counterfactual: str | None = None,
+    image_counterfactual: str | None = None,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Run a model over a dataset and write its evaluation report (see the module docstring).
+
+    Args:
+        model_folder_or_model: a saved MME-JD folder (loaded with `AutoModel` /
+            `AutoProcessor`, `trust_remote_code=True`) or an `MMEJDModel` with `.processor`.
+        dataset: a `datasets.Dataset`, a `DatasetDict` (with `split=`, default its only split
+            or "test") or a `save_to_disk` folder; rows have `text`, `image`, `label` and
+            optionally `group` (for per-group accuracy).
+        output_dir: where `report.json`, `report.md` (and `report.html`) and plots go.
+        mode: "general", "mid", "mctd" or "mme_jd" (None: the model's `config.mode`).
+        batch_size: rows per forward pass.
+        formats: report formats ("json", "md", "html").
+        progress: show tqdm progress bars.
+        text_counterfactual / image_counterfactual: the builders of the cue-only
+            counterfactuals (None: the model's, with the training-only text builders `swap`
+            and `given` replaced by `lexical`). Rows with precomputed `text_counterfactual` /
+            `image_counterfactual_mask` columns use those.
+    Returns the results dict written to `report.json`, plus `"files"`: {kind: path}.
+    """
+    from ..inference import collect_outputs
+    from ..training.router_labels import strategy_labels
+    from .diagnostics import Evaluator
+    from .report import write_report
+
+    model, processor = load_model(model_folder_or_model)
+    rows, split = _resolve_dataset(dataset, split)
+    if "label" not in rows.column_names:
+        raise ValueError(f"the rows need a `label` column to be evaluated; they have {rows.column_names}.")
+    mode = mode or model.config.mode
+    text_builder = _inference_text_counterfactual(model.config, text_counterfactual)
+    image_builder = image_counterfactual or model.config.image_counterfactual
+    counterfactual_kwargs = dict(counterfactual_parts=("text", "image"), text_counterfactual=text_builder,
+                                 image_counterfactual=image_builder)
+    started = time.perf_counter()
+    outputs = collect_outputs(
+        model, processor, rows, batch_size=batch_size, mode=mode, return_experts=mode == "mme_jd",
+        progress=progress, description=f"evaluate ({mode})", **(counterfactual_kwargs if mode == "mid" else {}),
+    )
+    seconds_main = time.perf_counter() - started
+    if mode == "mid":
+        cue_only = outputs
+    else:
+        cue_only = collect_outputs(model, processor, rows, batch_size=batch_size, mode="mid", progress=progress,
+                                   description="evaluate (cue-only counterfactuals)", **counterfactual_kwargs)
+    counterfactual_logits = {"text": cue_only["text_counterfactual_logits"],
+                             "image": cue_only["image_counterfactual_logits"]}
+
+    labels = outputs["labels"]
+    num_labels = int(model.config.num_labels)
+    groups = outputs.get("groups")
+    group_names = synthetic_group_names(rows, num_labels) if groups is not None else None
+    evaluator = Evaluator(labels.numpy(), groups=groups.numpy() if groups is not None else None,
+                          group_names=group_names, num_labels=num_labels)
+
+    strategies = targets = None
+    if mode == "mme_jd":
+        strategies = outputs["strategy"]
+        predictions = {name: outputs[f"{name}_logits"].argmax(-1) for name in ("general", "image_debias", "text_debias")}
+        both = model._combine_both(outputs["image_debias_logits"], outputs["text_debias_logits"]).argmax(-1)
+        targets = strategy_labels(labels, predictions["general"], predictions["image_debias"],
+                                  predictions["text_debias"], both)
+    results: dict[str, Any] = prediction_figures(evaluator, outputs["logits"], counterfactual_logits, strategies,
+                                                 targets)
+    if mode == "mme_jd":
+        results["experts"] = {
+            name: headline_figures(prediction_figures(evaluator, outputs[f"{name}_logits"], counterfactual_logits))
+            for name in ("general", "image_debias", "text_debias")
+        }
+    source = os.fspath(model_folder_or_model) if isinstance(model_folder_or_model, (str, os.PathLike)) else None
+    results["evaluation"] = {
+        "model": source or type(model).__name__,
+        "split": split,
+        "mode": mode,
+        "batch_size": batch_size,
+        "cue_only_text_counterfactual": text_builder,
+        "cue_only_image_counterfactual": image_builder,
+        "reliance_definition": "share of samples whose prediction equals the general expert's prediction on the "
+                               "cue-only counterfactual",
+        "seconds": round(seconds_main, 3),
+        "samples_per_second": round(len(rows) / seconds_main, 2) if seconds_main > 0 else None,
+    }
+    if mode in ("mid", "mme_jd") and hasattr(model.config, "lambda_text"):
+        results["evaluation"]["lambda_text"] = float(model.config.lambda_text)
+        results["evaluation"]["lambda_image"] = float(model.config.lambda_image)
+    title = title or f"MME-JD evaluation ({mode}{', ' + split if split else ''})"
+    written = write_report(results, Path(output_dir), title=title, formats=formats)
+    return {**results, "files": {kind: str(path) for kind, path in written.items()}}

@@ -1,0 +1,181 @@
+"""The bench machinery on a tiny budget (random tiny model, 64 rows, 2 steps), JTT's upweighted
+training set and Group DRO's group weights."""
+
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from mme_jd import bench
+from mme_jd.data.synthetic import make_synthetic_benchmark
+from mme_jd.inference import collect_outputs
+from mme_jd.tiny import tiny_model
+from mme_jd.training import peers
+
+
+def _args(output_dir, **overrides):
+    values = dict(output_dir=str(output_dir), per_device_train_batch_size=16, max_steps=3, learning_rate=5e-3,
+                  save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic_benchmark(num_train=64, num_validation_balanced=32, num_test=32, seed=2,
+                                    splits=["train", "validation_balanced", "test_balanced"])
+
+
+def test_bench_writes_every_method_and_figure(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n\nintro\n")
+    summary = bench.run_bench(
+        quick=True, output_dir=tmp_path / "results", model_factory=tiny_model, readme=readme, num_train=64,
+        num_test=32, num_validation_balanced=32, max_steps=2, timing_repeats=1, jtt_upweights=(2, 3),
+        group_dro_step_sizes=(0.1, 1.0), training_overrides={"router_epochs": 2}, progress=None,
+    )
+    results = tmp_path / "results"
+    seed = json.loads((results / "synthetic_quick_seed0.json").read_text())
+    assert list(seed["methods"]) == list(bench.METHODS)
+    for name, entry in seed["methods"].items():
+        for split in bench.TEST_SPLITS:
+            figures = entry["splits"][split]
+            for key in ("accuracy", "f1", "worst_group_accuracy", "reliance_text", "reliance_image"):
+                assert 0.0 <= figures[key] <= 1.0, (name, split, key)
+        assert entry["inference_ratio"] > 0 and entry["samples_per_second"] > 0, name
+        if "expert" not in name:
+            assert entry["training_ratio"] > 0, name
+    assert seed["methods"]["ERM"]["training_ratio"] == 1.0
+    assert seed["methods"]["MME-JD all experts"]["identical_predictions_to_routed"] is True
+    assert seed["methods"]["JTT"]["knobs"]["upweight"] in (2, 3)
+    assert seed["methods"]["Group DRO"]["knobs"]["step_size"] in (0.1, 1.0)
+    timing = seed["timing"]["mme_jd"]
+    assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mid"}
+    assert timing["ratio_to_general"]["general"] == 1.0
+    assert {"general", "image_debias", "text_debias"} <= set(timing["breakdown"]["mme_jd_all"]["experts"])
+
+    written = json.loads((results / "synthetic_quick.json").read_text())
+    assert written["methods"]["MME-JD routed"]["splits"]["test_balanced"]["worst_group_accuracy"]["n"] == 1
+    assert summary["methods"].keys() == written["methods"].keys()
+    markdown = (results / "synthetic_quick.md").read_text()
+    header = "| Method | ID acc | ID F1 | OOD acc | OOD F1 | Bal. acc | Bal. F1 | WGA |"
+    assert header in markdown
+    for name in bench.METHODS:
+        assert f"| {name} |" in markdown
+    text = readme.read_text()
+    assert text.startswith("# project\n\nintro\n")
+    assert text.count(bench.README_START) == 1 and text.count(bench.README_END) == 1
+    assert "| MME-JD routed |" in text.split(bench.README_START)[1]
+    assert not (results / "tmp").exists() or not any((results / "tmp").iterdir())
+
+
+def test_readme_section_is_replaced_in_place(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{bench.README_START}\nold\n{bench.README_END}\nb\n")
+    bench.update_readme(readme, "new table")
+    assert readme.read_text() == f"a\n{bench.README_START}\nnew table\n{bench.README_END}\nb\n"
+
+
+def test_random_mask_columns_have_the_real_counts(data):
+    model = tiny_model()
+    rows = data["train"]
+    out = bench.random_counterfactual_columns(rows, model, model.processor, "lexical", seed=0)
+    from mme_jd.modeling.counterfactual_mme_jd import lexical_text_counterfactual
+
+    tokens = len(out[0]["image_counterfactual_mask"])
+    for row in out:
+        _, real = lexical_text_counterfactual(row["text"])
+        assert len(row["text_mask_positions"]) == len(real)
+        words = row["text_counterfactual"].split()
+        assert [i for i, w in enumerate(words) if w == model.config.mask_word] == row["text_mask_positions"]
+        assert sum(row["image_counterfactual_mask"]) == max(1, round(model.config.image_mask_ratio * tokens))
+    # random, not the builder's choice: some rows mask other words than the content words
+    assert any(row["text_mask_positions"] != lexical_text_counterfactual(row["text"])[1] for row in out)
+
+
+def test_jtt_upweights_the_first_phase_errors(data, tmp_path, monkeypatch):
+    model = tiny_model()
+    calls = []
+    original = peers.run_expert_stage
+
+    def recording(model, stage, train_dataset, *args, **kwargs):
+        calls.append({"rows": train_dataset, "start": peers.snapshot_expert(model, "general")})
+        log = original(model, stage, train_dataset, *args, **kwargs)
+        if len(calls) == 1:  # the first phase's errors, computed independently
+            out = collect_outputs(model, model.processor, train_dataset, mode="general")
+            calls[0]["errors"] = torch.nonzero(out["logits"].argmax(-1) != out["labels"]).flatten().tolist()
+        return log
+
+    monkeypatch.setattr(peers, "run_expert_stage", recording)
+    log = peers.train_jtt(model, data, _args(tmp_path), upweight=4, first_epochs=1.0)
+    assert len(calls) == 2
+    errors = calls[0]["errors"]
+    assert 0 < len(errors) < len(data["train"]) and log["error_indices"] == errors
+    second = calls[1]["rows"]
+    assert len(second) == len(data["train"]) + 3 * len(errors) == log["train_rows"]
+    counts = Counter(second["id"])
+    ids = data["train"]["id"]
+    for index, row_id in enumerate(ids):
+        assert counts[row_id] == (4 if index in set(errors) else 1)
+    # the second phase starts from the first phase's initial weights (retrained from scratch)
+    assert all(torch.equal(calls[0]["start"][k], calls[1]["start"][k]) for k in calls[0]["start"])
+
+
+def test_upweighted_rows_rejects_bad_weights(data):
+    assert len(peers.upweighted_rows(data["train"], [0, 1], 1)) == len(data["train"])
+    with pytest.raises(ValueError):
+        peers.upweighted_rows(data["train"], [0], 2.5)
+
+
+def test_group_dro_weights_move_toward_the_worst_group(data, tmp_path):
+    model = tiny_model()
+    step_size = 0.5
+    log = peers.train_group_dro(model, data, _args(tmp_path, max_steps=6), step_size=step_size, num_groups=8)
+    q = torch.tensor(log["group_weights"])
+    history = torch.tensor(log["group_loss_history"])
+    assert len(log["group_weight_history"]) == 6 and history.shape == (6, 8)
+    assert q.sum().item() == pytest.approx(1.0)
+    # online update: q ∝ exp(η · Σ_t loss_g,t), starting uniform
+    expected = torch.softmax(step_size * history.sum(0), 0)
+    assert torch.allclose(q, expected, atol=1e-5)
+    cumulative = history.sum(0)
+    assert q.argmax() == cumulative.argmax()  # the most weight on the worst group
+    assert q.max() > 1 / 8 + 1e-3 and q.min() < 1 / 8
+    assert not math.isnan(log["train_loss"])
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model: returns the logits it is given (plus a trainable zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, logits, metadata=None, **_):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=logits + self.bias)
+
+
+@pytest.mark.parametrize("absent", ["last", "zero"])
+def test_group_dro_keeps_weighting_an_absent_worst_group(tmp_path, absent):
+    trainer = peers.GroupDROTrainer(model=_FixedLogits(), args=_args(tmp_path), num_groups=3, step_size=1.0,
+                                    absent_group_loss=absent)
+    confident = torch.tensor([[4.0, -4.0]])
+    wrong = torch.tensor([[-4.0, 4.0]])
+    # batch 1: group 0 right (low loss), group 1 wrong (high loss), group 2 absent
+    trainer.compute_loss(trainer.model, {"logits": torch.cat([confident, wrong]), "labels": torch.tensor([0, 0]),
+                                         "metadata": {"group": [0, 1]}})
+    q1 = trainer.group_weights.clone()
+    assert q1[1] > q1[0] and q1.sum().item() == pytest.approx(1.0)
+    # batch 2: only group 0
+    trainer.compute_loss(trainer.model, {"logits": confident, "labels": torch.tensor([0]),
+                                         "metadata": {"group": [0]}})
+    q2 = trainer.group_weights
+    if absent == "last":  # the worst group keeps its last loss: its weight still grows
+        assert q2[1] > q1[1] and q2.argmax() == 1
+    else:  # the literal update: an absent group falls behind
+        assert q2[1] < q1[1]

@@ -1,0 +1,96 @@
+"""`evaluate_model`: a saved tiny model + synthetic rows → report files whose figures equal the
+ones computed directly from `collect_outputs`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import nudge_experts
+
+from mme_jd.data.synthetic import make_synthetic_benchmark
+from mme_jd.evaluation.diagnostics import expected_calibration_error
+from mme_jd.evaluation.run import evaluate_model
+from mme_jd.inference import collect_outputs
+from mme_jd.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = tiny_model().eval()
+    nudge_experts(model, scale=0.3)
+    with torch.no_grad():
+        model.router[2].bias.copy_(torch.tensor([1.0, 0.3, 0.3, 0.0]))
+    model.config.lambda_text, model.config.lambda_image = 0.3, 0.2
+    data = make_synthetic_benchmark(num_test=64, seed=3, splits=["test_balanced", "test_ood"])
+    # route about half of the samples away from `none`: the threshold at the median
+    router_logits = collect_outputs(model, model.processor, data["test_balanced"], mode="mme_jd")["router_logits"]
+    model.config.router_threshold = float((1 - router_logits.softmax(-1)[:, 0]).median())
+    folder = tmp_path_factory.mktemp("evaluate") / "model"
+    model.save_pretrained(folder)
+    return model, folder, data
+
+
+def _direct(model, rows, mode):
+    extra = dict(counterfactual_parts=("text", "image"), text_counterfactual="lexical") if mode == "mid" else {}
+    out = collect_outputs(model, model.processor, rows, batch_size=16, mode=mode, **extra)
+    cue_only = collect_outputs(model, model.processor, rows, batch_size=16, mode="mid",
+                               counterfactual_parts=("text", "image"), text_counterfactual="lexical")
+    predictions, labels, groups = out["logits"].argmax(-1), out["labels"], out["groups"]
+    per_group = [float((predictions[groups == g] == labels[groups == g]).float().mean()) for g in groups.unique()]
+    return {
+        "out": out,
+        "accuracy": float((predictions == labels).float().mean()),
+        "worst_group_accuracy": min(per_group),
+        "reliance_text": float((predictions == cue_only["text_counterfactual_logits"].argmax(-1)).float().mean()),
+        "reliance_image": float((predictions == cue_only["image_counterfactual_logits"].argmax(-1)).float().mean()),
+        "ece": expected_calibration_error(out["logits"].softmax(-1).numpy(), labels.numpy())["ece"],
+    }
+
+
+def test_report_files_and_figures_match_collect_outputs(saved, tmp_path):
+    model, folder, data = saved
+    results = evaluate_model(str(folder), data["test_balanced"], tmp_path / "report", mode="mme_jd", batch_size=16,
+                             formats=("json", "md"), progress=False)
+    for name in ("report.json", "report.md", "groups.png", "routing.png", "reliability.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {"metrics", "groups", "reliance", "calibration", "router", "experts", "evaluation"} <= set(written)
+    assert set(written["reliance"]) == {"text", "image"}
+    assert set(written["experts"]) == {"general", "image_debias", "text_debias"}
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for needle in ("Worst-group accuracy", "Reliance (text counterfactual)", "ECE", "Routed away from `none`"):
+        assert needle in markdown
+
+    direct = _direct(model, data["test_balanced"], "mme_jd")
+    assert written["metrics"]["accuracy"] == pytest.approx(direct["accuracy"])
+    assert written["groups"]["worst_group_accuracy"] == pytest.approx(direct["worst_group_accuracy"])
+    assert written["reliance"]["text"] == pytest.approx(direct["reliance_text"])
+    assert written["reliance"]["image"] == pytest.approx(direct["reliance_image"])
+    assert written["calibration"]["ece"] == pytest.approx(direct["ece"])
+    strategy = direct["out"]["strategy"]
+    assert 0 < written["router"]["routed_away_share"] < 1
+    assert written["router"]["routed_away_share"] == pytest.approx(float((strategy != 0).float().mean()))
+    for index, name in enumerate(("none", "image", "text", "both")):
+        assert written["router"]["predicted_share"][name] == pytest.approx(float((strategy == index).float().mean()))
+    general = direct["out"]["general_logits"].argmax(-1)
+    expert_accuracy = float((general == direct["out"]["labels"]).float().mean())
+    assert written["experts"]["general"]["accuracy"] == pytest.approx(expert_accuracy)
+    assert results["files"]["json"].endswith("report.json")
+    assert "Sarcastic" not in written["groups"]["per_group_accuracy"]  # names are the synthetic groups'
+    assert any(name.startswith("sarcastic|text_cue=") for name in written["groups"]["per_group_accuracy"])
+
+
+def test_mid_mode_on_a_model_object_and_a_dataset_dict(saved, tmp_path):
+    model, _, data = saved
+    results = evaluate_model(model, data, tmp_path / "mid", mode="mid", batch_size=32, formats="json",
+                             split="test_ood", progress=False)
+    assert (tmp_path / "mid" / "report.json").is_file() and not (tmp_path / "mid" / "report.md").exists()
+    direct = _direct(model, data["test_ood"], "mid")
+    assert results["metrics"]["accuracy"] == pytest.approx(direct["accuracy"])
+    assert results["groups"]["worst_group_accuracy"] == pytest.approx(direct["worst_group_accuracy"])
+    assert results["reliance"]["text"] == pytest.approx(direct["reliance_text"])
+    assert "router" not in results and results["evaluation"]["lambda_text"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="split"):
+        evaluate_model(model, data, tmp_path / "x", progress=False)
+    assert np.isfinite(results["calibration"]["ece"])
