@@ -814,6 +814,11 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
         "",
         timing_table(summary),
         "",
+        "Shares are of the instrumented pass's wall time; an expert's rows average over the seeds in which the "
+        "router sent it samples (no ± : one seed). Compare time shares with rows per sample: a debias "
+        "sub-batch of k rows costs more than k/64 of a general batch, as each call has a fixed cost "
+        "(an adapter switch, a forward of a few rows, the vision tower again).",
+        "",
         "## Knobs per seed",
         "",
     ]
@@ -900,6 +905,7 @@ def run_bench(
     started = time.perf_counter()
     settings_dict = dataclasses.asdict(settings)
     seed_results = []
+    resumed_seconds = 0.0
     for seed in settings.seeds:
         path = output / f"{name}_seed{seed}.json"
         if resume and path.exists():
@@ -907,6 +913,7 @@ def run_bench(
             if previous.get("settings") == json.loads(json.dumps(settings_dict, default=str)):
                 progress(f"seed {seed}: reusing {path}")
                 seed_results.append(previous)
+                resumed_seconds += previous["seconds"]
                 continue
         result = run_seed(seed, settings, model_factory, work / f"seed{seed}", progress)
         result["environment"] = {"python": sys.version.split()[0], "torch": torch.__version__,
@@ -915,7 +922,8 @@ def run_bench(
         progress(f"seed {seed}: done in {result['seconds'] / 60:.1f} min, wrote {path}")
         seed_results.append(result)
     summary = aggregate(seed_results)
-    seconds = time.perf_counter() - started
+    # a reused seed counts the time it took when it ran
+    seconds = time.perf_counter() - started + resumed_seconds
     summary.update(settings=settings_dict, name=name, seconds=round(seconds, 1), methods_description=METHODS,
                    model_factory=getattr(model_factory, "__name__", type(model_factory).__name__))
     _write_json(output / f"{name}.json", summary)
