@@ -65,6 +65,8 @@ def test_each_stage_changes_only_its_own_parameters(mme_jd_run):
         else:
             assert all(f".{stage}." in k and ".lora_" in k for k in changed), (stage, sorted(changed)[:3])
         previous = state
+    # the mme_jd recipe keeps the model's MCTD weights: image_debias really sees its counterfactuals
+    assert model.config.mctd_image_weight > 0 and model.config.mctd_text_weight > 0
     base_keys = [k for k in initial if ".lora_" not in k and not k.startswith("router.")]
     assert all(torch.equal(initial[k], previous[k]) for k in base_keys)  # the base stays frozen
 

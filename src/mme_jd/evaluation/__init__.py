@@ -27,6 +27,8 @@ _LAZY_EXPORTS = {
     "reliance": "diagnostics",
     "router_report": "diagnostics",
     "write_report": "report",
+    "evaluate_model": "run",
+    "counterfactual_quality": "quality",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

@@ -19,6 +19,8 @@ _LAZY = {
     "strategy_labels": "mme_jd.training.router_labels",
     "copy_expert": "mme_jd.training.stages",
     "run_expert_stage": "mme_jd.training.stages",
+    "train_jtt": "mme_jd.training.peers",
+    "train_group_dro": "mme_jd.training.peers",
 }
 
 

@@ -54,7 +54,8 @@ class MMEJDTrainingConfig:
         first F0.5 of leaving `none`). On the synthetic benchmark F0.5 kept 86% of samples with
         the biased general expert (routed WGA 0.144 against 0.808 for the text expert alone).
     router_epochs, router_learning_rate: the router stage's schedule.
-    mctd_text_weight / mctd_image_weight: w_t, w_v of the MCTD loss (None: the model's).
+    mctd_text_weight / mctd_image_weight: w_t, w_v of the MCTD loss of the `mctd` recipe
+        (None: the model's); the debias experts of `mme_jd` keep the model's weights.
         The default w_v = 0: a masked image counterfactual has no defined label on a task that
         needs both modalities, and training it with a reversed target collapsed MCTD on the
         synthetic benchmark (ID 0.52, WGA 0.23, bench/results/synthetic_recipes_seed0.json);
@@ -167,9 +168,11 @@ def train(
             raise ValueError(f"dataset has no split {split!r}; it has {list(dataset)}. Set the split names in "
                              "MMEJDTrainingConfig (train_split, router_split, mid_split).")
     output_dir = Path(args.output_dir)
-    if config.mctd_text_weight is not None:
+    # the MCTD weights belong to the mctd recipe: the debias experts' reversed objective uses the
+    # model's own weights (w_v = 0 there would train image_debias on originals only)
+    if config.recipe == "mctd" and config.mctd_text_weight is not None:
         model.config.mctd_text_weight = config.mctd_text_weight
-    if config.mctd_image_weight is not None:
+    if config.recipe == "mctd" and config.mctd_image_weight is not None:
         model.config.mctd_image_weight = config.mctd_image_weight
     for field_name in ("image_debias_objective", "text_debias_objective"):
         if getattr(config, field_name) is not None:
