@@ -131,6 +131,13 @@ class MMEJDConfig(PreTrainedConfig):
         correction: "none" or "linear" (MID's subtraction on top of the routed expert).
         expert_execution: "routed" (only routed samples run a debias expert) or "all" (every
             expert on every sample, as the paper does).
+        reuse_image_features: the debias experts' passes reuse the vision tower's and
+            projector's output from the general pass instead of recomputing it (exact: LoRA only
+            adapts the language model). Turned off automatically when `lora_scope` reaches
+            outside the language model.
+        router_max_routed_share: an inference budget: when set, the router threshold is tuned
+            only among thresholds that send at most this share of validation samples to a
+            debias expert (routed cost ≈ 1 + share × an expert pass). None: no budget.
         both_combination: how strategy `both` mixes the image and text experts: "mean" of
             logits or "product" (sum of log-probabilities, a product of experts).
         expert_temperatures: per-expert temperature dividing its logits before mixing
@@ -191,6 +198,8 @@ class MMEJDConfig(PreTrainedConfig):
     lambda_image: float = 0.5
     correction: str = "none"
     expert_execution: str = "routed"
+    reuse_image_features: bool = True
+    router_max_routed_share: float | None = None
     both_combination: str = "mean"
     expert_temperatures: dict[str, float] | None = None
     mctd_text_weight: float = 1.0
@@ -238,6 +247,8 @@ class MMEJDConfig(PreTrainedConfig):
         _check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
         _check_choice("routed_strategy", self.routed_strategy, (None, *ROUTER_STRATEGIES[1:]))
         _check_range("router_threshold", self.router_threshold, 0.0, 1.0)
+        if self.router_max_routed_share is not None:
+            _check_range("router_max_routed_share", self.router_max_routed_share, 0.0, 1.0)
         _check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)
         _check_range("image_mask_ratio", self.image_mask_ratio, 0.0, 1.0)
         _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)

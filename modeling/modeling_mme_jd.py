@@ -25,6 +25,7 @@ Modes (config.mode, or `mode=` per call):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -256,11 +257,61 @@ class MMEJDModel(MMEJDPreTrainedModel):
             self._active_expert = name
 
     # ------------------------------------------------------------------ computation
-    def _encode(self, inputs: dict, output_attentions: bool = False):
-        """Final hidden states of the active expert. Returns (hidden [B,L,H], attentions)."""
+    def _encode(self, inputs: dict, output_attentions: bool = False, image_features=None):
+        """Final hidden states of the active expert. Returns (hidden [B,L,H], attentions).
+
+        image_features: the vision tower's and projector's output for these rows (see
+        `_capture_image_features`); given, the pixels are not encoded again."""
         inner = self.base_model_with_experts.model
+        if image_features is not None:
+            inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
+            inputs["mm_encoder_outputs"] = {"image": image_features}
         outputs = inner(**inputs, output_attentions=output_attentions, use_cache=False, return_dict=True)
         return outputs.last_hidden_state, getattr(outputs, "attentions", None)
+
+    @property
+    def _can_reuse_image_features(self) -> bool:
+        # exact only while LoRA adapts nothing but the language model: the vision tower and the
+        # projector are then the same for every expert
+        scope = self.config.lora_scope
+        return self.config.reuse_image_features and scope in (None, self.config.family.language_model)
+
+    @contextlib.contextmanager
+    def _capture_image_features(self, store: list):
+        """Record what the base's `get_image_features` returns during the block (one call per
+        forward with pixels), so a later expert pass over some of the rows can reuse it."""
+        inner = self.base_model_with_experts.model
+        original = inner.get_image_features
+
+        def capturing(*args, **kwargs):
+            output = original(*args, **kwargs)
+            store.append(output)
+            return output
+
+        inner.get_image_features = capturing
+        try:
+            yield store
+        finally:
+            del inner.get_image_features  # the class's method again
+
+    @staticmethod
+    def _select_image_features(captured: list, rows: torch.Tensor, batch: int):
+        """The captured image features of `rows`, in the form the base accepts back through
+        `mm_encoder_outputs`; None when they cannot be split per sample (several images per
+        row, image splitting), and the expert pass then encodes the pixels again."""
+        if len(captured) != 1:
+            return None
+        output = captured[0]
+        features = getattr(output, "pooler_output", None)
+        if features is None or len(features) != batch:
+            return None
+        if isinstance(features, (list, tuple)):
+            selected = [features[i] for i in rows.tolist()]
+        elif torch.is_tensor(features):
+            selected = features[rows.to(features.device)]
+        else:
+            return None
+        return type(output)(pooler_output=selected)
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.config.router_pooling == "mean":
@@ -281,10 +332,12 @@ class MMEJDModel(MMEJDPreTrainedModel):
             logits = torch.tanh(logits / softcap) * softcap
         return logits.float()
 
-    def expert_forward(self, name: str, inputs: dict, output_attentions: bool = False):
-        """Run one expert. Returns (class logits [B,C], pooled hidden [B,H], attentions)."""
+    def expert_forward(self, name: str, inputs: dict, output_attentions: bool = False, image_features=None):
+        """Run one expert. Returns (class logits [B,C], pooled hidden [B,H], attentions).
+
+        image_features: precomputed vision features of these rows (skips the vision tower)."""
         self._use_expert(name)
-        hidden, attentions = self._encode(inputs, output_attentions=output_attentions)
+        hidden, attentions = self._encode(inputs, output_attentions=output_attentions, image_features=image_features)
         mask = inputs["attention_mask"]
         answer_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), answer_positions(mask)]
         pooled = answer_hidden if self.config.router_pooling == "last" else self._pool(hidden, mask)
@@ -427,9 +480,12 @@ class MMEJDModel(MMEJDPreTrainedModel):
         use_cf = config.correction == "linear"
         if use_cf and (text_cf is None or image_cf is None):
             raise ValueError("correction='linear' needs text_counterfactual and image_counterfactual inputs.")
-        general, pooled, text_logits, image_logits = self._run_with_counterfactuals(
-            "general", inputs, text_cf if use_cf else None, image_cf if use_cf else None
-        )
+        captured: list = []
+        reuse = self._can_reuse_image_features and "pixel_values" in inputs and not use_cf
+        with self._capture_image_features(captured) if reuse else contextlib.nullcontext():
+            general, pooled, text_logits, image_logits = self._run_with_counterfactuals(
+                "general", inputs, text_cf if use_cf else None, image_cf if use_cf else None
+            )
         router_logits = self.router(pooled.detach().to(self.router[0].weight.dtype))
         strategy = self.route(router_logits)
         batch = general.shape[0]
@@ -441,7 +497,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 rows = rows[(strategy == wanted[0]) | (strategy == wanted[1])]
             full = torch.full_like(general, float("nan"))
             if len(rows):
-                full[rows] = self.expert_forward(name, select_rows(inputs, rows))[0]
+                features = self._select_image_features(captured, rows, batch) if reuse else None
+                full[rows] = self.expert_forward(name, select_rows(inputs, rows), image_features=features)[0]
             expert_logits[name] = full
         scaled = {
             "general": general / config.expert_temperature("general"),

@@ -53,7 +53,13 @@ def test_bench_writes_every_method_and_figure(tmp_path):
     assert seed["methods"]["JTT"]["knobs"]["upweight"] in (2, 3)
     assert seed["methods"]["Group DRO"]["knobs"]["step_size"] in (0.1, 1.0)
     timing = seed["timing"]["mme_jd"]
-    assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mid"}
+    assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget", "mid"}
+    # the budget only raises the threshold: it routes a subset of what the free threshold routes
+    budget, free = seed["methods"]["MME-JD routed (budget)"], seed["methods"]["MME-JD routed"]
+    assert budget["knobs"]["routed_budget"] == 0.25
+    assert budget["knobs"]["router_threshold"] >= free["knobs"]["router_threshold"] - 1e-6
+    for split in bench.TEST_SPLITS:
+        assert budget["splits"][split]["routed_away"] <= free["splits"][split]["routed_away"] + 1e-9
     assert timing["ratio_to_general"]["general"] == 1.0
     assert {"general", "image_debias", "text_debias"} <= set(timing["breakdown"]["mme_jd_all"]["experts"])
 

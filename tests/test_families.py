@@ -54,3 +54,49 @@ def test_every_mode_on_each_family(family):
     out.loss.backward()
     assert all(p.grad is not None for p in params)
     assert all(p.grad is None for n, p in model.named_parameters() if ".general." in n)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_routed_experts_reuse_the_general_pass_image_features(family):
+    """The debias experts' passes take the vision features of the general pass (the vision tower
+    runs once per batch) and give the same logits as encoding the pixels again."""
+    base, processor = FAMILIES[family]()
+    model = from_base(base, processor).eval()
+    nudge_experts(model, scale=0.2)
+    images = random_images(len(TEXTS), size=36)
+    inputs = build_triple(processor, model.config, TEXTS, images, None, parts=())["original"]
+    model.config.router_threshold = 0.0
+    with torch.no_grad():  # every row leaves `none`
+        model.router[2].weight.zero_()
+        model.router[2].bias.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
+    vision = model.base_model_with_experts.model.get_image_features.__self__
+    calls = []
+    tower = next(m for n, m in vision.named_children() if n in ("vision_tower", "visual", "vision_model"))
+    handle = tower.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        results = {}
+        for reuse in (True, False):
+            model.config.reuse_image_features = reuse
+            calls.clear()
+            with torch.no_grad():
+                results[reuse] = model(**inputs, mode="mme_jd", return_experts=True)
+            results[(reuse, "calls")] = len(calls)
+    finally:
+        handle.remove()
+    assert results[(True, "calls")] == 1 and results[(False, "calls")] == 3
+    for name in ("logits", "general_logits", "image_debias_logits", "text_debias_logits"):
+        assert torch.allclose(getattr(results[True], name), getattr(results[False], name), atol=1e-5), name
+    assert not torch.allclose(results[True].image_debias_logits, results[True].general_logits)
+    # an expert pass without the pixels but with the features gives the same rows
+    rows = torch.tensor([2, 0])
+    captured: list = []
+    with torch.no_grad(), model._capture_image_features(captured):
+        model.expert_forward("general", inputs)
+    features = model._select_image_features(captured, rows, len(TEXTS))
+    assert features is not None
+    with torch.no_grad():
+        from mme_jd.modeling.modeling_mme_jd import select_rows
+        subset = select_rows(inputs, rows)
+        with_features = model.expert_forward("text_debias", subset, image_features=features)[0]
+        with_pixels = model.expert_forward("text_debias", subset)[0]
+    assert torch.allclose(with_features, with_pixels, atol=1e-5)

@@ -65,3 +65,28 @@ def test_routed_strategy_fixes_what_routed_samples_get_and_groups_tune_the_thres
     final, strategy = mixture_logits(fixed, router_logits, experts, threshold)
     assert strategy.tolist() == [0, 0, 2, 2]
     assert torch.equal(final.argmax(-1), labels)
+
+
+def test_a_routed_share_budget_limits_the_threshold():
+    # away scores 0.9, 0.6, 0.2: unlimited F0.5 routes sample 0 and 1 is wrong → best routes only 0
+    router_logits = torch.log(torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.4, 0.6, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0]]) + 1e-9)
+    targets = torch.tensor([1, 1, 0])
+    threshold, _ = tune_threshold(router_logits, targets)
+    assert threshold <= 0.6 + 1e-6  # both true debias samples routed
+    threshold, fbeta = tune_threshold(router_logits, targets, max_routed_share=0.34)
+    assert 0.6 < threshold <= 0.9 + 1e-6 and fbeta == pytest.approx(1.25 * 0.5 / (0.25 + 0.5))
+    # worst-group tuning: text_debias fixes group 1 (two samples); a budget of one sample in four
+    # routes only the more confident one and the worst group stays at 0.5
+    labels = torch.tensor([1, 0, 1, 0])
+    groups = torch.tensor([0, 0, 1, 1])
+    experts = {"general": torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+               "image_debias": torch.tensor([[1.0, 0.0]] * 4),
+               "text_debias": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])}
+    router_logits = torch.log(torch.tensor([[0.9, 0.0, 0.1, 0.0], [0.9, 0.0, 0.1, 0.0],
+                                            [0.3, 0.0, 0.7, 0.0], [0.2, 0.0, 0.8, 0.0]]) + 1e-9)
+    free, wga = tune_threshold_for_groups(_Mixture(), router_logits, experts, labels, groups)
+    assert wga == pytest.approx(1.0)
+    limited, wga = tune_threshold_for_groups(_Mixture(), router_logits, experts, labels, groups, max_routed_share=0.25)
+    assert wga == pytest.approx(0.5) and limited > free
+    _, strategy = mixture_logits(_Mixture(), router_logits, experts, limited)
+    assert strategy.tolist() == [0, 0, 0, 2]

@@ -76,6 +76,8 @@ METHODS: dict[str, str] = {
     "MCTD": "recipe mctd (counterfactuals with reversed targets)",
     "MME-JD routed": "mme_jd run, routed inference",
     "MME-JD all experts": "mme_jd run, expert_execution='all' (the paper's)",
+    "MME-JD routed (budget)": "mme_jd run, router threshold re-tuned on validation_balanced to route at most "
+                              "`routed_budget` of it (an inference-cost budget)",
     "image_debias expert": "ablation: the image_debias expert alone",
     "text_debias expert": "ablation: the text_debias expert alone",
     "MID (random masks)": "control: MID with random masks of the same counts",
@@ -112,6 +114,8 @@ class BenchSettings:
     timing_batch_size: int = 64
     timing_repeats: int = 5
     timing_rows: int | None = None  # None: the whole test_balanced split
+    # the share of validation samples "MME-JD routed (budget)" may send to a debias expert
+    routed_budget: float = 0.25
     # torch threads: the tiny model gains nothing from a second thread, and on shared cores
     # extra threads slowed every pass several times over (None: torch's default)
     num_threads: int | None = 1
@@ -335,6 +339,23 @@ def _validation_wga(model, data, settings: BenchSettings) -> float:
 # ---------------------------------------------------------------------------- inference cost
 
 
+def _expert_logits(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: outputs[f"{name}_logits"] for name in ("general", "image_debias", "text_debias")}
+
+
+def budget_threshold(model, rows, settings: BenchSettings) -> float:
+    """The router threshold with the best worst-group accuracy of the routed mixture on `rows`
+    (validation_balanced) among those routing at most `settings.routed_budget` of them; the
+    routed strategy stays the one the router stage chose."""
+    from .training.router_labels import tune_threshold_for_groups
+
+    outputs = _collect(model, rows, settings, "mme_jd", return_experts=True)
+    threshold, _ = tune_threshold_for_groups(model, outputs["router_logits"], _expert_logits(outputs),
+                                             outputs["labels"], outputs.get("groups"),
+                                             max_routed_share=settings.routed_budget)
+    return threshold
+
+
 def _prepared_batches(collator, rows, batch_size: int) -> list[dict]:
     batches = []
     for start in range(0, len(rows), batch_size):
@@ -346,11 +367,13 @@ def _prepared_batches(collator, rows, batch_size: int) -> list[dict]:
 
 
 def measure_inference(model, rows, batch_size: int = 64, repeats: int = 5,
-                      variants: Sequence[str] = ("general", "mme_jd_routed", "mme_jd_all", "mid")) -> dict:
+                      variants: Sequence[str] = ("general", "mme_jd_routed", "mme_jd_all", "mid"),
+                      budget_threshold: float | None = None) -> dict:
     """Wall time of each inference variant over the same pre-collated batches of `rows`.
 
     Variants: "general" (one general forward), "mme_jd_routed", "mme_jd_all"
-    (`expert_execution="all"`), "mid" (the batched pass over originals + both counterfactuals).
+    (`expert_execution="all"`), "mid" (the batched pass over originals + both counterfactuals),
+    "mme_jd_budget" (routed at `budget_threshold`).
     Collation is timed separately (for MID it builds the counterfactuals, image saliency
     included). One warm-up pass per variant, then `repeats` rounds in rotating order; the
     median is kept. An instrumented extra round splits the mixture's time into the general
@@ -372,18 +395,22 @@ def measure_inference(model, rows, batch_size: int = 64, repeats: int = 5,
         started = time.perf_counter()
         mid_batches = _prepared_batches(counterfactual, rows, batch_size)
         collate_seconds["counterfactual"] = time.perf_counter() - started
-    execution = model.config.expert_execution
+    execution, threshold = model.config.expert_execution, model.config.router_threshold
+    if "mme_jd_budget" in variants and budget_threshold is None:
+        raise ValueError("the mme_jd_budget variant needs budget_threshold.")
 
     def run(variant: str) -> None:
         batches = mid_batches if variant == "mid" else plain_batches
-        mode = {"general": "general", "mme_jd_routed": "mme_jd", "mme_jd_all": "mme_jd", "mid": "mid"}[variant]
+        mode = "general" if variant == "general" else "mid" if variant == "mid" else "mme_jd"
         model.config.expert_execution = "all" if variant == "mme_jd_all" else "routed"
+        if variant == "mme_jd_budget":
+            model.config.router_threshold = budget_threshold
         try:
             with torch.no_grad():
                 for batch in batches:
                     model(**batch, mode=mode)
         finally:
-            model.config.expert_execution = execution
+            model.config.expert_execution, model.config.router_threshold = execution, threshold
 
     for variant in variants:  # warm-up
         run(variant)
@@ -427,9 +454,9 @@ def _timed_breakdown(model, run: Callable[[str], None], variant: str) -> dict:
     original = model.expert_forward
     experts: dict[str, dict[str, float]] = {}
 
-    def timed(name, inputs, output_attentions=False):
+    def timed(name, inputs, output_attentions=False, **kwargs):
         started = time.perf_counter()
-        out = original(name, inputs, output_attentions)
+        out = original(name, inputs, output_attentions, **kwargs)
         entry = experts.setdefault(name, {"seconds": 0.0, "rows": 0, "calls": 0})
         entry["seconds"] += time.perf_counter() - started
         entry["rows"] += int(inputs["input_ids"].shape[0])
@@ -459,6 +486,7 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     from .data.synthetic import make_synthetic_benchmark
     from .training.mid import fit_lambdas
     from .training.peers import restore_expert, snapshot_expert, train_group_dro, train_jtt
+    from .training.router_labels import mixture_logits
     from .training.run import train
 
     seed_started = time.perf_counter()
@@ -490,11 +518,13 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     progress(f"seed {seed}: mme_jd trained in {report['seconds']} s (ERM {erm_seconds} s); evaluating")
     per_split: dict[str, dict[str, dict]] = {name: {} for name in
                                              ("ERM", "MID", "image_debias expert", "text_debias expert",
-                                              "MME-JD routed", "MME-JD all experts")}
+                                              "MME-JD routed", "MME-JD all experts", "MME-JD routed (budget)")}
     routed_shares: dict[str, Any] = {}
     cue_only_logits: dict[str, dict[str, torch.Tensor]] = {}
     identical = True
     cue_data = {split: cue_only_columns(model, data[split], config) for split in TEST_SPLITS}
+    budget = budget_threshold(model, data["validation_balanced"], settings)
+    budget_shares: dict[str, Any] = {}
     for split in TEST_SPLITS:
         rows = data[split]
         mid = _cue_only_pass(model, cue_data[split], settings)
@@ -512,11 +542,19 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
                                 for i, s in enumerate(("none", "image", "text", "both"))}
         for name in ("MME-JD routed", "MME-JD all experts"):
             per_split[name][split]["routed_away"] = round(1 - routed_shares[split]["none"], 4)
+        # the budget threshold's mixture, from the all-experts logits (the routed forward's arithmetic)
+        budget_logits, budget_strategy = mixture_logits(model, every["router_logits"], _expert_logits(every), budget)
+        per_split["MME-JD routed (budget)"][split] = evaluator.figures(split, budget_logits, cue_only_logits[split])
+        budget_shares[split] = {s: round(float((budget_strategy == i).float().mean()), 4)
+                                for i, s in enumerate(("none", "image", "text", "both"))}
+        per_split["MME-JD routed (budget)"][split]["routed_away"] = round(1 - budget_shares[split]["none"], 4)
     timing_rows = data["test_balanced"]
     if settings.timing_rows is not None:
         timing_rows = timing_rows.select(range(min(settings.timing_rows, len(timing_rows))))
     progress(f"seed {seed}: timing inference on {len(timing_rows)} rows ({settings.timing_repeats} repeats)")
-    timing["mme_jd"] = measure_inference(model, timing_rows, settings.timing_batch_size, settings.timing_repeats)
+    timing["mme_jd"] = measure_inference(model, timing_rows, settings.timing_batch_size, settings.timing_repeats,
+                                         variants=("general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget", "mid"),
+                                         budget_threshold=budget)
     ratios = timing["mme_jd"]["ratio_to_general"]
     knobs = {**lambdas, "router_threshold": float(model.config.router_threshold)}
     add("ERM", per_split["ERM"], erm_seconds, 1.0)
@@ -527,6 +565,9 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
         routed_shares=routed_shares)
     add("MME-JD all experts", per_split["MME-JD all experts"], mme_jd_seconds, ratios["mme_jd_all"],
         identical_predictions_to_routed=identical)
+    add("MME-JD routed (budget)", per_split["MME-JD routed (budget)"], mme_jd_seconds, ratios["mme_jd_budget"],
+        knobs={**knobs, "router_threshold": budget, "routed_budget": settings.routed_budget},
+        routed_shares=budget_shares)
 
     # ---- MID with random masks: the same general expert, λ refitted on random counterfactuals
     progress(f"seed {seed}: MID random-mask control")
@@ -697,7 +738,7 @@ def aggregate(seed_results: list[dict]) -> dict:
         variants = seed_results[0]["timing"]["mme_jd"].get(key, {})
         timing[key] = {v: _mean_std([r["timing"]["mme_jd"][key][v] for r in seed_results]) for v in variants}
     breakdown = {}
-    for variant in ("mme_jd_routed", "mme_jd_all"):
+    for variant in ("mme_jd_routed", "mme_jd_all", "mme_jd_budget"):
         parts: dict[str, list[float]] = {}
         for r in seed_results:
             entry = r["timing"]["mme_jd"]["breakdown"].get(variant)
@@ -713,6 +754,9 @@ def aggregate(seed_results: list[dict]) -> dict:
     timing["breakdown"] = breakdown
     timing["routed_away_test_balanced"] = _mean_std(
         [1 - r["methods"]["MME-JD routed"]["routed_shares"]["test_balanced"]["none"] for r in seed_results])
+    timing["budget_routed_away_test_balanced"] = _mean_std(
+        [1 - r["methods"]["MME-JD routed (budget)"]["routed_shares"]["test_balanced"]["none"]
+         for r in seed_results if "MME-JD routed (budget)" in r["methods"]])
     timing["rows"] = seed_results[0]["timing"]["mme_jd"]["rows"]
     timing["batch_size"] = seed_results[0]["timing"]["mme_jd"]["batch_size"]
     timing["repeats"] = seed_results[0]["timing"]["mme_jd"]["repeats"]
@@ -752,7 +796,8 @@ def results_table(summary: dict) -> str:
 def timing_table(summary: dict) -> str:
     timing = summary["timing"]
     names = {"general": "one general forward", "mme_jd_routed": "MME-JD routed",
-             "mme_jd_all": "MME-JD all experts", "mid": "MID (3 rows per sample)"}
+             "mme_jd_all": "MME-JD all experts", "mme_jd_budget": "MME-JD routed (budget)",
+             "mid": "MID (3 rows per sample)"}
     lines = ["| Inference | s / 1000 samples | × general forward | samples/s | end to end × general |",
              "|---|---:|---:|---:|---:|"]
     for variant, label in names.items():
@@ -762,11 +807,12 @@ def timing_table(summary: dict) -> str:
                      f"{_cell(timing['ratio_to_general'][variant], 2)} | "
                      f"{_cell(timing['samples_per_second'][variant], 0)} | "
                      f"{_cell(timing['end_to_end_ratio_to_general'].get(variant), 2)} |")
-    lines += ["", "| Where the time goes | MME-JD routed | MME-JD all experts |", "|---|---:|---:|"]
-    rows = list(dict.fromkeys([*timing["breakdown"].get("mme_jd_routed", {}), *timing["breakdown"].get("mme_jd_all", {})]))
+    columns = [v for v in ("mme_jd_routed", "mme_jd_budget", "mme_jd_all") if timing["breakdown"].get(v)]
+    lines += ["", "| Where the time goes | " + " | ".join(names[v] for v in columns) + " |",
+              "|---|" + "---:|" * len(columns)]
+    rows = list(dict.fromkeys(row for v in columns for row in timing["breakdown"][v]))
     for row in rows:
-        lines.append(f"| {row} | {_cell(timing['breakdown'].get('mme_jd_routed', {}).get(row), 2)} | "
-                     f"{_cell(timing['breakdown'].get('mme_jd_all', {}).get(row), 2)} |")
+        lines.append(f"| {row} | " + " | ".join(_cell(timing["breakdown"][v].get(row), 2) for v in columns) + " |")
     return "\n".join(lines)
 
 
@@ -809,7 +855,11 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
         f"test_balanced, {timing['rows']} rows in batches of {timing['batch_size']}, same pre-collated batches, "
         f"warm-up first, median of {timing['repeats']} repeats, in the same process. Routed away from `none`: "
         f"{_cell(timing['routed_away_test_balanced'], 3)} of the samples; routed MME-JD costs "
-        f"{_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general forward ({verdict}). End to "
+        f"{_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general forward ({verdict}). "
+        f"Under the routing budget ({settings.routed_budget:g} of validation_balanced) "
+        f"{_cell(timing.get('budget_routed_away_test_balanced'), 3)} of the samples leave `none` and it costs "
+        f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. The debias experts reuse the general "
+        "pass's vision features (`reuse_image_features`). End to "
         "end adds collation; for MID that builds both counterfactuals, the image saliency pass included.",
         "",
         timing_table(summary),
@@ -817,12 +867,13 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
         "Shares are of the instrumented pass's wall time; an expert's rows average over the seeds in which the "
         "router sent it samples (no ± : one seed). Compare time shares with rows per sample: a debias "
         "sub-batch of k rows costs more than k/64 of a general batch, as each call has a fixed cost "
-        "(an adapter switch, a forward of a few rows, the vision tower again).",
+        "(an adapter switch, a forward of a few rows through every layer's Python overhead).",
         "",
         "## Knobs per seed",
         "",
     ]
-    for name in ("MID", "MME-JD routed", "JTT", "Group DRO", "MID (random masks)", "MME-JD (random masks)"):
+    for name in ("MID", "MME-JD routed", "MME-JD routed (budget)", "JTT", "Group DRO", "MID (random masks)",
+                 "MME-JD (random masks)"):
         if name in summary["methods"]:
             knobs = summary["methods"][name]["knobs"]
             lines.append(f"- {name}: " + "; ".join(json.dumps(k, default=str) for k in knobs))

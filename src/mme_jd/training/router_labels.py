@@ -76,15 +76,25 @@ def class_weights(targets: torch.Tensor, num_classes: int = 4) -> torch.Tensor:
     return weights
 
 
-def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: float = 0.5) -> tuple[float, float]:
+def _within_budget(away_score: torch.Tensor, threshold: float, max_routed_share: float | None) -> bool:
+    """Whether `threshold` sends at most `max_routed_share` of these samples away from `none`."""
+    return max_routed_share is None or float((away_score >= threshold).float().mean()) <= max_routed_share + 1e-9
+
+
+def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: float = 0.5,
+                   max_routed_share: float | None = None) -> tuple[float, float]:
     """The threshold on 1 - P(none) that maximises F-beta of "leave none" (debias classes as
-    one positive event, a right debias class counted as a hit). Returns (threshold, F-beta)."""
+    one positive event, a right debias class counted as a hit), among the thresholds routing at
+    most `max_routed_share` of the samples (no limit: None). Returns (threshold, F-beta)."""
     probs = router_logits.float().softmax(-1)
-    away_score = (1 - probs[:, NONE]).numpy()
+    away_tensor = 1 - probs[:, NONE]
+    away_score = away_tensor.numpy()
     choice = (probs[:, 1:].argmax(-1) + 1).numpy()
     truth = targets.numpy()
     best = (1.0, 0.0)
     for threshold in np.unique(np.concatenate([away_score, [1.0]])):
+        if not _within_budget(away_tensor, float(threshold), max_routed_share):
+            continue
         away = away_score >= threshold
         hits = (away & (choice == truth) & (truth != NONE)).sum()
         precision = hits / max(away.sum(), 1)
@@ -112,14 +122,18 @@ def mixture_logits(model, router_logits: torch.Tensor, expert_logits: dict[str, 
 
 
 def tune_threshold_for_groups(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
-                              labels: torch.Tensor, groups: torch.Tensor | None) -> tuple[float, float]:
+                              labels: torch.Tensor, groups: torch.Tensor | None,
+                              max_routed_share: float | None = None) -> tuple[float, float]:
     """The threshold whose routed mixture has the best worst-group accuracy on this (group-
-    balanced validation) data; ties go to the higher mean accuracy, then to routing less.
+    balanced validation) data, among those routing at most `max_routed_share` of it (None: any);
+    ties go to the higher mean accuracy, then to routing less.
     Returns (threshold, worst-group accuracy)."""
     from .mid import worst_group_accuracy
 
     probs = router_logits.float().softmax(-1)
-    candidates = torch.unique(torch.cat([1 - probs[:, NONE], torch.tensor([0.0, 1.0])])).tolist()
+    away_score = 1 - probs[:, NONE]
+    candidates = torch.unique(torch.cat([away_score, torch.tensor([0.0, 1.0])])).tolist()
+    candidates = [t for t in candidates if _within_budget(away_score, t, max_routed_share)] or [1.0]
     best = None
     for threshold in candidates:
         final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
@@ -151,7 +165,8 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     model.freeze_all()
     with torch.no_grad():
         logits = model.router(pooled.to(model.router[0].weight.device))
-    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu())
+    budget = model.config.router_max_routed_share
+    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu(), max_routed_share=budget)
     threshold, group_score, chosen = f_threshold, None, model.config.routed_strategy
     if threshold_objective == "worst_group":
         if expert_logits is None or labels is None:
@@ -161,7 +176,8 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
         best = None
         for candidate in (None, "image", "text", "both"):
             model.config.routed_strategy = candidate
-            candidate_threshold, score = tune_threshold_for_groups(model, logits.cpu(), expert_logits, labels, groups)
+            candidate_threshold, score = tune_threshold_for_groups(model, logits.cpu(), expert_logits, labels, groups,
+                                                                   max_routed_share=budget)
             if best is None or score > best[0] + 1e-9:
                 best = (score, candidate_threshold, candidate)
         group_score, threshold, chosen = best
