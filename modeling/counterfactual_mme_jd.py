@@ -341,6 +341,7 @@ def build_triple(
     text_counterfactual_texts: Sequence[str] | None,
     image_token_masks: Sequence[torch.Tensor] | None = None,
     parts: Sequence[str] = ("text", "image"),
+    image_counterfactual_texts: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Model inputs of the originals and of both counterfactuals, from ONE processor call.
 
@@ -349,6 +350,8 @@ def build_triple(
     counterfactual's image is the image's mean (every patch filled) and the image
     counterfactual's text is empty. `image_token_masks` may be None and applied later with
     `apply_image_counterfactual` (when they come from the model's saliency on the original).
+    `image_counterfactual_texts` overrides the image counterfactual's text (default: the
+    original text with "keep", empty with "null"), e.g. for rows whose image side is words.
     """
     keep = config.other_modality == "keep"
     all_texts = list(texts)
@@ -357,7 +360,10 @@ def build_triple(
             raise ValueError("build_triple needs text_counterfactual_texts when parts include 'text'.")
         all_texts += list(text_counterfactual_texts)
     if "image" in parts:
-        all_texts += list(texts) if keep else [""] * len(texts)
+        if image_counterfactual_texts is not None:
+            all_texts += list(image_counterfactual_texts)
+        else:
+            all_texts += list(texts) if keep else [""] * len(texts)
     count = 1 + len([p for p in parts if p in ("text", "image")])
     inputs = call_processor(processor, config, all_texts, list(images) * count)
     split = _split_rows(config, dict(inputs), count)

@@ -244,3 +244,39 @@ def test_works_with_the_trainer(tmp_path, dataset):
     trained_names = {name for name, p in model.named_parameters() if any(p is q for q in trained)}
     assert changed and changed <= trained_names  # only the general expert moved
     assert all(".general." in name for name in changed)
+
+
+@pytest.mark.parametrize("other_modality", ["null", "keep"])
+def test_stand_in_description_words_follow_the_image_in_counterfactuals(model, other_modality):
+    """A row whose image side is words: the text counterfactual drops them with "null" (the image
+    is nulled) and the image counterfactual carries them, edited by the text builder."""
+    import copy
+
+    from conftest import random_images
+
+    config = copy.deepcopy(model.config)
+    config.other_modality = other_modality
+    rows = [{"text": "the movie was great", "image": None, "image_description": "a happy dog", "label": 1},
+            {"text": "the movie was great", "image": random_images(1, size=32)[0], "label": 0}]
+    collator = CounterfactualTripleCollator(model.processor, config, text_counterfactual="swap",
+                                            image_counterfactual="given")
+    rows[1]["core_box"] = [0, 0, 0.5, 0.5]
+    rows[0]["core_box"] = [0, 0, 0.5, 0.5]
+    batch = collator(rows)
+    text_cf = _words(model.processor, batch["text_counterfactual"]["input_ids"][0],
+                     batch["text_counterfactual"]["attention_mask"][0])
+    image_cf = _words(model.processor, batch["image_counterfactual"]["input_ids"][0],
+                      batch["image_counterfactual"]["attention_mask"][0])
+    plain_image_cf = _words(model.processor, batch["image_counterfactual"]["input_ids"][1],
+                            batch["image_counterfactual"]["attention_mask"][1])
+    assert text_cf[:3] == ["the", "movie", "was"] and text_cf[3] != "great"  # swapped
+    swapped = image_cf[image_cf.index("image") + 2:][:3]
+    assert swapped[:2] == ["a", "sad"]  # the lexicon's antonym of "happy"
+    if other_modality == "null":
+        assert "image" not in text_cf and "happy" not in text_cf
+        assert image_cf[:2] == ["image", ":"]
+        assert "movie" not in plain_image_cf  # a row with a real image: empty text as before
+    else:
+        assert text_cf[4:8] == ["image", ":", "a", "happy"]
+        assert image_cf[:6] == ["the", "movie", "was", "great", "image", ":"]
+        assert plain_image_cf[:4] == ["the", "movie", "was", "great"]

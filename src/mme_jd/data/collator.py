@@ -36,6 +36,11 @@ logger = logging.getLogger("mme_jd")
 METADATA_COLUMNS = ("group", "text_cue", "image_cue", "clean_label", "core_word_positions", "core_box", "id")
 
 
+def _described(description: str) -> str:
+    """The prompt suffix carrying a stand-in image description (nothing without one)."""
+    return f" image : {description}" if description else ""
+
+
 def _changed_words(text: str, counterfactual: str) -> list[int]:
     """Positions (in `text.split()`) of the words a precomputed counterfactual changed, for rows
     that carry no `text_mask_positions`. Words cut off at the end count as changed; words
@@ -103,9 +108,30 @@ class CounterfactualTripleCollator:
             if row.get(self.image_column) is None and description and not self._warned_stand_in:
                 logger.warning("rows without images: using the image description words as a stand-in in the prompt.")
                 self._warned_stand_in = True
-            descriptions.append(f" image : {description}" if row.get(self.image_column) is None and description else "")
+            descriptions.append(description if row.get(self.image_column) is None else "")
             images.append(load_image(row.get(self.image_column), index=index))
         return texts, images, descriptions
+
+    def _stand_in_prompts(self, texts: list[str], descriptions: list[str], built, parts) -> tuple[list, list | None]:
+        """Text counterfactual prompts and image counterfactual texts when some rows' image side
+        is words (a stand-in description): those words follow the IMAGE, not the text. The text
+        counterfactual keeps them only with other_modality="keep" (as it keeps a real image);
+        the image counterfactual gets them through the text builder (the core-removing edit
+        available for words), beside the original text with "keep" or no text with "null"."""
+        keep = self.config.other_modality == "keep"
+        cf_prompts = None
+        if built is not None:
+            cf_prompts = [cf + (_described(d) if keep else "") for (cf, _), d in zip(built, descriptions)]
+        image_texts = None
+        if "image" in parts and any(descriptions):
+            builder = self.text_counterfactual if self.text_counterfactual in ("lexical", "swap") else "lexical"
+            edited = text_counterfactuals([d or "" for d in descriptions], builder, self.config.mask_word,
+                                          lexicon=self.lexicon, vocabulary=self.vocabulary)
+            image_texts = []
+            for text, description, (edited_words, _) in zip(texts, descriptions, edited):
+                other = text if keep else ""
+                image_texts.append((other + _described(edited_words)).strip() if description else other)
+        return cf_prompts, image_texts
 
     def _text_counterfactual_texts(self, rows: list[dict], texts: list[str]) -> list[tuple[str, list[int]]]:
         if all("text_counterfactual" in row for row in rows):
@@ -153,7 +179,7 @@ class CounterfactualTripleCollator:
         if not rows:
             raise ValueError("cannot collate an empty list of rows.")
         texts, images, descriptions = self._texts_and_images(rows)
-        prompts = [text + extra for text, extra in zip(texts, descriptions)]
+        prompts = [text + _described(d) for text, d in zip(texts, descriptions)]
         batch: dict[str, Any] = {}
         if self.label_column in rows[0] and rows[0][self.label_column] is not None:
             batch["labels"] = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
@@ -165,8 +191,9 @@ class CounterfactualTripleCollator:
             inputs = dict(call_processor(self.processor, self.config, prompts, images))
             return {**inputs, **batch, "metadata": metadata}
         built = self._text_counterfactual_texts(rows, texts) if "text" in parts else None
-        cf_prompts = [cf + extra for (cf, _), extra in zip(built, descriptions)] if built else None
-        triple = build_triple(self.processor, self.config, prompts, images, cf_prompts, parts=parts)
+        cf_prompts, image_texts = self._stand_in_prompts(texts, descriptions, built, parts)
+        triple = build_triple(self.processor, self.config, prompts, images, cf_prompts, parts=parts,
+                              image_counterfactual_texts=image_texts)
         batch.update(triple["original"])
         if built is not None:
             batch["text_counterfactual"] = triple["text_counterfactual"]
