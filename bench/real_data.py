@@ -156,11 +156,16 @@ def majority_baseline(data, task: str) -> dict[str, dict]:
     return out
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write atomically: a temporary name beside `path`, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def print_table(results: dict, task: str) -> None:
@@ -172,6 +177,62 @@ def print_table(results: dict, task: str) -> None:
     for method, per_split in results.items():
         cells = "".join(f"{per_split.get(split, {}).get(key, float('nan')):>22.4f}" for split in splits for key in keys)
         print(f"{method:34s}{cells}")
+
+
+README_START, README_END = "<!-- bench:real:start -->", "<!-- bench:real:end -->"
+SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "MMSD2.0 test"},
+               "mmsd-to-mmsd2": {"test": "MMSD → MMSD2.0 test", "test_mmsd": "MMSD → MMSD test"}}
+
+
+def results_markdown(results_dir: Path, suffix: str = "") -> str:
+    """One table over the real-data results files found in `results_dir` (those `--dataset all`
+    writes), with the majority-class baseline and the settings of each run."""
+    lines = ["| Test set | Method | Accuracy | F1 (pos.) / weighted F1 | Macro F1 | Routed away |",
+             "|---|---|---:|---:|---:|---:|"]
+    settings = []
+    for name in DATASETS:
+        path = results_dir / f"real_{name}{suffix}.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        run = result["settings"]
+        settings.append(f"{name}: {run['rows']['train']} training rows, {run['epochs']:g} epoch(s), "
+                        f"lr {run['learning_rate']:g}, seed {run['seed']}, text cf `{run.get('text_counterfactual', 'swap')}`, "
+                        f"text_debias `{run.get('text_debias_objective', 'reversed')}`, "
+                        f"{result['seconds'] / 60:.1f} min")
+        second = "f1" if run["task"] == "sarcasm" else "weighted_f1"
+        for split, label in SPLIT_NAMES[name].items():
+            rows = {"majority class": result["majority_baseline"].get(split)}
+            order = ("general (ERM)", "general expert of mme_jd", "MID (λ fitted on validation)", "MCTD",
+                     "image_debias expert alone", "text_debias expert alone", "MME-JD routed")
+            methods = sorted(result["methods"], key=lambda m: order.index(m) if m in order else len(order))
+            rows.update({method: result["methods"][method].get(split) for method in methods})
+            for method, values in rows.items():
+                if not values:
+                    continue
+                shares = values.get("router_shares")
+                away = f"{1 - shares['none']:.3f}" if shares else ""
+                lines.append(f"| {label} | {method} | {values['accuracy']:.3f} | {values[second]:.3f} | "
+                             f"{values['macro_f1']:.3f} | {away} |")
+    if not settings:
+        return ""
+    return "\n".join(lines + ["", "Runs: " + "; ".join(settings) + "."])
+
+
+def write_tables(results_dir: Path, readme: Path | None, suffix: str = "") -> str:
+    """Write `real<suffix>.md` beside the results and (when given) the README's real-data section."""
+    table = results_markdown(results_dir, suffix)
+    if not table:
+        return ""
+    header = ("Base: MiniLM-LLaVA (`mme_jd.minilm`): " + NOTE + "\n\n")
+    write_text(results_dir / f"real{suffix}.md", "# Real data\n\n" + header + table + "\n")
+    if readme is not None:
+        from mme_jd.bench import update_readme
+
+        update_readme(readme, header + table + "\n\nCommand: `python bench/real_data.py --dataset all` "
+                      "(part of `make bench`); files: `bench/results/real_*.json`, `bench/results/real.md`.",
+                      README_START, README_END)
+    return table
 
 
 def _cpu_seconds() -> float:
@@ -244,7 +305,8 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 1)
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
-    path = Path(cli.results) if cli.results else Path(__file__).parent / "results" / f"real_{name}.json"
+    suffix = "_quick" if cli.quick else ""
+    path = Path(cli.results) if cli.results else Path(__file__).parent / "results" / f"real_{name}{suffix}.json"
     write_json(path, results)
     print(f"[{name}] majority baseline: {results['majority_baseline']}")
     print_table(results["methods"], task)
@@ -254,7 +316,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=(*DATASETS, "all"),
+    parser.add_argument("--dataset", default="all", choices=(*DATASETS, "all"),
                         help="one dataset, or all three in turn (one JSON each)")
     parser.add_argument("--num-train", type=int, default=None, help="training rows (default: per dataset; 0 = all)")
     parser.add_argument("--num-validation", type=int, default=None, help="validation rows for the router and MID (0 = all)")
@@ -280,14 +342,40 @@ def main() -> None:
     parser.add_argument("--output", default="outputs/real_data")
     parser.add_argument("--results", default=None,
                         help="JSON path (default bench/results/real_<dataset>.json; not with --dataset all)")
+    parser.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"),
+                        help="README whose real-data section is rewritten from bench/results ('' : none)")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 training, 100 validation, 200 test rows per dataset; writes real_*_quick.json "
+                             "and real_quick.md, leaves the README alone")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="only rebuild bench/results/real.md and the README section from the JSON files")
     cli = parser.parse_args()
+    results_dir = Path(__file__).resolve().parent / "results"
+    readme = Path(cli.readme) if cli.readme and not cli.quick else None
+    suffix = "_quick" if cli.quick else ""
+    if cli.quick:
+        cli.num_train = cli.num_train if cli.num_train is not None else 200
+        cli.num_validation = cli.num_validation if cli.num_validation is not None else 100
+        cli.num_test = cli.num_test if cli.num_test is not None else 200
+    if cli.tables_only:
+        print(write_tables(results_dir, readme, suffix) or f"no real_*{suffix}.json in {results_dir}")
+        return
     if cli.dataset == "all" and cli.results:
         parser.error("--results names one file: leave it out with --dataset all.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger("mme_jd").setLevel(logging.ERROR)  # the stand-in is announced in the JSON's note
     torch.set_num_threads(cli.threads)
+    from mme_jd.data.real import default_data_dir
+
+    data_dir = default_data_dir()
+    if data_dir is None or not Path(data_dir).is_dir():  # no datasets here: say so, do not fail `make bench`
+        print("real-data bench skipped: no dataset folder (set MME_JD_DATA_DIR or put the data in "
+              "../shared/data beside the repository).")
+        return
     for name in DATASETS if cli.dataset == "all" else (cli.dataset,):
         run_dataset(name, cli)
+    if not cli.results:
+        print(write_tables(results_dir, readme, suffix))
 
 
 if __name__ == "__main__":

@@ -72,9 +72,12 @@ def main() -> None:
                         help="reuse OUTPUT/mme_jd/final, refit only its router with the current defaults, "
                              "and evaluate (minutes instead of a full training)")
     parser.add_argument("--output", default="outputs/bench")
+    parser.add_argument("--p-cue", type=float, default=0.9, help="P(cue agrees with the label) in training")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default=None, help="JSON path (default bench/results/synthetic_recipes_seed<S>.json)")
     cli = parser.parse_args()
-    torch.set_num_threads(2)
-    data = make_synthetic_benchmark(num_train=cli.num_train, num_test=1000, seed=cli.seed,
+    torch.set_num_threads(cli.threads)
+    data = make_synthetic_benchmark(num_train=cli.num_train, num_test=1000, seed=cli.seed, p_cue=cli.p_cue,
                                     splits=["train", "train_cue_free", "validation_balanced", *SPLITS])
     results: dict = {"settings": vars(cli), "methods": {}, "training": {}, "runs": [vars(cli)]}
     if cli.refit_router:
@@ -119,7 +122,7 @@ def main() -> None:
             results["methods"][name] = figures
             print(f"{name:40s}", "  ".join(f"{s}={f['accuracy']:.3f}" for s, f in figures.items()),
                   f"WGA={figures['test_balanced']['worst_group_accuracy']:.3f}", flush=True)
-    out = Path(__file__).parent / "results" / f"synthetic_recipes_seed{cli.seed}.json"
+    out = Path(cli.results) if cli.results else Path(__file__).parent / "results" / f"synthetic_recipes_seed{cli.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():  # runs of other recipes with the same seed accumulate in one file
         previous = json.loads(out.read_text())

