@@ -258,6 +258,9 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     epochs = cli.epochs if cli.epochs is not None else epochs
     started, cpu_started, load_started = time.perf_counter(), _cpu_seconds(), os.getloadavg()[0]
     data, task = load_data(name, num_train, num_validation, num_test, cli.seed, not cli.raw_text)
+    text_objective = cli.text_debias_objective
+    if text_objective == "auto":
+        text_objective = "poe" if task == "sarcasm" else "reversed"
     recipes = [r.strip() for r in cli.recipes.split(",") if r.strip()]
     unknown = set(recipes) - {"general", "mctd", "mme_jd"}
     if unknown:
@@ -265,6 +268,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     train_recipes = [r for r in recipes if not (r == "general" and "mme_jd" in recipes)]
     settings = {**{k: v for k, v in vars(cli).items() if k not in ("dataset", "results")}, "num_train": num_train,
                 "num_validation": num_validation, "num_test": num_test, "epochs": epochs, "task": task,
+                "text_debias_objective": text_objective,
                 "rows": {split: len(rows) for split, rows in data.items()},
                 "image_counterfactual": "attention"}
     results: dict = {"dataset": name, "note": NOTE, "settings": settings,
@@ -282,7 +286,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         )
         config = MMEJDTrainingConfig(recipe=recipe, router_split="validation", mid_split="validation",
                                      inference_batch_size=64, text_counterfactual=cli.text_counterfactual,
-                                     text_debias_objective=cli.text_debias_objective,
+                                     text_debias_objective=text_objective,
                                      image_debias_objective=cli.image_debias_objective)
         recipe_started, recipe_cpu = time.perf_counter(), _cpu_seconds()
         report = train(model, data, args, config)
@@ -335,9 +339,11 @@ def main() -> None:
     parser.add_argument("--with-mid", action="store_true", help="also evaluate MID (3 rows per sample)")
     parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical"],
                         help="text counterfactual builder of MCTD and the text_debias expert")
-    parser.add_argument("--text-debias-objective", default="reversed", choices=["reversed", "poe"],
+    parser.add_argument("--text-debias-objective", default="auto", choices=["auto", "reversed", "poe"],
                         help="reversed targets on the counterfactual, or product-of-experts against the "
-                             "general expert's prediction on it")
+                             "general expert's prediction on it; auto: reversed for sentiment (a swapped "
+                             "sentiment word reverses the label), poe for sarcasm (it does not reliably: "
+                             "reversed targets collapsed the text expert to the majority class on MMSD2.0)")
     parser.add_argument("--image-debias-objective", default="reversed", choices=["reversed", "poe"])
     parser.add_argument("--output", default="outputs/real_data")
     parser.add_argument("--results", default=None,

@@ -161,6 +161,10 @@ class MMEJDConfig(PreTrainedConfig):
         mask_word: the word that replaces masked text words.
         other_modality: what the other half of a counterfactual holds: "null" (empty text /
             mean image) or "keep".
+        swap_other_modality: the same for a `swap` text counterfactual, which is not a
+            cue-only input but a complete one whose label flips; "keep" (default) holds the
+            image, without which a label that needs both modalities (sarcasm as incongruity)
+            is undefined and cannot be reversed.
         attention_layers: how many of the last layers' attention maps the `attention`
             builder averages.
     """
@@ -215,6 +219,7 @@ class MMEJDConfig(PreTrainedConfig):
     image_fill: str = "mean"
     mask_word: str = "[MASK]"
     other_modality: str = "null"
+    swap_other_modality: str = "keep"
     attention_layers: int = 2
 
     def __post_init__(self, **kwargs):
@@ -239,6 +244,7 @@ class MMEJDConfig(PreTrainedConfig):
         _check_choice("image_counterfactual", self.image_counterfactual, IMAGE_COUNTERFACTUALS)
         _check_choice("image_fill", self.image_fill, IMAGE_FILLS)
         _check_choice("other_modality", self.other_modality, OTHER_MODALITY)
+        _check_choice("swap_other_modality", self.swap_other_modality, OTHER_MODALITY)
         _check_choice("cf_target", self.cf_target, CF_TARGETS)
         _check_choice("image_debias_objective", self.image_debias_objective, DEBIAS_OBJECTIVES)
         _check_choice("text_debias_objective", self.text_debias_objective, DEBIAS_OBJECTIVES)

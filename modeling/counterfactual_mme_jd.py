@@ -342,6 +342,7 @@ def build_triple(
     image_token_masks: Sequence[torch.Tensor] | None = None,
     parts: Sequence[str] = ("text", "image"),
     image_counterfactual_texts: Sequence[str] | None = None,
+    text_counterfactual_keeps_image: bool | None = None,
 ) -> dict[str, dict]:
     """Model inputs of the originals and of both counterfactuals, from ONE processor call.
 
@@ -352,6 +353,8 @@ def build_triple(
     `apply_image_counterfactual` (when they come from the model's saliency on the original).
     `image_counterfactual_texts` overrides the image counterfactual's text (default: the
     original text with "keep", empty with "null"), e.g. for rows whose image side is words.
+    `text_counterfactual_keeps_image` overrides `other_modality` for the text counterfactual's
+    image (a `swap` counterfactual keeps it: see `MMEJDConfig.swap_other_modality`).
     """
     keep = config.other_modality == "keep"
     all_texts = list(texts)
@@ -370,7 +373,8 @@ def build_triple(
     result = {"original": split.pop(0)}
     if "text" in parts:
         text_cf = split.pop(0)
-        if not keep:
+        keep_image = keep if text_counterfactual_keeps_image is None else text_counterfactual_keeps_image
+        if not keep_image:
             grids = image_token_grids(config, text_cf)
             text_cf["pixel_values"] = mask_image_tokens(
                 config, text_cf, [torch.ones(r * c, dtype=torch.bool) for r, c in grids]

@@ -256,6 +256,7 @@ def test_stand_in_description_words_follow_the_image_in_counterfactuals(model, o
 
     config = copy.deepcopy(model.config)
     config.other_modality = other_modality
+    config.swap_other_modality = other_modality
     rows = [{"text": "the movie was great", "image": None, "image_description": "a happy dog", "label": 1},
             {"text": "the movie was great", "image": random_images(1, size=32)[0], "label": 0}]
     collator = CounterfactualTripleCollator(model.processor, config, text_counterfactual="swap",
@@ -280,3 +281,38 @@ def test_stand_in_description_words_follow_the_image_in_counterfactuals(model, o
         assert text_cf[4:8] == ["image", ":", "a", "happy"]
         assert image_cf[:6] == ["the", "movie", "was", "great", "image", ":"]
         assert plain_image_cf[:4] == ["the", "movie", "was", "great"]
+
+
+def test_a_swap_counterfactual_keeps_the_image_for_its_reversed_label(model):
+    """swap flips the label of a complete input: by default (swap_other_modality="keep") its
+    text counterfactual keeps the image (pixels and stand-in words) while other_modality="null"
+    still nulls the image of a cue-only (lexical) counterfactual; the text expert's
+    product-of-experts objective uses the cue-only form."""
+    import copy
+
+    from conftest import random_images
+
+    config = copy.deepcopy(model.config)
+    assert config.other_modality == "null" and config.swap_other_modality == "keep"
+    image = random_images(1, size=32)[0]
+    rows = [{"text": "the movie was great", "image": image, "label": 1},
+            {"text": "the movie was great", "image": None, "image_description": "a happy dog", "label": 0}]
+
+    def text_cf(builder, **fields):
+        local = copy.deepcopy(config)
+        for name, value in fields.items():
+            setattr(local, name, value)
+        collator = CounterfactualTripleCollator(model.processor, local, text_counterfactual=builder, parts=("text",),
+                                                expert="text_debias")
+        batch = collator(rows)
+        return batch["pixel_values"], batch["text_counterfactual"]
+
+    original, swapped = text_cf("swap")
+    assert torch.equal(swapped["pixel_values"][0], original[0])  # the image is kept
+    words = _words(model.processor, swapped["input_ids"][1], swapped["attention_mask"][1])
+    assert words[4:8] == ["image", ":", "a", "happy"]  # and so are the stand-in words
+    _, masked = text_cf("lexical")
+    assert not torch.equal(masked["pixel_values"][0], original[0])  # cue-only: mean image
+    _, poe = text_cf("swap", text_debias_objective="poe")
+    assert not torch.equal(poe["pixel_values"][0], original[0])
+    assert "image" not in _words(model.processor, poe["input_ids"][1], poe["attention_mask"][1])

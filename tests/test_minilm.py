@@ -164,9 +164,10 @@ def test_stand_in_rows_through_collator_and_training_step():
     pixels = batch["pixel_values"]
     assert bool((pixels.amax(dim=(2, 3)) == pixels.amin(dim=(2, 3))).all())  # flat grey images
     swapped = tokenizer.decode(batch["text_counterfactual"]["input_ids"][1], skip_special_tokens=True)
-    # lexicon swap; the description words are the image side: the text counterfactual (image
-    # nulled) drops them and the image counterfactual (text nulled) carries them
-    assert "i hate my new phone question" in swapped and "image :" not in swapped
+    # lexicon swap; the description words are the image side: the swap counterfactual keeps
+    # them (its label flips only with the image kept) and the image counterfactual (text nulled)
+    # carries them
+    assert "i hate my new phone image : phone hand black screen table" in swapped
     image_side = tokenizer.decode(batch["image_counterfactual"]["input_ids"][1], skip_special_tokens=True)
     assert "image : phone hand black screen table" in image_side and "my new phone" not in image_side
     assert len(batch["metadata"]["image_mask"]) == 4 and all(len(m) == 16 for m in batch["metadata"]["image_mask"])

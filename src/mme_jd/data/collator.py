@@ -112,6 +112,15 @@ class CounterfactualTripleCollator:
             images.append(load_image(row.get(self.image_column), index=index))
         return texts, images, descriptions
 
+    def _text_counterfactual_keeps_image(self) -> bool:
+        """A swap counterfactual is a complete input whose label flips: it keeps the image
+        (`swap_other_modality`) for a reversed target; the cue-only builders, and the bias input
+        of the text expert's product-of-experts objective, follow `other_modality`."""
+        poe = self.expert == "text_debias" and self.config.text_debias_objective == "poe"
+        if self.text_counterfactual == "swap" and not poe:
+            return self.config.swap_other_modality == "keep"
+        return self.config.other_modality == "keep"
+
     def _stand_in_prompts(self, texts: list[str], descriptions: list[str], built, parts) -> tuple[list, list | None]:
         """Text counterfactual prompts and image counterfactual texts when some rows' image side
         is words (a stand-in description): those words follow the IMAGE, not the text. The text
@@ -121,7 +130,8 @@ class CounterfactualTripleCollator:
         keep = self.config.other_modality == "keep"
         cf_prompts = None
         if built is not None:
-            cf_prompts = [cf + (_described(d) if keep else "") for (cf, _), d in zip(built, descriptions)]
+            keep_image = self._text_counterfactual_keeps_image()
+            cf_prompts = [cf + (_described(d) if keep_image else "") for (cf, _), d in zip(built, descriptions)]
         image_texts = None
         if "image" in parts and any(descriptions):
             builder = self.text_counterfactual if self.text_counterfactual in ("lexical", "swap") else "lexical"
@@ -193,7 +203,8 @@ class CounterfactualTripleCollator:
         built = self._text_counterfactual_texts(rows, texts) if "text" in parts else None
         cf_prompts, image_texts = self._stand_in_prompts(texts, descriptions, built, parts)
         triple = build_triple(self.processor, self.config, prompts, images, cf_prompts, parts=parts,
-                              image_counterfactual_texts=image_texts)
+                              image_counterfactual_texts=image_texts,
+                              text_counterfactual_keeps_image=self._text_counterfactual_keeps_image())
         batch.update(triple["original"])
         if built is not None:
             batch["text_counterfactual"] = triple["text_counterfactual"]
