@@ -152,3 +152,33 @@ def test_set_trainable_isolates_one_stage(tiny_llava_model):
             assert all(f".{stage}." in n and ".lora_" in n for n in trainable)
     with pytest.raises(ValueError, match="unknown training stage"):
         model.set_trainable("everything")
+
+
+def test_switching_experts_keeps_the_trainable_flags_and_runs_the_named_adapter(tiny_llava_model, images):
+    """Each expert's pass uses its own LoRA weights (the same as peft's public set_adapter
+    path), and switching back and forth leaves what is trainable untouched."""
+    model = tiny_llava_model.eval()
+    nudge_experts(model, scale=0.3)
+    inputs = build_triple(model.processor, model.config, TEXTS, images, None, parts=())["original"]
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.set_trainable("image_debias")
+    before = {n for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        fast = {name: model.expert_forward(name, inputs)[0] for name in ("text_debias", "general", "image_debias")}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == before
+    assert not torch.allclose(fast["text_debias"], fast["general"])
+    for name, logits in fast.items():  # the reference: peft's own adapter switch
+        model.vlm.base_model.set_adapter(name)
+        with torch.no_grad():
+            reference = model._class_logits(name, _answer_hidden(model, inputs))
+        assert torch.allclose(logits, reference, atol=1e-6), name
+    model._active_expert = None  # peft's switch above bypassed the model's bookkeeping
+    for n, p in model.named_parameters():  # the shared fixture as it was
+        p.requires_grad_(flags[n])
+
+
+def _answer_hidden(model, inputs):
+    inner = model.base_model_with_experts.model
+    hidden = inner(**inputs, use_cache=False, return_dict=True).last_hidden_state
+    last = inputs["attention_mask"].sum(1) - 1
+    return hidden[torch.arange(len(last)), last]
