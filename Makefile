@@ -23,11 +23,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
-# the synthetic benchmark (3 seeds), then the real-data runs on MiniLM-LLaVA (skipped, with a
-# message, where the datasets are absent); both rewrite their README sections
+# the synthetic benchmark (3 seeds), the real-data runs on MiniLM-LLaVA (skipped, with a
+# message, where the datasets are absent), both rewriting their README sections, and the
+# routed-inference cost against the share routed
 bench: $(STAMP)
 	$(PY) -m mme_jd.cli bench $(if $(QUICK),--quick,)
 	$(PY) bench/real_data.py --dataset all $(if $(QUICK),--quick,)
+	$(PY) bench/inference_cost.py $(if $(QUICK),--rows 128 --repeats 3 --results bench/results/inference_cost_quick.json,)
 
 bench-quick: $(STAMP)
 	$(MAKE) bench QUICK=1
