@@ -34,11 +34,15 @@ def _model(base: str):
         from mme_jd.tiny import pretrained_tiny_model
 
         return pretrained_tiny_model()
+    if base == "tiny-random":  # the untrained tiny default (no pretraining run; for tests)
+        from mme_jd.tiny import tiny_model
+
+        return tiny_model()
     if base == "minilm":
         from mme_jd.minilm import minilm_mme_jd
 
         return minilm_mme_jd("sarcasm")
-    raise SystemExit(f"unknown base {base!r}; choose tiny or minilm.")
+    raise SystemExit(f"unknown base {base!r}; choose tiny, tiny-random or minilm.")
 
 
 def _batches(model, count: int, batch_size: int) -> list[dict]:
@@ -73,9 +77,11 @@ def measure(base: str, rows: int, batch_size: int, repeats: int) -> dict:
                     forced[: round(share * size)] = TEXT
                     model.route = lambda logits, threshold=None, forced=forced: forced.to(logits.device)
                 try:
-                    model(**batch, mode=mode)
+                    output = model(**batch, mode=mode)
                 finally:
                     model.__dict__.pop("route", None)
+                if share is not None and int((output.strategy == TEXT).sum()) != round(share * size):
+                    raise RuntimeError("the forced routing did not reach the model's routed forward")
 
     for name in variants:  # warm-up
         run(name)

@@ -69,3 +69,19 @@ def test_the_real_data_bench_skips_without_the_datasets(tmp_path):
                                capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "real-data bench skipped" in completed.stdout
+
+
+def test_inference_cost_script_times_every_routed_share(tmp_path):
+    results = tmp_path / "cost.json"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "inference_cost.py"), "--bases", "tiny-random", "--rows", "32",
+         "--batch-size", "16", "--repeats", "1", "--results", str(results)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (entry,) = json.loads(results.read_text())["results"]
+    ratios = entry["ratio_to_general"]
+    assert ratios["general"] == 1.0
+    for share in ("0", "0.1", "0.25", "0.5", "1"):
+        assert ratios[f"routed {share}"] > 0 and ratios[f"routed {share} (no reuse)"] > 0
+    assert "| tiny-random" in results.with_suffix(".md").read_text()
