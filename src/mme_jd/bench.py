@@ -1,11 +1,12 @@
 """`make bench`: every method on the synthetic benchmark, in one run, on one base and one data set.
 
-    python -m mme_jd.bench            # 3 seeds, 6000 training rows, 3 epochs  (about an hour, 2 cores)
+    python -m mme_jd.bench            # 3 seeds, 6000 training rows, 3 epochs  (about 35 min, 2 cores)
     python -m mme_jd.bench --quick    # 1 seed, 1500 training rows, 1 epoch    (a few minutes)
 
 For each seed (the seed makes the data AND the training seed), on the pretrained tiny base
-(`mme_jd.tiny.pretrained_tiny_model`) and `TrainingArguments(per_device_train_batch_size=64,
-learning_rate=5e-3, warmup_steps=10, ...)` with `MMEJDTrainingConfig`'s defaults:
+(`mme_jd.tiny.pretrained_tiny_model`), the synthetic benchmark at p_cue 0.97 / label noise 0.1
+and `TrainingArguments(per_device_train_batch_size=64, learning_rate=2e-3, warmup_steps=10, ...)`
+with `MMEJDTrainingConfig`'s defaults (why these: `bench/lr_sensitivity.py` and the README):
 
     method               how it is obtained
     ERM                  the general expert of the `mme_jd` run (plain fine-tuning; trained once)
@@ -15,6 +16,8 @@ learning_rate=5e-3, warmup_steps=10, ...)` with `MMEJDTrainingConfig`'s defaults
     MCTD                 recipe "mctd"
     MME-JD routed        the `mme_jd` run, routed inference (debias experts only for routed rows)
     MME-JD all experts   the same model with `expert_execution="all"` (the paper's: every expert)
+    MME-JD routed (budget)  the same model, router threshold re-tuned on validation_balanced to
+                         route at most `routed_budget` (0.25) of it: an inference-cost budget
     JTT                  `training.peers.train_jtt` (upweight chosen on validation_balanced)
     Group DRO            `training.peers.train_group_dro` (η chosen on validation_balanced)
     image/text_debias    each debias expert alone (ablation rows of the `mme_jd` run)
