@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 SHARES = (0.0, 0.1, 0.25, 0.5, 1.0)
+README_START, README_END = "<!-- bench:cost:start -->", "<!-- bench:cost:end -->"
 TEXT = 2  # ROUTER_STRATEGIES.index("text")
 
 
@@ -119,7 +120,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "inference_cost.json"))
+    parser.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"),
+                        help="README whose cost table is rewritten ('' : none; never with --rows below 512)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="only rewrite the .md file and the README table from the JSON results")
     cli = parser.parse_args()
+    if cli.tables_only:
+        payload = json.loads(Path(cli.results).read_text())
+        write_tables(Path(cli.results), payload["results"], cli, payload.get("settings", {}))
+        return
     torch.set_num_threads(cli.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = []
@@ -134,13 +143,30 @@ def main() -> None:
         print(markdown(results[-1:]), flush=True)
     path = Path(cli.results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"threads": cli.threads, "load_average": os.getloadavg(), "results": results}
-    for target, text in ((path, json.dumps(payload, indent=2)),
-                         (path.with_suffix(".md"), "# Routed inference cost\n\n" + markdown(results) + "\n")):
-        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        temporary.write_text(text)
-        os.replace(temporary, target)
+    settings = {"rows": cli.rows, "batch_size": cli.batch_size, "repeats": cli.repeats, "threads": cli.threads}
+    payload = {"settings": settings, "threads": cli.threads, "load_average": os.getloadavg(), "results": results}
+    _write(path, json.dumps(payload, indent=2))
+    write_tables(path, results, cli, settings)
     print(f"wrote {path}")
+
+
+def _write(target: Path, text: str) -> None:
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, target)
+
+
+def write_tables(path: Path, results: list[dict], cli: argparse.Namespace, settings: dict) -> None:
+    """The .md beside the JSON, and the README table (only for a full run: 512 rows or more)."""
+    _write(path.with_suffix(".md"), "# Routed inference cost\n\n" + markdown(results) + "\n")
+    rows = settings.get("rows", results[0]["rows"] if results else 0)
+    if cli.readme and rows >= 512 and results:
+        from mme_jd.bench import update_readme
+
+        first = results[0]
+        update_readme(Path(cli.readme), markdown(results) + f"\n\nFrom `python bench/inference_cost.py` ({path.name}: "
+                      f"{first['rows']} rows in batches of {first['batch_size']}, median of {first['repeats']} "
+                      "rounds, 1 torch thread).", README_START, README_END)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def test_inference_cost_script_times_every_routed_share(tmp_path):
     results = tmp_path / "cost.json"
     completed = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "inference_cost.py"), "--bases", "tiny-random", "--rows", "32",
-         "--batch-size", "16", "--repeats", "1", "--results", str(results)],
+         "--batch-size", "16", "--repeats", "1", "--results", str(results), "--readme", ""],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
