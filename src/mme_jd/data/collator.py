@@ -124,7 +124,8 @@ class CounterfactualTripleCollator:
     def _stand_in_prompts(self, texts: list[str], descriptions: list[str], built, parts) -> tuple[list, list | None]:
         """Text counterfactual prompts and image counterfactual texts when some rows' image side
         is words (a stand-in description): those words follow the IMAGE, not the text. The text
-        counterfactual keeps them only with other_modality="keep" (as it keeps a real image);
+        counterfactual keeps them exactly when it keeps a real image (see
+        `_text_counterfactual_keeps_image`);
         the image counterfactual gets them through the text builder (the core-removing edit
         available for words), beside the original text with "keep" or no text with "null"."""
         keep = self.config.other_modality == "keep"
