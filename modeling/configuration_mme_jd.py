@@ -135,6 +135,11 @@ class MMEJDConfig(PreTrainedConfig):
             projector's output from the general pass instead of recomputing it (exact: LoRA only
             adapts the language model). Turned off automatically when `lora_scope` reaches
             outside the language model.
+        router_cost_tolerance: cost-aware routing: after tuning, the (threshold, routed
+            strategy) pair with the lowest expected inference cost among those whose validation
+            worst-group accuracy is within this of the best is kept (0: off). Routing every
+            sample to one debias expert (threshold 0 with routed_strategy "image" or "text")
+            costs one pass: the general pass and the router are then skipped.
         router_max_routed_share: an inference budget: when set, the router threshold is tuned
             only among thresholds that send at most this share of validation samples to a
             debias expert (routed cost ≈ 1 + share × an expert pass). None: no budget.
@@ -204,6 +209,7 @@ class MMEJDConfig(PreTrainedConfig):
     expert_execution: str = "routed"
     reuse_image_features: bool = True
     router_max_routed_share: float | None = None
+    router_cost_tolerance: float = 0.0
     both_combination: str = "mean"
     expert_temperatures: dict[str, float] | None = None
     mctd_text_weight: float = 1.0
@@ -253,6 +259,7 @@ class MMEJDConfig(PreTrainedConfig):
         _check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
         _check_choice("routed_strategy", self.routed_strategy, (None, *ROUTER_STRATEGIES[1:]))
         _check_range("router_threshold", self.router_threshold, 0.0, 1.0)
+        _check_range("router_cost_tolerance", self.router_cost_tolerance, 0.0, 1.0)
         if self.router_max_routed_share is not None:
             _check_range("router_max_routed_share", self.router_max_routed_share, 0.0, 1.0)
         _check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)

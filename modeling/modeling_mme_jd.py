@@ -493,11 +493,42 @@ class MMEJDModel(MMEJDPreTrainedModel):
         setattr(out, f"{name}_logits", logits)
         return out
 
+    @property
+    def single_routed_expert(self) -> str | None:
+        """The debias expert every sample is routed to whatever the router says (threshold 0
+        with a fixed image or text routed strategy), else None."""
+        strategy = self.config.routed_strategy
+        if strategy in ("image", "text") and self.config.router_threshold <= 0.0:
+            return f"{strategy}_debias"
+        return None
+
+    def _single_expert_mixture(self, name: str, inputs: dict, labels) -> MMEJDOutput:
+        """The routed mixture when it sends every sample to one expert: that expert's pass alone
+        (the general pass and the router would not change a logit). The general and router
+        logits are NaN: they were not computed."""
+        logits, pooled, _ = self.expert_forward(name, inputs)
+        final = logits / self.config.expert_temperature(name)
+        missing = torch.full_like(logits, float("nan"))
+        value = _IMAGE if name == "image_debias" else _TEXT
+        strategy = torch.full((logits.shape[0],), value, dtype=torch.long, device=logits.device)
+        loss = F.cross_entropy(final, labels) if labels is not None else None
+        return MMEJDOutput(
+            loss=loss, logits=final, general_logits=missing,
+            image_debias_logits=logits if name == "image_debias" else missing,
+            text_debias_logits=logits if name == "text_debias" else missing,
+            router_logits=torch.full((logits.shape[0], len(ROUTER_STRATEGIES)), float("nan"), device=logits.device),
+            strategy=strategy, pooled_hidden_state=pooled,
+        )
+
     def _mixture(self, inputs, labels, text_cf, image_cf, router_labels, return_experts) -> MMEJDOutput:
         config = self.config
         use_cf = config.correction == "linear"
         if use_cf and (text_cf is None or image_cf is None):
             raise ValueError("correction='linear' needs text_counterfactual and image_counterfactual inputs.")
+        only = self.single_routed_expert
+        if only is not None and not (return_experts or config.expert_execution == "all" or use_cf
+                                     or router_labels is not None):
+            return self._single_expert_mixture(only, inputs, labels)
         captured: list = []
         reuse = self._can_reuse_image_features and "pixel_values" in inputs and not use_cf
         with self._capture_image_features(captured) if reuse else contextlib.nullcontext():

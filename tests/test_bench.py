@@ -53,7 +53,10 @@ def test_bench_writes_every_method_and_figure(tmp_path):
     assert seed["methods"]["JTT"]["knobs"]["upweight"] in (2, 3)
     assert seed["methods"]["Group DRO"]["knobs"]["step_size"] in (0.1, 1.0)
     timing = seed["timing"]["mme_jd"]
-    assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget", "mid"}
+    assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget",
+                                               "mme_jd_cost", "mid"}
+    cost = seed["methods"]["MME-JD routed (cost-aware)"]["knobs"]
+    assert cost["routed_cost_tolerance"] == 0.01 and cost["routed_strategy"] in (None, "image", "text", "both")
     # the budget only raises the threshold: it routes a subset of what the free threshold routes
     budget, free = seed["methods"]["MME-JD routed (budget)"], seed["methods"]["MME-JD routed"]
     assert budget["knobs"]["routed_budget"] == 0.25

@@ -182,3 +182,28 @@ def _answer_hidden(model, inputs):
     hidden = inner(**inputs, use_cache=False, return_dict=True).last_hidden_state
     last = inputs["attention_mask"].sum(1) - 1
     return hidden[torch.arange(len(last)), last]
+
+
+def test_routing_every_sample_to_one_expert_skips_the_general_pass(tiny_llava_model, images):
+    model = tiny_llava_model.eval()
+    nudge_experts(model, scale=0.3)
+    inputs = build_triple(model.processor, model.config, TEXTS, images, None, parts=())["original"]
+    model.config.routed_strategy, model.config.router_threshold = "text", 0.0
+    assert model.single_routed_expert == "text_debias"
+    calls = []
+    original = model.expert_forward
+    model.expert_forward = lambda name, *args, **kwargs: calls.append(name) or original(name, *args, **kwargs)
+    try:
+        with torch.no_grad():
+            fast = model(**inputs, mode="mme_jd", labels=torch.tensor([1, 0, 1, 0]))
+            calls_fast = list(calls)
+            calls.clear()
+            full = model(**inputs, mode="mme_jd", return_experts=True, labels=torch.tensor([1, 0, 1, 0]))
+    finally:
+        del model.expert_forward
+    assert calls_fast == ["text_debias"] and calls == ["general", "image_debias", "text_debias"]
+    assert torch.equal(fast.strategy, full.strategy) and (fast.strategy == 2).all()
+    assert torch.allclose(fast.logits, full.logits, atol=1e-6) and torch.isclose(fast.loss, full.loss)
+    assert torch.isnan(fast.general_logits).all() and torch.isnan(fast.router_logits).all()
+    model.config.router_threshold = 0.1
+    assert model.single_routed_expert is None

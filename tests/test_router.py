@@ -90,3 +90,32 @@ def test_a_routed_share_budget_limits_the_threshold():
     assert wga == pytest.approx(0.5) and limited > free
     _, strategy = mixture_logits(_Mixture(), router_logits, experts, limited)
     assert strategy.tolist() == [0, 0, 0, 2]
+
+
+def test_cost_aware_routing_picks_the_cheapest_routing_within_the_tolerance():
+    from mme_jd.training.router_labels import cheapest_routing, expected_cost
+
+    labels = torch.tensor([1, 0, 1, 0])
+    groups = torch.tensor([0, 0, 1, 1])
+    experts = {"general": torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),  # right on group 0
+               "image_debias": torch.tensor([[1.0, 0.0]] * 4),
+               "text_debias": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])}  # always right
+    router_logits = torch.log(torch.tensor([[0.9, 0.0, 0.1, 0.0], [0.9, 0.0, 0.1, 0.0],
+                                            [0.3, 0.0, 0.7, 0.0], [0.2, 0.0, 0.8, 0.0]]) + 1e-9)
+    # routing group 1 to text costs 1.5 passes per sample; everything to text costs 1 (no general pass)
+    assert expected_cost(torch.tensor([0, 0, 2, 2]), None, 0.5) == pytest.approx(1.5)
+    assert expected_cost(torch.tensor([3, 0, 0, 0]), None, 0.5) == pytest.approx(1.5)
+    assert expected_cost(torch.tensor([2, 2, 2, 2]), "text", 0.0) == 1.0
+    assert expected_cost(torch.tensor([2, 2, 2, 2]), None, 0.0) == 2.0
+    model = _Mixture()
+    choice = cheapest_routing(model, router_logits, experts, labels, groups, tolerance=0.0)
+    assert choice["routed_strategy"] == "text" and choice["threshold"] == 0.0
+    assert choice["worst_group_accuracy"] == 1.0 and choice["cost"] == 1.0
+    assert model.config.routed_strategy is None  # restored
+    # with a text expert wrong on one group-0 sample, sending everything to it loses worst-group
+    # accuracy: within a 0.5 tolerance it is still the cheapest, within 0 it is not
+    experts["text_debias"] = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    strict = cheapest_routing(model, router_logits, experts, labels, groups, tolerance=0.0)
+    assert strict["worst_group_accuracy"] == 1.0 and strict["cost"] == pytest.approx(1.5)
+    loose = cheapest_routing(model, router_logits, experts, labels, groups, tolerance=0.5)
+    assert loose["cost"] == 1.0 and loose["worst_group_accuracy"] == pytest.approx(0.5)

@@ -18,6 +18,9 @@ with `MMEJDTrainingConfig`'s defaults (why these: `bench/lr_sensitivity.py` and 
     MME-JD all experts   the same model with `expert_execution="all"` (the paper's: every expert)
     MME-JD routed (budget)  the same model, router threshold re-tuned on validation_balanced to
                          route at most `routed_budget` (0.25) of it: an inference-cost budget
+    MME-JD routed (cost-aware)  the same model, routing re-tuned on validation_balanced for the
+                         lowest expected cost within `routed_cost_tolerance` (0.01) of the best
+                         worst-group accuracy (`router_cost_tolerance`)
     JTT                  `training.peers.train_jtt` (upweight chosen on validation_balanced)
     Group DRO            `training.peers.train_group_dro` (η chosen on validation_balanced)
     image/text_debias    each debias expert alone (ablation rows of the `mme_jd` run)
@@ -82,6 +85,8 @@ METHODS: dict[str, str] = {
     "MME-JD all experts": "mme_jd run, expert_execution='all' (the paper's)",
     "MME-JD routed (budget)": "mme_jd run, router threshold re-tuned on validation_balanced to route at most "
                               "`routed_budget` of it (an inference-cost budget)",
+    "MME-JD routed (cost-aware)": "mme_jd run, routing re-tuned on validation_balanced: the cheapest within "
+                                  "`routed_cost_tolerance` of the best worst-group accuracy",
     "image_debias expert": "ablation: the image_debias expert alone",
     "text_debias expert": "ablation: the text_debias expert alone",
     "MID (random masks)": "control: MID with random masks of the same counts",
@@ -130,6 +135,8 @@ class BenchSettings:
     timing_rows: int | None = None  # None: the whole test_balanced split
     # the share of validation samples "MME-JD routed (budget)" may send to a debias expert
     routed_budget: float = 0.25
+    # "MME-JD routed (cost-aware)": the cheapest routing within this of the best validation WGA
+    routed_cost_tolerance: float = 0.01
     # torch threads: the tiny model gains nothing from a second thread, and on shared cores
     # extra threads slowed every pass several times over (None: torch's default)
     num_threads: int | None = 1
@@ -358,17 +365,22 @@ def _expert_logits(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: outputs[f"{name}_logits"] for name in ("general", "image_debias", "text_debias")}
 
 
-def budget_threshold(model, rows, settings: BenchSettings) -> float:
-    """The router threshold with the best worst-group accuracy of the routed mixture on `rows`
-    (validation_balanced) among those routing at most `settings.routed_budget` of them; the
-    routed strategy stays the one the router stage chose."""
-    from .training.router_labels import tune_threshold_for_groups
+def alternative_routings(model, rows, settings: BenchSettings) -> dict[str, tuple[float, str | None]]:
+    """Two re-tunings of the trained router on `rows` (validation_balanced), from one pass:
+    "budget", the threshold with the best worst-group accuracy among those routing at most
+    `settings.routed_budget` of the rows (the routed strategy stays the router stage's); and
+    "cost", the cheapest (threshold, routed strategy) within `settings.routed_cost_tolerance` of
+    the best worst-group accuracy. Each as (threshold, routed strategy)."""
+    from .training.router_labels import cheapest_routing, tune_threshold_for_groups
 
     outputs = _collect(model, rows, settings, "mme_jd", return_experts=True)
-    threshold, _ = tune_threshold_for_groups(model, outputs["router_logits"], _expert_logits(outputs),
-                                             outputs["labels"], outputs.get("groups"),
-                                             max_routed_share=settings.routed_budget)
-    return threshold
+    experts, labels, groups = _expert_logits(outputs), outputs["labels"], outputs.get("groups")
+    budget, _ = tune_threshold_for_groups(model, outputs["router_logits"], experts, labels, groups,
+                                          max_routed_share=settings.routed_budget)
+    cheapest = cheapest_routing(model, outputs["router_logits"], experts, labels, groups,
+                                settings.routed_cost_tolerance)
+    return {"budget": (budget, model.config.routed_strategy),
+            "cost": (cheapest["threshold"], cheapest["routed_strategy"])}
 
 
 def _prepared_batches(collator, rows, batch_size: int) -> list[dict]:
@@ -383,12 +395,12 @@ def _prepared_batches(collator, rows, batch_size: int) -> list[dict]:
 
 def measure_inference(model, rows, batch_size: int = 64, repeats: int = 5,
                       variants: Sequence[str] = ("general", "mme_jd_routed", "mme_jd_all", "mid"),
-                      budget_threshold: float | None = None) -> dict:
+                      routings: dict[str, tuple[float, str | None]] | None = None) -> dict:
     """Wall time of each inference variant over the same pre-collated batches of `rows`.
 
     Variants: "general" (one general forward), "mme_jd_routed", "mme_jd_all"
     (`expert_execution="all"`), "mid" (the batched pass over originals + both counterfactuals),
-    "mme_jd_budget" (routed at `budget_threshold`).
+    "mme_jd_<name>" (routed at `routings[name]` = (threshold, routed strategy)).
     Collation is timed separately (for MID it builds the counterfactuals, image saliency
     included). One warm-up pass per variant, then `repeats` rounds in rotating order; the
     median is kept. An instrumented extra round splits the mixture's time into the general
@@ -410,22 +422,27 @@ def measure_inference(model, rows, batch_size: int = 64, repeats: int = 5,
         started = time.perf_counter()
         mid_batches = _prepared_batches(counterfactual, rows, batch_size)
         collate_seconds["counterfactual"] = time.perf_counter() - started
-    execution, threshold = model.config.expert_execution, model.config.router_threshold
-    if "mme_jd_budget" in variants and budget_threshold is None:
-        raise ValueError("the mme_jd_budget variant needs budget_threshold.")
+    execution, threshold, routed = (model.config.expert_execution, model.config.router_threshold,
+                                    model.config.routed_strategy)
+    routings = routings or {}
+    unknown = [v for v in variants if v.startswith("mme_jd_") and v not in ("mme_jd_routed", "mme_jd_all")
+               and v[len("mme_jd_"):] not in routings]
+    if unknown:
+        raise ValueError(f"variants {unknown} need their (threshold, routed strategy) in routings.")
 
     def run(variant: str) -> None:
         batches = mid_batches if variant == "mid" else plain_batches
         mode = "general" if variant == "general" else "mid" if variant == "mid" else "mme_jd"
         model.config.expert_execution = "all" if variant == "mme_jd_all" else "routed"
-        if variant == "mme_jd_budget":
-            model.config.router_threshold = budget_threshold
+        if variant[len("mme_jd_"):] in routings:
+            model.config.router_threshold, model.config.routed_strategy = routings[variant[len("mme_jd_"):]]
         try:
             with torch.no_grad():
                 for batch in batches:
                     model(**batch, mode=mode)
         finally:
             model.config.expert_execution, model.config.router_threshold = execution, threshold
+            model.config.routed_strategy = routed
 
     for variant in variants:  # warm-up
         run(variant)
@@ -533,13 +550,14 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     progress(f"seed {seed}: mme_jd trained in {report['seconds']} s (ERM {erm_seconds} s); evaluating")
     per_split: dict[str, dict[str, dict]] = {name: {} for name in
                                              ("ERM", "MID", "image_debias expert", "text_debias expert",
-                                              "MME-JD routed", "MME-JD all experts", "MME-JD routed (budget)")}
+                                              "MME-JD routed", "MME-JD all experts", "MME-JD routed (budget)",
+                                              "MME-JD routed (cost-aware)")}
     routed_shares: dict[str, Any] = {}
     cue_only_logits: dict[str, dict[str, torch.Tensor]] = {}
     identical = True
     cue_data = {split: cue_only_columns(model, data[split], config) for split in TEST_SPLITS}
-    budget = budget_threshold(model, data["validation_balanced"], settings)
-    budget_shares: dict[str, Any] = {}
+    routings = alternative_routings(model, data["validation_balanced"], settings)
+    alternative_shares: dict[str, dict[str, Any]] = {"budget": {}, "cost": {}}
     for split in TEST_SPLITS:
         rows = data[split]
         mid = _cue_only_pass(model, cue_data[split], settings)
@@ -557,19 +575,26 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
                                 for i, s in enumerate(("none", "image", "text", "both"))}
         for name in ("MME-JD routed", "MME-JD all experts"):
             per_split[name][split]["routed_away"] = round(1 - routed_shares[split]["none"], 4)
-        # the budget threshold's mixture, from the all-experts logits (the routed forward's arithmetic)
-        budget_logits, budget_strategy = mixture_logits(model, every["router_logits"], _expert_logits(every), budget)
-        per_split["MME-JD routed (budget)"][split] = evaluator.figures(split, budget_logits, cue_only_logits[split])
-        budget_shares[split] = {s: round(float((budget_strategy == i).float().mean()), 4)
-                                for i, s in enumerate(("none", "image", "text", "both"))}
-        per_split["MME-JD routed (budget)"][split]["routed_away"] = round(1 - budget_shares[split]["none"], 4)
+        # the re-tuned routings' mixtures, from the all-experts logits (the routed forward's arithmetic)
+        for key, name in (("budget", "MME-JD routed (budget)"), ("cost", "MME-JD routed (cost-aware)")):
+            threshold, routed = routings[key]
+            previous, model.config.routed_strategy = model.config.routed_strategy, routed
+            try:
+                logits, strategy = mixture_logits(model, every["router_logits"], _expert_logits(every), threshold)
+            finally:
+                model.config.routed_strategy = previous
+            per_split[name][split] = evaluator.figures(split, logits, cue_only_logits[split])
+            alternative_shares[key][split] = {s: round(float((strategy == i).float().mean()), 4)
+                                              for i, s in enumerate(("none", "image", "text", "both"))}
+            per_split[name][split]["routed_away"] = round(1 - alternative_shares[key][split]["none"], 4)
     timing_rows = data["test_balanced"]
     if settings.timing_rows is not None:
         timing_rows = timing_rows.select(range(min(settings.timing_rows, len(timing_rows))))
     progress(f"seed {seed}: timing inference on {len(timing_rows)} rows ({settings.timing_repeats} repeats)")
     timing["mme_jd"] = measure_inference(model, timing_rows, settings.timing_batch_size, settings.timing_repeats,
-                                         variants=("general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget", "mid"),
-                                         budget_threshold=budget)
+                                         variants=("general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget",
+                                                   "mme_jd_cost", "mid"),
+                                         routings=routings)
     ratios = timing["mme_jd"]["ratio_to_general"]
     knobs = {**lambdas, "router_threshold": float(model.config.router_threshold)}
     add("ERM", per_split["ERM"], erm_seconds, 1.0)
@@ -581,8 +606,13 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     add("MME-JD all experts", per_split["MME-JD all experts"], mme_jd_seconds, ratios["mme_jd_all"],
         identical_predictions_to_routed=identical)
     add("MME-JD routed (budget)", per_split["MME-JD routed (budget)"], mme_jd_seconds, ratios["mme_jd_budget"],
-        knobs={**knobs, "router_threshold": budget, "routed_budget": settings.routed_budget},
-        routed_shares=budget_shares)
+        knobs={**knobs, "router_threshold": routings["budget"][0], "routed_budget": settings.routed_budget},
+        routed_shares=alternative_shares["budget"])
+    add("MME-JD routed (cost-aware)", per_split["MME-JD routed (cost-aware)"], mme_jd_seconds,
+        ratios["mme_jd_cost"], knobs={**knobs, "router_threshold": routings["cost"][0],
+                                      "routed_strategy": routings["cost"][1],
+                                      "routed_cost_tolerance": settings.routed_cost_tolerance},
+        routed_shares=alternative_shares["cost"])
 
     # ---- MID with random masks: the same general expert, λ refitted on random counterfactuals
     progress(f"seed {seed}: MID random-mask control")
@@ -754,7 +784,7 @@ def aggregate(seed_results: list[dict]) -> dict:
         variants = seed_results[0]["timing"]["mme_jd"].get(key, {})
         timing[key] = {v: _mean_std([r["timing"]["mme_jd"][key][v] for r in seed_results]) for v in variants}
     breakdown = {}
-    for variant in ("mme_jd_routed", "mme_jd_all", "mme_jd_budget"):
+    for variant in ("mme_jd_routed", "mme_jd_all", "mme_jd_budget", "mme_jd_cost"):
         parts: dict[str, list[float]] = {}
         for r in seed_results:
             entry = r["timing"]["mme_jd"]["breakdown"].get(variant)
@@ -813,6 +843,7 @@ def timing_table(summary: dict) -> str:
     timing = summary["timing"]
     names = {"general": "one general forward", "mme_jd_routed": "MME-JD routed",
              "mme_jd_all": "MME-JD all experts", "mme_jd_budget": "MME-JD routed (budget)",
+             "mme_jd_cost": "MME-JD routed (cost-aware)",
              "mid": "MID (3 rows per sample)"}
     lines = ["| Inference | s / 1000 samples | × general forward | samples/s | end to end × general |",
              "|---|---:|---:|---:|---:|"]
@@ -823,7 +854,7 @@ def timing_table(summary: dict) -> str:
                      f"{_cell(timing['ratio_to_general'][variant], 2)} | "
                      f"{_cell(timing['samples_per_second'][variant], 0)} | "
                      f"{_cell(timing['end_to_end_ratio_to_general'].get(variant), 2)} |")
-    columns = [v for v in ("mme_jd_routed", "mme_jd_budget", "mme_jd_all") if timing["breakdown"].get(v)]
+    columns = [v for v in ("mme_jd_routed", "mme_jd_budget", "mme_jd_cost", "mme_jd_all") if timing["breakdown"].get(v)]
     lines += ["", "| Where the time goes | " + " | ".join(names[v] for v in columns) + " |",
               "|---|" + "---:|" * len(columns)]
     rows = list(dict.fromkeys(row for v in columns for row in timing["breakdown"][v]))
@@ -877,7 +908,9 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
         f"{_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general forward ({verdict}). "
         f"Under the routing budget ({settings.routed_budget:g} of validation_balanced) "
         f"{_cell(timing.get('budget_routed_away_test_balanced'), 3)} of the samples leave `none` and it costs "
-        f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. The debias experts reuse the general "
+        f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. The cost-aware routing (the cheapest "
+        f"within {settings.routed_cost_tolerance:g} of the best validation worst-group accuracy) costs "
+        f"{_cell(timing['ratio_to_general'].get('mme_jd_cost'), 2)}×. The debias experts reuse the general "
         "pass's vision features (`reuse_image_features`). End to "
         "end adds collation; for MID that builds both counterfactuals, the image saliency pass included.",
         "",
@@ -891,7 +924,8 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
         "## Knobs per seed",
         "",
     ]
-    for name in ("MID", "MME-JD routed", "MME-JD routed (budget)", "JTT", "Group DRO", "MID (random masks)",
+    for name in ("MID", "MME-JD routed", "MME-JD routed (budget)", "MME-JD routed (cost-aware)", "JTT", "Group DRO",
+                 "MID (random masks)",
                  "MME-JD (random masks)"):
         if name in summary["methods"]:
             knobs = summary["methods"][name]["knobs"]
@@ -927,7 +961,9 @@ def readme_section(summary: dict, settings: BenchSettings, markdown_name: str) -
         "",
         f"Routed MME-JD runs a debias expert for {_cell(timing['routed_away_test_balanced'], 3)} of the samples and "
         f"costs {_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general forward; running every "
-        f"expert (the paper's) costs {_cell(timing['ratio_to_general'].get('mme_jd_all'), 2)}×. Definitions, "
+        f"expert (the paper's) costs {_cell(timing['ratio_to_general'].get('mme_jd_all'), 2)}×; the cost-aware "
+        f"routing {_cell(timing['ratio_to_general'].get('mme_jd_cost'), 2)}× and the 0.25 routing budget "
+        f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. Definitions, "
         f"the cost breakdown and the knobs: [bench/results/{markdown_name}](bench/results/{markdown_name}).",
     ]
     return "\n".join(lines)
@@ -1026,6 +1062,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--p-cue", type=float, default=None, help="training P(cue agrees with the label) (default 0.97)")
     parser.add_argument("--routed-budget", type=float, default=None,
                         help="share of validation samples MME-JD routed (budget) may route (default 0.25)")
+    parser.add_argument("--routed-cost-tolerance", type=float, default=None,
+                        help="worst-group accuracy MME-JD routed (cost-aware) may give up for cheaper routing "
+                             "(default 0.01)")
     parser.add_argument("--name", default=None, help="results file stem (default synthetic / synthetic_quick)")
     parser.add_argument("--resume", action="store_true", help="reuse finished seeds with the same settings")
     return parser
@@ -1035,7 +1074,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
     return run_bench(quick=args.quick, seeds=args.seeds, output_dir=args.output_dir, readme=args.readme or None,
                      resume=args.resume, num_train=args.num_train, num_test=args.num_test, epochs=args.epochs,
                      num_threads=args.threads, learning_rate=args.learning_rate, p_cue=args.p_cue,
-                     routed_budget=args.routed_budget, name=args.name)
+                     routed_budget=args.routed_budget, routed_cost_tolerance=args.routed_cost_tolerance,
+                     name=args.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -145,6 +145,48 @@ def tune_threshold_for_groups(model, router_logits: torch.Tensor, expert_logits:
     return best[1], best[0][0]
 
 
+def expected_cost(strategy: torch.Tensor, routed_strategy: str | None, threshold: float) -> float:
+    """Passes per sample of the routed forward at this routing: one general pass plus each
+    debias expert's rows (a `both` row runs both); one pass when every sample goes to one
+    expert whatever the router says (`MMEJDModel.single_routed_expert` skips the general pass)."""
+    if routed_strategy in ("image", "text") and threshold <= 0.0:
+        return 1.0
+    image = ((strategy == IMAGE) | (strategy == BOTH)).float().mean()
+    text = ((strategy == TEXT) | (strategy == BOTH)).float().mean()
+    return 1.0 + float(image + text)
+
+
+def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
+                     labels: torch.Tensor, groups: torch.Tensor | None, tolerance: float,
+                     max_routed_share: float | None = None) -> dict[str, Any]:
+    """Cost-aware routing: over every (routed strategy, threshold) pair, keep those whose
+    routed mixture's worst-group accuracy on this data is within `tolerance` of the best, and
+    return the one with the lowest `expected_cost` (ties: higher worst-group accuracy, then
+    accuracy) as {routed_strategy, threshold, worst_group_accuracy, accuracy, cost}."""
+    from .mid import worst_group_accuracy
+
+    away = 1 - router_logits.float().softmax(-1)[:, NONE]
+    thresholds = torch.unique(torch.cat([away, torch.tensor([0.0, 1.0])])).tolist()
+    thresholds = [t for t in thresholds if _within_budget(away, t, max_routed_share)] or [1.0]
+    previous = model.config.routed_strategy
+    candidates = []
+    try:
+        for routed in (None, "image", "text", "both"):
+            model.config.routed_strategy = routed
+            for threshold in thresholds:
+                final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
+                predictions = final.argmax(-1)
+                candidates.append({"routed_strategy": routed, "threshold": float(threshold),
+                                   "worst_group_accuracy": worst_group_accuracy(predictions, labels, groups),
+                                   "accuracy": float((predictions == labels).float().mean()),
+                                   "cost": expected_cost(strategy, routed, threshold)})
+    finally:
+        model.config.routed_strategy = previous
+    best = max(c["worst_group_accuracy"] for c in candidates)
+    eligible = [c for c in candidates if c["worst_group_accuracy"] >= best - tolerance - 1e-9]
+    return min(eligible, key=lambda c: (c["cost"], -c["worst_group_accuracy"], -c["accuracy"]))
+
+
 def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callbacks: list | None = None,
                  threshold_objective: str = "f0.5", expert_logits: dict[str, torch.Tensor] | None = None,
                  labels: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> dict[str, Any]:
@@ -181,6 +223,11 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
             if best is None or score > best[0] + 1e-9:
                 best = (score, candidate_threshold, candidate)
         group_score, threshold, chosen = best
+        tolerance = model.config.router_cost_tolerance
+        if tolerance > 0:  # the cheapest routing within `tolerance` of the best worst-group accuracy
+            cheapest = cheapest_routing(model, logits.cpu(), expert_logits, labels, groups, tolerance, budget)
+            group_score, threshold, chosen = (cheapest["worst_group_accuracy"], cheapest["threshold"],
+                                              cheapest["routed_strategy"])
     elif threshold_objective != "f0.5":
         raise ValueError(f"unknown threshold_objective {threshold_objective!r}; choose 'f0.5' or 'worst_group'.")
     model.config.routed_strategy = chosen
