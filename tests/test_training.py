@@ -199,12 +199,15 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
     from mme_jd.cli import main
 
     code = main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
-                 "--max-steps", "1", "--batch-size", "8"])
+                 "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02"])
     assert code == 0
     assert "checkpoint:" in capsys.readouterr().out
     report = json.loads((tmp_path / "final" / "training_report.json").read_text())
     assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["router_cost_tolerance"] == 0.02
     assert main(["train", "--output-dir", str(tmp_path), "--dataset", "nope"]) == 1
+    assert main(["train", "--output-dir", str(tmp_path / "bad"), "--router-max-routed-share", "1.5"]) == 1
+    assert "router_max_routed_share" in capsys.readouterr().err
 
 
 def test_refit_router_changes_only_the_router_and_sets_its_knobs(mme_jd_run, data, tmp_path):

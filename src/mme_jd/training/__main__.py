@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="text builder for training (default: %(default)s)")
     parser.add_argument("--image-counterfactual", default="attention", choices=["attention", "gradient", "given"],
                         help="image builder (default: %(default)s)")
+    parser.add_argument("--text-debias-objective", default=None, choices=["reversed", "poe"],
+                        help="the text expert's objective (default: the model config's, reversed)")
+    parser.add_argument("--router-cost-tolerance", type=float, default=None,
+                        help="keep the cheapest routing within this of the best validation worst-group "
+                             "accuracy (default: the model config's, 0 = off)")
+    parser.add_argument("--router-max-routed-share", type=float, default=None,
+                        help="route at most this share of the validation samples (default: no limit)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
     return parser
@@ -64,6 +71,11 @@ def run(args: argparse.Namespace) -> dict:
         from ..base import from_base
 
         model = from_base(args.model)
+    # routing choices are model config fields (validated there), saved with the checkpoint
+    for name in ("router_cost_tolerance", "router_max_routed_share"):
+        if getattr(args, name) is not None:
+            setattr(model.config, name, getattr(args, name))
+            model.config.validate_fields()
     training_args = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
         num_train_epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed, logging_steps=20,
@@ -73,6 +85,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     split_names = {"validation_balanced": "validation_balanced" if "validation_balanced" in dataset else "validation"}
     config = MMEJDTrainingConfig(recipe=args.recipe, text_counterfactual=args.text_counterfactual,
+                                 text_debias_objective=args.text_debias_objective,
                                  image_counterfactual=args.image_counterfactual,
                                  router_split=split_names["validation_balanced"],
                                  mid_split=split_names["validation_balanced"])
