@@ -180,6 +180,8 @@ def print_table(results: dict, task: str) -> None:
 
 
 README_START, README_END = "<!-- bench:real:start -->", "<!-- bench:real:end -->"
+METHOD_ORDER = ("general (ERM)", "general expert of mme_jd", "MID (λ fitted on validation)", "MCTD",
+                "image_debias expert alone", "text_debias expert alone", "MME-JD routed")
 SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "MMSD2.0 test"},
                "mmsd-to-mmsd2": {"test": "MMSD → MMSD2.0 test", "test_mmsd": "MMSD → MMSD test"}}
 
@@ -203,9 +205,8 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
         second = "f1" if run["task"] == "sarcasm" else "weighted_f1"
         for split, label in SPLIT_NAMES[name].items():
             rows = {"majority class": result["majority_baseline"].get(split)}
-            order = ("general (ERM)", "general expert of mme_jd", "MID (λ fitted on validation)", "MCTD",
-                     "image_debias expert alone", "text_debias expert alone", "MME-JD routed")
-            methods = sorted(result["methods"], key=lambda m: order.index(m) if m in order else len(order))
+            methods = sorted(result["methods"],
+                             key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
             rows.update({method: result["methods"][method].get(split) for method in methods})
             for method, values in rows.items():
                 if not values:

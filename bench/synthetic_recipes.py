@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--output", default="outputs/bench")
     parser.add_argument("--p-cue", type=float, default=0.9, help="P(cue agrees with the label) in training")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--swap-other-modality", default="keep", choices=["keep", "null"],
+                        help="what a swap text counterfactual holds of the image (MMEJDConfig.swap_other_modality)")
     parser.add_argument("--results", default=None, help="JSON path (default bench/results/synthetic_recipes_seed<S>.json)")
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
@@ -102,6 +104,7 @@ def main() -> None:
               f"WGA={figures['test_balanced']['worst_group_accuracy']:.3f}", flush=True)
     for recipe in (cli.recipes.split(",") if not cli.refit_router else []):
         model = pretrained_tiny_model()
+        model.config.swap_other_modality = cli.swap_other_modality
         args = TrainingArguments(
             output_dir=f"{cli.output}/{recipe}", per_device_train_batch_size=64, num_train_epochs=cli.epochs,
             learning_rate=cli.learning_rate, warmup_steps=10, logging_steps=50, save_strategy="no",

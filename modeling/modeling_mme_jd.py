@@ -25,7 +25,6 @@ Modes (config.mode, or `mode=` per call):
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -119,6 +118,30 @@ def select_rows(inputs: dict, rows: torch.Tensor) -> dict:
         else:
             selected[key] = value
     return selected
+
+
+class _ImageFeatureCapture:
+    """Within the block, `inner.get_image_features` also appends its output to `store`; the
+    class's method is back afterwards. `inner=None` captures nothing."""
+
+    def __init__(self, inner: nn.Module | None, store: list):
+        self.inner, self.store = inner, store
+
+    def __enter__(self) -> list:
+        if self.inner is not None:
+            original = self.inner.get_image_features
+
+            def capturing(*args, **kwargs):
+                output = original(*args, **kwargs)
+                self.store.append(output)
+                return output
+
+            self.inner.get_image_features = capturing
+        return self.store
+
+    def __exit__(self, *exc) -> None:
+        if self.inner is not None:
+            del self.inner.get_image_features  # the class's method again
 
 
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -294,23 +317,11 @@ class MMEJDModel(MMEJDPreTrainedModel):
         scope = self.config.lora_scope
         return self.config.reuse_image_features and scope in (None, self.config.family.language_model)
 
-    @contextlib.contextmanager
-    def _capture_image_features(self, store: list):
-        """Record what the base's `get_image_features` returns during the block (one call per
-        forward with pixels), so a later expert pass over some of the rows can reuse it."""
-        inner = self.base_model_with_experts.model
-        original = inner.get_image_features
-
-        def capturing(*args, **kwargs):
-            output = original(*args, **kwargs)
-            store.append(output)
-            return output
-
-        inner.get_image_features = capturing
-        try:
-            yield store
-        finally:
-            del inner.get_image_features  # the class's method again
+    def _capture_image_features(self, store: list) -> "_ImageFeatureCapture":
+        """A `with` block that records what the base's `get_image_features` returns into `store`
+        (one call per forward with pixels), so a later expert pass over some of the rows can
+        reuse it."""
+        return _ImageFeatureCapture(self.base_model_with_experts.model, store)
 
     @staticmethod
     def _select_image_features(captured: list, rows: torch.Tensor, batch: int):
@@ -531,7 +542,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
             return self._single_expert_mixture(only, inputs, labels)
         captured: list = []
         reuse = self._can_reuse_image_features and "pixel_values" in inputs and not use_cf
-        with self._capture_image_features(captured) if reuse else contextlib.nullcontext():
+        with _ImageFeatureCapture(self.base_model_with_experts.model if reuse else None, captured):
             general, pooled, text_logits, image_logits = self._run_with_counterfactuals(
                 "general", inputs, text_cf if use_cf else None, image_cf if use_cf else None
             )

@@ -115,12 +115,12 @@ class BenchSettings:
     p_cue: float = 0.97
     label_noise: float = 0.1
     epochs: float = 3.0
-    # the oracle is the ceiling, so it is trained to convergence at any lr: at lr 5e-3 it sits at
-    # chance for ~5 epochs (seed 0: WGA 0.44 after 3 epochs, 0.968 after 9); None: `epochs`
+    # the oracle is the ceiling, so it is trained longer: at lr 5e-3, 3 epochs leave it far from
+    # converged (seed 0: WGA 0.44, bench/results/lr_sensitivity.md); None: `epochs`
     oracle_epochs: float | None = 9.0
     max_steps: int = -1
     batch_size: int = 64
-    # 5e-3 sits at chance for epochs before it learns (the oracle needed 9 epochs); 2e-3 converges
+    # at 5e-3 the 3-epoch oracle does not converge (bench/results/lr_sensitivity.md); 2e-3 does
     learning_rate: float = 2e-3
     warmup_steps: int = 10
     inference_batch_size: int = 256
@@ -434,8 +434,9 @@ def measure_inference(model, rows, batch_size: int = 64, repeats: int = 5,
         batches = mid_batches if variant == "mid" else plain_batches
         mode = "general" if variant == "general" else "mid" if variant == "mid" else "mme_jd"
         model.config.expert_execution = "all" if variant == "mme_jd_all" else "routed"
-        if variant[len("mme_jd_"):] in routings:
-            model.config.router_threshold, model.config.routed_strategy = routings[variant[len("mme_jd_"):]]
+        routing = routings.get(variant.removeprefix("mme_jd_"))
+        if routing is not None:
+            model.config.router_threshold, model.config.routed_strategy = routing
         try:
             with torch.no_grad():
                 for batch in batches:

@@ -121,28 +121,48 @@ def mixture_logits(model, router_logits: torch.Tensor, expert_logits: dict[str, 
     return final, strategy
 
 
+def routing_candidates(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
+                       labels: torch.Tensor, groups: torch.Tensor | None,
+                       routed_strategies: tuple[str | None, ...] | None = None,
+                       max_routed_share: float | None = None) -> list[dict[str, Any]]:
+    """Every routing of the routed mixture on this (group-balanced validation) data: each
+    routed strategy (default: the model's) × each threshold routing at most `max_routed_share`
+    (None: any), as {routed_strategy, threshold, worst_group_accuracy, accuracy, routed_share,
+    cost}. The model's routed strategy is restored afterwards."""
+    from .mid import worst_group_accuracy
+
+    away = 1 - router_logits.float().softmax(-1)[:, NONE]
+    thresholds = torch.unique(torch.cat([away, torch.tensor([0.0, 1.0])])).tolist()
+    thresholds = [t for t in thresholds if _within_budget(away, t, max_routed_share)] or [1.0]
+    previous = model.config.routed_strategy
+    candidates = []
+    try:
+        for routed in routed_strategies if routed_strategies is not None else (previous,):
+            model.config.routed_strategy = routed
+            for threshold in thresholds:
+                final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
+                predictions = final.argmax(-1)
+                candidates.append({"routed_strategy": routed, "threshold": float(threshold),
+                                   "worst_group_accuracy": worst_group_accuracy(predictions, labels, groups),
+                                   "accuracy": float((predictions == labels).float().mean()),
+                                   "routed_share": float((strategy != NONE).float().mean()),
+                                   "cost": expected_cost(strategy, routed, threshold)})
+    finally:
+        model.config.routed_strategy = previous
+    return candidates
+
+
 def tune_threshold_for_groups(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
                               labels: torch.Tensor, groups: torch.Tensor | None,
                               max_routed_share: float | None = None) -> tuple[float, float]:
-    """The threshold whose routed mixture has the best worst-group accuracy on this (group-
-    balanced validation) data, among those routing at most `max_routed_share` of it (None: any);
-    ties go to the higher mean accuracy, then to routing less.
-    Returns (threshold, worst-group accuracy)."""
-    from .mid import worst_group_accuracy
-
-    probs = router_logits.float().softmax(-1)
-    away_score = 1 - probs[:, NONE]
-    candidates = torch.unique(torch.cat([away_score, torch.tensor([0.0, 1.0])])).tolist()
-    candidates = [t for t in candidates if _within_budget(away_score, t, max_routed_share)] or [1.0]
-    best = None
-    for threshold in candidates:
-        final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
-        predictions = final.argmax(-1)
-        key = (worst_group_accuracy(predictions, labels, groups), float((predictions == labels).float().mean()),
-               -float((strategy != NONE).float().mean()))
-        if best is None or key > best[0]:
-            best = (key, float(threshold))
-    return best[1], best[0][0]
+    """The threshold whose routed mixture (at the model's routed strategy) has the best worst-
+    group accuracy on this (group-balanced validation) data, among those routing at most
+    `max_routed_share` of it (None: any); ties go to the higher mean accuracy, then to routing
+    less. Returns (threshold, worst-group accuracy)."""
+    candidates = routing_candidates(model, router_logits, expert_logits, labels, groups,
+                                    max_routed_share=max_routed_share)
+    best = max(candidates, key=lambda c: (c["worst_group_accuracy"], c["accuracy"], -c["routed_share"]))
+    return best["threshold"], best["worst_group_accuracy"]
 
 
 def expected_cost(strategy: torch.Tensor, routed_strategy: str | None, threshold: float) -> float:
@@ -162,26 +182,9 @@ def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str
     """Cost-aware routing: over every (routed strategy, threshold) pair, keep those whose
     routed mixture's worst-group accuracy on this data is within `tolerance` of the best, and
     return the one with the lowest `expected_cost` (ties: higher worst-group accuracy, then
-    accuracy) as {routed_strategy, threshold, worst_group_accuracy, accuracy, cost}."""
-    from .mid import worst_group_accuracy
-
-    away = 1 - router_logits.float().softmax(-1)[:, NONE]
-    thresholds = torch.unique(torch.cat([away, torch.tensor([0.0, 1.0])])).tolist()
-    thresholds = [t for t in thresholds if _within_budget(away, t, max_routed_share)] or [1.0]
-    previous = model.config.routed_strategy
-    candidates = []
-    try:
-        for routed in (None, "image", "text", "both"):
-            model.config.routed_strategy = routed
-            for threshold in thresholds:
-                final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
-                predictions = final.argmax(-1)
-                candidates.append({"routed_strategy": routed, "threshold": float(threshold),
-                                   "worst_group_accuracy": worst_group_accuracy(predictions, labels, groups),
-                                   "accuracy": float((predictions == labels).float().mean()),
-                                   "cost": expected_cost(strategy, routed, threshold)})
-    finally:
-        model.config.routed_strategy = previous
+    accuracy), as a `routing_candidates` entry."""
+    candidates = routing_candidates(model, router_logits, expert_logits, labels, groups,
+                                    (None, "image", "text", "both"), max_routed_share)
     best = max(c["worst_group_accuracy"] for c in candidates)
     eligible = [c for c in candidates if c["worst_group_accuracy"] >= best - tolerance - 1e-9]
     return min(eligible, key=lambda c: (c["cost"], -c["worst_group_accuracy"], -c["accuracy"]))
