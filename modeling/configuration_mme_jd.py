@@ -137,9 +137,12 @@ class MMEJDConfig(PreTrainedConfig):
             outside the language model.
         router_cost_tolerance: cost-aware routing: after tuning, the (threshold, routed
             strategy) pair with the lowest expected inference cost among those whose validation
-            worst-group accuracy is within this of the best is kept (0: off). Routing every
-            sample to one debias expert (threshold 0 with routed_strategy "image" or "text")
-            costs one pass: the general pass and the router are then skipped.
+            worst-group accuracy is within this of the best is kept (0: the best worst-group
+            accuracy whatever it costs). Routing every sample to one debias expert (threshold 0
+            with routed_strategy "image" or "text") costs one pass: the general pass and the
+            router are then skipped. Default 0.01: on the synthetic benchmark (3 seeds) it cut
+            inference from 1.54x to 0.99x a general forward at no loss of worst-group accuracy
+            (bench/results/synthetic.md).
         router_max_routed_share: an inference budget: when set, the router threshold is tuned
             only among thresholds that send at most this share of validation samples to a
             debias expert (routed cost ≈ 1 + share × an expert pass). None: no budget.
@@ -209,7 +212,7 @@ class MMEJDConfig(PreTrainedConfig):
     expert_execution: str = "routed"
     reuse_image_features: bool = True
     router_max_routed_share: float | None = None
-    router_cost_tolerance: float = 0.0
+    router_cost_tolerance: float = 0.01
     both_combination: str = "mean"
     expert_temperatures: dict[str, float] | None = None
     mctd_text_weight: float = 1.0

@@ -119,3 +119,37 @@ def test_cost_aware_routing_picks_the_cheapest_routing_within_the_tolerance():
     assert strict["worst_group_accuracy"] == 1.0 and strict["cost"] == pytest.approx(1.5)
     loose = cheapest_routing(model, router_logits, experts, labels, groups, tolerance=0.5)
     assert loose["cost"] == 1.0 and loose["worst_group_accuracy"] == pytest.approx(0.5)
+
+
+def test_router_stage_keeps_the_cheapest_routing_by_default(tmp_path):
+    """train_router with the default router_cost_tolerance (0.01): when sending every sample to
+    the text expert matches the best worst-group accuracy, that routing (one pass, no general
+    pass) is kept; with tolerance 0 the cheapest is not required."""
+    from transformers import TrainingArguments
+
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training.router_labels import train_router
+
+    labels = torch.tensor([1, 0, 1, 0] * 4)
+    groups = torch.tensor([0, 0, 1, 1] * 4)
+    experts = {"general": torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]] * 4),  # right on group 0
+               "image_debias": torch.tensor([[1.0, 0.0]] * 16),
+               "text_debias": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]] * 4)}  # always right
+    model = tiny_model()
+    assert model.config.router_cost_tolerance == 0.01
+    pooled = torch.randn(16, model.router[0].in_features, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 0, 2, 2] * 4)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2,
+                             report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    report = train_router(model, pooled, targets, args, threshold_objective="worst_group",
+                          expert_logits=experts, labels=labels, groups=groups)
+    assert report["validation_worst_group_accuracy"] == 1.0
+    assert (model.config.routed_strategy, model.config.router_threshold) == ("text", 0.0)
+    assert model.single_routed_expert == "text_debias"
+    model.config.router_cost_tolerance = 0.0
+    report = train_router(model, pooled, targets, args, threshold_objective="worst_group",
+                          expert_logits=experts, labels=labels, groups=groups)
+    assert report["validation_worst_group_accuracy"] == 1.0
+    # the first routing reaching the best worst-group accuracy: the router's own choice (None) when it
+    # separates the groups, else a fixed strategy; never the image expert (wrong on group 1)
+    assert model.config.routed_strategy != "image"

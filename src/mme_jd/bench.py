@@ -14,13 +14,15 @@ with `MMEJDTrainingConfig`'s defaults (why these: `bench/lr_sensitivity.py` and 
                          trained for `oracle_epochs` (to convergence: it is the ceiling)
     MID                  the `mme_jd` run's general expert with λ_t, λ_v fitted on validation_balanced
     MCTD                 recipe "mctd"
-    MME-JD routed        the `mme_jd` run, routed inference (debias experts only for routed rows)
+    MME-JD routed        the `mme_jd` run, routed inference (debias experts only for routed rows),
+                         its routing tuned by the router stage with the defaults: the cheapest
+                         within `router_cost_tolerance` (0.01) of the best validation worst-group
+                         accuracy
     MME-JD all experts   the same model with `expert_execution="all"` (the paper's: every expert)
     MME-JD routed (budget)  the same model, router threshold re-tuned on validation_balanced to
                          route at most `routed_budget` (0.25) of it: an inference-cost budget
-    MME-JD routed (cost-aware)  the same model, routing re-tuned on validation_balanced for the
-                         lowest expected cost within `routed_cost_tolerance` (0.01) of the best
-                         worst-group accuracy (`router_cost_tolerance`)
+    MME-JD routed (best WGA)  the same model, routing re-tuned on validation_balanced for the best
+                         worst-group accuracy whatever it costs (`router_cost_tolerance=0`)
     JTT                  `training.peers.train_jtt` (upweight chosen on validation_balanced)
     Group DRO            `training.peers.train_group_dro` (η chosen on validation_balanced)
     image/text_debias    each debias expert alone (ablation rows of the `mme_jd` run)
@@ -85,8 +87,8 @@ METHODS: dict[str, str] = {
     "MME-JD all experts": "mme_jd run, expert_execution='all' (the paper's)",
     "MME-JD routed (budget)": "mme_jd run, router threshold re-tuned on validation_balanced to route at most "
                               "`routed_budget` of it (an inference-cost budget)",
-    "MME-JD routed (cost-aware)": "mme_jd run, routing re-tuned on validation_balanced: the cheapest within "
-                                  "`routed_cost_tolerance` of the best worst-group accuracy",
+    "MME-JD routed (best WGA)": "mme_jd run, routing re-tuned on validation_balanced for the best worst-group "
+                                "accuracy whatever it costs (router_cost_tolerance 0)",
     "image_debias expert": "ablation: the image_debias expert alone",
     "text_debias expert": "ablation: the text_debias expert alone",
     "MID (random masks)": "control: MID with random masks of the same counts",
@@ -135,8 +137,9 @@ class BenchSettings:
     timing_rows: int | None = None  # None: the whole test_balanced split
     # the share of validation samples "MME-JD routed (budget)" may send to a debias expert
     routed_budget: float = 0.25
-    # "MME-JD routed (cost-aware)": the cheapest routing within this of the best validation WGA
-    routed_cost_tolerance: float = 0.01
+    # the mme_jd run's `router_cost_tolerance` (None: MMEJDConfig's default, 0.01): its routing
+    # is the cheapest within this of the best validation WGA
+    routed_cost_tolerance: float | None = None
     # torch threads: the tiny model gains nothing from a second thread, and on shared cores
     # extra threads slowed every pass several times over (None: torch's default)
     num_threads: int | None = 1
@@ -196,12 +199,17 @@ def _training_config(settings: BenchSettings, **fields: Any):
     return MMEJDTrainingConfig(**{**settings.training_overrides, **fields})
 
 
-def _fresh_model(model_factory: Callable[[], Any], seed: int):
-    """A new model from the factory with the seed set first (same LoRA init for every method)."""
+def _fresh_model(model_factory: Callable[[], Any], seed: int, settings: BenchSettings | None = None):
+    """A new model from the factory with the seed set first (same LoRA init for every method),
+    with the bench's routing tolerance when it sets one (only the router stage reads it)."""
     from transformers import set_seed
 
     set_seed(seed)
-    return model_factory().eval()
+    model = model_factory().eval()
+    if settings is not None and settings.routed_cost_tolerance is not None:
+        model.config.router_cost_tolerance = settings.routed_cost_tolerance
+        model.config.validate_fields()
+    return model
 
 
 def _training_seconds(report: dict) -> float:
@@ -369,18 +377,17 @@ def alternative_routings(model, rows, settings: BenchSettings) -> dict[str, tupl
     """Two re-tunings of the trained router on `rows` (validation_balanced), from one pass:
     "budget", the threshold with the best worst-group accuracy among those routing at most
     `settings.routed_budget` of the rows (the routed strategy stays the router stage's); and
-    "cost", the cheapest (threshold, routed strategy) within `settings.routed_cost_tolerance` of
-    the best worst-group accuracy. Each as (threshold, routed strategy)."""
+    "best_wga", the (threshold, routed strategy) with the best worst-group accuracy whatever it
+    costs (ties: the cheapest). Each as (threshold, routed strategy)."""
     from .training.router_labels import cheapest_routing, tune_threshold_for_groups
 
     outputs = _collect(model, rows, settings, "mme_jd", return_experts=True)
     experts, labels, groups = _expert_logits(outputs), outputs["labels"], outputs.get("groups")
     budget, _ = tune_threshold_for_groups(model, outputs["router_logits"], experts, labels, groups,
                                           max_routed_share=settings.routed_budget)
-    cheapest = cheapest_routing(model, outputs["router_logits"], experts, labels, groups,
-                                settings.routed_cost_tolerance)
+    best = cheapest_routing(model, outputs["router_logits"], experts, labels, groups, tolerance=0.0)
     return {"budget": (budget, model.config.routed_strategy),
-            "cost": (cheapest["threshold"], cheapest["routed_strategy"])}
+            "best_wga": (best["threshold"], best["routed_strategy"])}
 
 
 def _prepared_batches(collator, rows, batch_size: int) -> list[dict]:
@@ -538,7 +545,7 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
 
     # ---- mme_jd: ERM, MID, each expert, routed and all-experts MME-JD
     progress(f"seed {seed}: training mme_jd (ERM = its general expert)")
-    model = _fresh_model(model_factory, seed)
+    model = _fresh_model(model_factory, seed, settings)
     evaluator = _SplitEvaluator(data, int(model.config.num_labels))
     config = _training_config(settings, recipe="mme_jd")
     report = train(model, data, _training_arguments(settings, seed, str(work_dir / "mme_jd")), config)
@@ -552,13 +559,13 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     per_split: dict[str, dict[str, dict]] = {name: {} for name in
                                              ("ERM", "MID", "image_debias expert", "text_debias expert",
                                               "MME-JD routed", "MME-JD all experts", "MME-JD routed (budget)",
-                                              "MME-JD routed (cost-aware)")}
+                                              "MME-JD routed (best WGA)")}
     routed_shares: dict[str, Any] = {}
     cue_only_logits: dict[str, dict[str, torch.Tensor]] = {}
     identical = True
     cue_data = {split: cue_only_columns(model, data[split], config) for split in TEST_SPLITS}
     routings = alternative_routings(model, data["validation_balanced"], settings)
-    alternative_shares: dict[str, dict[str, Any]] = {"budget": {}, "cost": {}}
+    alternative_shares: dict[str, dict[str, Any]] = {"budget": {}, "best_wga": {}}
     for split in TEST_SPLITS:
         rows = data[split]
         mid = _cue_only_pass(model, cue_data[split], settings)
@@ -577,7 +584,7 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
         for name in ("MME-JD routed", "MME-JD all experts"):
             per_split[name][split]["routed_away"] = round(1 - routed_shares[split]["none"], 4)
         # the re-tuned routings' mixtures, from the all-experts logits (the routed forward's arithmetic)
-        for key, name in (("budget", "MME-JD routed (budget)"), ("cost", "MME-JD routed (cost-aware)")):
+        for key, name in (("budget", "MME-JD routed (budget)"), ("best_wga", "MME-JD routed (best WGA)")):
             threshold, routed = routings[key]
             previous, model.config.routed_strategy = model.config.routed_strategy, routed
             try:
@@ -594,10 +601,12 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     progress(f"seed {seed}: timing inference on {len(timing_rows)} rows ({settings.timing_repeats} repeats)")
     timing["mme_jd"] = measure_inference(model, timing_rows, settings.timing_batch_size, settings.timing_repeats,
                                          variants=("general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget",
-                                                   "mme_jd_cost", "mid"),
+                                                   "mme_jd_best_wga", "mid"),
                                          routings=routings)
     ratios = timing["mme_jd"]["ratio_to_general"]
-    knobs = {**lambdas, "router_threshold": float(model.config.router_threshold)}
+    knobs = {**lambdas, "router_threshold": float(model.config.router_threshold),
+             "routed_strategy": model.config.routed_strategy,
+             "router_cost_tolerance": model.config.router_cost_tolerance}
     add("ERM", per_split["ERM"], erm_seconds, 1.0)
     add("MID", per_split["MID"], mid_seconds, ratios["mid"], knobs=lambdas)
     add("image_debias expert", per_split["image_debias expert"], None, 1.0)
@@ -607,13 +616,13 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     add("MME-JD all experts", per_split["MME-JD all experts"], mme_jd_seconds, ratios["mme_jd_all"],
         identical_predictions_to_routed=identical)
     add("MME-JD routed (budget)", per_split["MME-JD routed (budget)"], mme_jd_seconds, ratios["mme_jd_budget"],
-        knobs={**knobs, "router_threshold": routings["budget"][0], "routed_budget": settings.routed_budget},
+        knobs={**lambdas, "router_threshold": routings["budget"][0], "routed_strategy": routings["budget"][1],
+               "routed_budget": settings.routed_budget},
         routed_shares=alternative_shares["budget"])
-    add("MME-JD routed (cost-aware)", per_split["MME-JD routed (cost-aware)"], mme_jd_seconds,
-        ratios["mme_jd_cost"], knobs={**knobs, "router_threshold": routings["cost"][0],
-                                      "routed_strategy": routings["cost"][1],
-                                      "routed_cost_tolerance": settings.routed_cost_tolerance},
-        routed_shares=alternative_shares["cost"])
+    add("MME-JD routed (best WGA)", per_split["MME-JD routed (best WGA)"], mme_jd_seconds,
+        ratios["mme_jd_best_wga"], knobs={**lambdas, "router_threshold": routings["best_wga"][0],
+                                          "routed_strategy": routings["best_wga"][1], "router_cost_tolerance": 0.0},
+        routed_shares=alternative_shares["best_wga"])
 
     # ---- MID with random masks: the same general expert, λ refitted on random counterfactuals
     progress(f"seed {seed}: MID random-mask control")
@@ -635,7 +644,7 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
 
     # ---- MME-JD with random masks (the general stage is the real run's: it sees no counterfactual)
     progress(f"seed {seed}: training mme_jd with random masks")
-    model = _fresh_model(model_factory, seed)
+    model = _fresh_model(model_factory, seed, settings)
     random_data = _random_dataset(data, model, model.processor, config, seed, (config.train_split,
                                                                                "validation_balanced"))
     random_dir = work_dir / "mme_jd_random"
@@ -666,7 +675,7 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
         ("MCTD (random masks)", "mctd", {}, None),
     ):
         progress(f"seed {seed}: training {name}")
-        model = _fresh_model(model_factory, seed)
+        model = _fresh_model(model_factory, seed, settings)
         recipe_config = _training_config(settings, recipe=recipe, **fields)
         if dataset is None:
             dataset = _random_dataset(data, model, model.processor, recipe_config, seed, (recipe_config.train_split,))
@@ -679,7 +688,7 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
 
     # ---- JTT: one first phase, the upweight chosen on validation_balanced
     progress(f"seed {seed}: training JTT (upweights {list(settings.jtt_upweights)})")
-    model = _fresh_model(model_factory, seed)
+    model = _fresh_model(model_factory, seed, settings)
     initial = snapshot_expert(model, "general")
     jtt_args = _training_arguments(settings, seed, str(work_dir / "jtt"))
     started = time.perf_counter()
@@ -711,7 +720,7 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
 
     # ---- Group DRO: η chosen on validation_balanced
     progress(f"seed {seed}: training Group DRO (step sizes {list(settings.group_dro_step_sizes)})")
-    model = _fresh_model(model_factory, seed)
+    model = _fresh_model(model_factory, seed, settings)
     initial = snapshot_expert(model, "general")
     best = None
     candidates = {}
@@ -785,7 +794,7 @@ def aggregate(seed_results: list[dict]) -> dict:
         variants = seed_results[0]["timing"]["mme_jd"].get(key, {})
         timing[key] = {v: _mean_std([r["timing"]["mme_jd"][key][v] for r in seed_results]) for v in variants}
     breakdown = {}
-    for variant in ("mme_jd_routed", "mme_jd_all", "mme_jd_budget", "mme_jd_cost"):
+    for variant in ("mme_jd_routed", "mme_jd_all", "mme_jd_budget", "mme_jd_best_wga"):
         parts: dict[str, list[float]] = {}
         for r in seed_results:
             entry = r["timing"]["mme_jd"]["breakdown"].get(variant)
@@ -844,7 +853,7 @@ def timing_table(summary: dict) -> str:
     timing = summary["timing"]
     names = {"general": "one general forward", "mme_jd_routed": "MME-JD routed",
              "mme_jd_all": "MME-JD all experts", "mme_jd_budget": "MME-JD routed (budget)",
-             "mme_jd_cost": "MME-JD routed (cost-aware)",
+             "mme_jd_best_wga": "MME-JD routed (best WGA)",
              "mid": "MID (3 rows per sample)"}
     lines = ["| Inference | s / 1000 samples | × general forward | samples/s | end to end × general |",
              "|---|---:|---:|---:|---:|"]
@@ -855,7 +864,7 @@ def timing_table(summary: dict) -> str:
                      f"{_cell(timing['ratio_to_general'][variant], 2)} | "
                      f"{_cell(timing['samples_per_second'][variant], 0)} | "
                      f"{_cell(timing['end_to_end_ratio_to_general'].get(variant), 2)} |")
-    columns = [v for v in ("mme_jd_routed", "mme_jd_budget", "mme_jd_cost", "mme_jd_all") if timing["breakdown"].get(v)]
+    columns = [v for v in ("mme_jd_routed", "mme_jd_budget", "mme_jd_best_wga", "mme_jd_all") if timing["breakdown"].get(v)]
     lines += ["", "| Where the time goes | " + " | ".join(names[v] for v in columns) + " |",
               "|---|" + "---:|" * len(columns)]
     rows = list(dict.fromkeys(row for v in columns for row in timing["breakdown"][v]))
@@ -909,9 +918,9 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
         f"{_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general forward ({verdict}). "
         f"Under the routing budget ({settings.routed_budget:g} of validation_balanced) "
         f"{_cell(timing.get('budget_routed_away_test_balanced'), 3)} of the samples leave `none` and it costs "
-        f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. The cost-aware routing (the cheapest "
-        f"within {settings.routed_cost_tolerance:g} of the best validation worst-group accuracy) costs "
-        f"{_cell(timing['ratio_to_general'].get('mme_jd_cost'), 2)}×. The debias experts reuse the general "
+        f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. The routing with the best validation "
+        f"worst-group accuracy whatever it costs (`router_cost_tolerance=0`) costs "
+        f"{_cell(timing['ratio_to_general'].get('mme_jd_best_wga'), 2)}×. The debias experts reuse the general "
         "pass's vision features (`reuse_image_features`). End to "
         "end adds collation; for MID that builds both counterfactuals, the image saliency pass included.",
         "",
@@ -925,7 +934,7 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
         "## Knobs per seed",
         "",
     ]
-    for name in ("MID", "MME-JD routed", "MME-JD routed (budget)", "MME-JD routed (cost-aware)", "JTT", "Group DRO",
+    for name in ("MID", "MME-JD routed", "MME-JD routed (budget)", "MME-JD routed (best WGA)", "JTT", "Group DRO",
                  "MID (random masks)",
                  "MME-JD (random masks)"):
         if name in summary["methods"]:
@@ -960,10 +969,11 @@ def readme_section(summary: dict, settings: BenchSettings, markdown_name: str) -
         "",
         results_table(summary),
         "",
-        f"Routed MME-JD runs a debias expert for {_cell(timing['routed_away_test_balanced'], 3)} of the samples and "
-        f"costs {_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general forward; running every "
-        f"expert (the paper's) costs {_cell(timing['ratio_to_general'].get('mme_jd_all'), 2)}×; the cost-aware "
-        f"routing {_cell(timing['ratio_to_general'].get('mme_jd_cost'), 2)}× and the 0.25 routing budget "
+        f"Routed MME-JD (default routing: the cheapest within `router_cost_tolerance` 0.01 of the best "
+        f"validation worst-group accuracy) runs a debias expert for {_cell(timing['routed_away_test_balanced'], 3)} "
+        f"of the samples and costs {_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general "
+        f"forward; running every expert (the paper's) costs {_cell(timing['ratio_to_general'].get('mme_jd_all'), 2)}×; "
+        f"the best-WGA routing {_cell(timing['ratio_to_general'].get('mme_jd_best_wga'), 2)}× and the 0.25 routing budget "
         f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. Definitions, "
         f"the cost breakdown and the knobs: [bench/results/{markdown_name}](bench/results/{markdown_name}).",
     ]
@@ -1064,8 +1074,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--routed-budget", type=float, default=None,
                         help="share of validation samples MME-JD routed (budget) may route (default 0.25)")
     parser.add_argument("--routed-cost-tolerance", type=float, default=None,
-                        help="worst-group accuracy MME-JD routed (cost-aware) may give up for cheaper routing "
-                             "(default 0.01)")
+                        help="router_cost_tolerance of the MME-JD runs: the validation worst-group accuracy "
+                             "their routing may give up for cheaper inference (default: the config's, 0.01)")
     parser.add_argument("--name", default=None, help="results file stem (default synthetic / synthetic_quick)")
     parser.add_argument("--resume", action="store_true", help="reuse finished seeds with the same settings")
     return parser

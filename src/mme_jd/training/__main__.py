@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="the text expert's objective (default: the model config's, reversed)")
     parser.add_argument("--router-cost-tolerance", type=float, default=None,
                         help="keep the cheapest routing within this of the best validation worst-group "
-                             "accuracy (default: the model config's, 0 = off)")
+                             "accuracy (default: the model config's, 0.01; 0 = the best accuracy whatever it costs)")
     parser.add_argument("--router-max-routed-share", type=float, default=None,
                         help="route at most this share of the validation samples (default: no limit)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
