@@ -138,7 +138,7 @@ class MMEJDConfig(PreTrainedConfig):
         router_cost_tolerance: cost-aware routing: after tuning, the (threshold, routed
             strategy) pair with the lowest expected inference cost among those whose validation
             worst-group accuracy is within this of the best is kept (0: the best worst-group
-            accuracy whatever it costs). Routing every sample to one debias expert (threshold 0
+            accuracy whatever it costs, ties to the cheaper). Routing every sample to one debias expert (threshold 0
             with routed_strategy "image" or "text") costs one pass: the general pass and the
             router are then skipped. Default 0.01: on the synthetic benchmark (3 seeds) it cut
             inference from 1.54x to 0.99x a general forward at no loss of worst-group accuracy

@@ -121,10 +121,11 @@ def test_cost_aware_routing_picks_the_cheapest_routing_within_the_tolerance():
     assert loose["cost"] == 1.0 and loose["worst_group_accuracy"] == pytest.approx(0.5)
 
 
-def test_router_stage_keeps_the_cheapest_routing_by_default(tmp_path):
-    """train_router with the default router_cost_tolerance (0.01): when sending every sample to
-    the text expert matches the best worst-group accuracy, that routing (one pass, no general
-    pass) is kept; with tolerance 0 the cheapest is not required."""
+def test_router_stage_keeps_the_cheapest_routing_within_the_tolerance(tmp_path):
+    """train_router's routing (worst-group objective): with the default router_cost_tolerance
+    (0.01), sending every sample to the text expert when that matches the best worst-group
+    accuracy (one pass, no general pass); with a text expert wrong on one group-0 sample, the
+    router's own split (group 1 to text) at tolerance 0, and text for everyone again within 0.2."""
     from transformers import TrainingArguments
 
     from mme_jd.tiny import tiny_model
@@ -137,19 +138,26 @@ def test_router_stage_keeps_the_cheapest_routing_by_default(tmp_path):
                "text_debias": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]] * 4)}  # always right
     model = tiny_model()
     assert model.config.router_cost_tolerance == 0.01
-    pooled = torch.randn(16, model.router[0].in_features, generator=torch.Generator().manual_seed(0))
+    # pooled states that tell the groups apart, so the router can learn group 0 → none, 1 → text
+    hidden = model.router[0].in_features
+    pooled = torch.stack([torch.full((hidden,), 1.0 if g == 0 else -1.0) for g in groups.tolist()])
     targets = torch.tensor([0, 0, 2, 2] * 4)
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2,
-                             report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
-    report = train_router(model, pooled, targets, args, threshold_objective="worst_group",
-                          expert_logits=experts, labels=labels, groups=groups)
-    assert report["validation_worst_group_accuracy"] == 1.0
-    assert (model.config.routed_strategy, model.config.router_threshold) == ("text", 0.0)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=40,
+                             learning_rate=0.05, report_to="none", use_cpu=True, save_strategy="no",
+                             disable_tqdm=True)
+
+    def routing(tolerance):
+        model.config.router_cost_tolerance = tolerance
+        report = train_router(model, pooled, targets, args, threshold_objective="worst_group",
+                              expert_logits=experts, labels=labels, groups=groups)
+        return report["validation_worst_group_accuracy"], report["routed_shares"]
+
+    wga, _ = routing(0.01)
+    assert wga == 1.0 and (model.config.routed_strategy, model.config.router_threshold) == ("text", 0.0)
     assert model.single_routed_expert == "text_debias"
-    model.config.router_cost_tolerance = 0.0
-    report = train_router(model, pooled, targets, args, threshold_objective="worst_group",
-                          expert_logits=experts, labels=labels, groups=groups)
-    assert report["validation_worst_group_accuracy"] == 1.0
-    # the first routing reaching the best worst-group accuracy: the router's own choice (None) when it
-    # separates the groups, else a fixed strategy; never the image expert (wrong on group 1)
-    assert model.config.routed_strategy != "image"
+    experts["text_debias"][0] = torch.tensor([1.0, 0.0])  # now wrong on one group-0 sample
+    wga, shares = routing(0.0)
+    assert wga == 1.0 and model.single_routed_expert is None
+    assert shares["none"] == pytest.approx(0.5) and shares["text"] == pytest.approx(0.5)
+    wga, _ = routing(0.2)
+    assert wga == pytest.approx(7 / 8) and model.single_routed_expert == "text_debias"

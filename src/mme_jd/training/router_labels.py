@@ -217,20 +217,12 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
         if expert_logits is None or labels is None:
             raise ValueError("threshold_objective='worst_group' needs the experts' logits and the labels.")
         # the threshold and what routed samples get (the router's choice, or one fixed debias
-        # strategy), jointly, for the best worst-group accuracy of the mixture on this data
-        best = None
-        for candidate in (None, "image", "text", "both"):
-            model.config.routed_strategy = candidate
-            candidate_threshold, score = tune_threshold_for_groups(model, logits.cpu(), expert_logits, labels, groups,
-                                                                   max_routed_share=budget)
-            if best is None or score > best[0] + 1e-9:
-                best = (score, candidate_threshold, candidate)
-        group_score, threshold, chosen = best
-        tolerance = model.config.router_cost_tolerance
-        if tolerance > 0:  # the cheapest routing within `tolerance` of the best worst-group accuracy
-            cheapest = cheapest_routing(model, logits.cpu(), expert_logits, labels, groups, tolerance, budget)
-            group_score, threshold, chosen = (cheapest["worst_group_accuracy"], cheapest["threshold"],
-                                              cheapest["routed_strategy"])
+        # strategy), jointly: the cheapest routing within `router_cost_tolerance` of the mixture's
+        # best worst-group accuracy on this data (tolerance 0: the best; ties go to the cheaper)
+        chosen_routing = cheapest_routing(model, logits.cpu(), expert_logits, labels, groups,
+                                          model.config.router_cost_tolerance, budget)
+        group_score, threshold, chosen = (chosen_routing["worst_group_accuracy"], chosen_routing["threshold"],
+                                          chosen_routing["routed_strategy"])
     elif threshold_objective != "f0.5":
         raise ValueError(f"unknown threshold_objective {threshold_objective!r}; choose 'f0.5' or 'worst_group'.")
     model.config.routed_strategy = chosen
