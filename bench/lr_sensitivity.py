@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"),
                         help="README whose learning-rate table is rewritten ('' : none)")
     cli = parser.parse_args()
+    from mme_jd.modeling.configuration_mme_jd import MMEJDConfig
+
     torch.set_num_threads(cli.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results_path = Path(cli.results)
@@ -133,7 +135,8 @@ def main() -> None:
                     entry["methods"].update(oracle["methods"])
                     entry["oracle_seconds"] = oracle["seconds"]
                 done.append(entry)
-                payload = {"settings": {"num_train": 6000, "epochs": 3.0, "batch_size": 64, "label_noise": 0.1},
+                payload = {"settings": {"num_train": 6000, "epochs": 3.0, "batch_size": 64, "label_noise": 0.1,
+                                        "router_cost_tolerance": MMEJDConfig.router_cost_tolerance},
                            "runs": sorted(done, key=key)}
                 _write(results_path, json.dumps(payload, indent=2, default=str))
                 print(markdown([entry]), flush=True)

@@ -665,7 +665,8 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     add("MME-JD (random masks)", figures, erm_seconds + _training_seconds(random_report),
         random_timing["ratio_to_general"]["mme_jd_routed"],
         knobs={"lambda_text": model.config.lambda_text, "lambda_image": model.config.lambda_image,
-               "router_threshold": float(model.config.router_threshold)})
+               "router_threshold": float(model.config.router_threshold), "routed_strategy": model.config.routed_strategy,
+               "router_cost_tolerance": model.config.router_cost_tolerance})
     del model
 
     # ---- one-forward recipes: oracle, MCTD, MCTD with random masks
