@@ -138,12 +138,13 @@ class MMEJDConfig(PreTrainedConfig):
         router_cost_tolerance: cost-aware routing: after tuning, the (threshold, routed
             strategy) pair with the lowest expected inference cost among those whose validation
             worst-group accuracy is within this of the best is kept (0: the best worst-group
-            accuracy whatever it costs, ties to the cheaper). Routing every sample to one debias expert (threshold 0
-            with routed_strategy "image" or "text") costs one pass: the general pass and the
-            router are then skipped. Default 0.01: on the synthetic benchmark (3 seeds) it sends
-            every sample to the text expert, 0.98x a general forward at worst-group accuracy
-            0.981 (bench/results/synthetic.md); the earlier default (0, ties to the router's own
-            routing) ran a debias expert for 57% of the samples, 1.54x, at 0.973.
+            accuracy whatever it costs, ties to the cheaper). Routing every sample to one debias
+            expert (threshold 0 with routed_strategy "image" or "text") costs one pass: the
+            general pass and the router are then skipped. Default 0.01: on the synthetic
+            benchmark (3 seeds) it sends every sample to the text expert, 0.98x a general
+            forward at worst-group accuracy 0.981 (bench/results/synthetic.md); the earlier
+            default (0, ties to the router's own routing) ran a debias expert for 57% of the
+            samples, 1.54x, at 0.973.
         router_max_routed_share: an inference budget: when set, the router threshold is tuned
             only among thresholds that send at most this share of validation samples to a
             debias expert (routed cost ≈ 1 + share × an expert pass). None: no budget.

@@ -665,7 +665,8 @@ def run_seed(seed: int, settings: BenchSettings, model_factory: Callable[[], Any
     add("MME-JD (random masks)", figures, erm_seconds + _training_seconds(random_report),
         random_timing["ratio_to_general"]["mme_jd_routed"],
         knobs={"lambda_text": model.config.lambda_text, "lambda_image": model.config.lambda_image,
-               "router_threshold": float(model.config.router_threshold), "routed_strategy": model.config.routed_strategy,
+               "router_threshold": float(model.config.router_threshold),
+               "routed_strategy": model.config.routed_strategy,
                "router_cost_tolerance": model.config.router_cost_tolerance})
     del model
 
@@ -961,6 +962,9 @@ def update_readme(readme: Path, section: str, start: str = README_START, end: st
 
 def readme_section(summary: dict, settings: BenchSettings, markdown_name: str) -> str:
     timing = summary["timing"]
+    # the tolerance the runs' router stage used, as recorded with their knobs
+    tolerances = {k.get("router_cost_tolerance") for k in summary["methods"]["MME-JD routed"]["knobs"] if k}
+    tolerance = ", ".join(f"{t:g}" for t in sorted(t for t in tolerances if t is not None)) or "?"
     lines = [
         "## Benchmark",
         "",
@@ -970,11 +974,12 @@ def readme_section(summary: dict, settings: BenchSettings, markdown_name: str) -
         "",
         results_table(summary),
         "",
-        f"Routed MME-JD (default routing: the cheapest within `router_cost_tolerance` 0.01 of the best "
+        f"Routed MME-JD (routing: the cheapest within `router_cost_tolerance` {tolerance} of the best "
         f"validation worst-group accuracy) runs a debias expert for {_cell(timing['routed_away_test_balanced'], 3)} "
         f"of the samples and costs {_cell(timing['ratio_to_general'].get('mme_jd_routed'), 2)}× one general "
         f"forward; running every expert (the paper's) costs {_cell(timing['ratio_to_general'].get('mme_jd_all'), 2)}×; "
-        f"the best-WGA routing {_cell(timing['ratio_to_general'].get('mme_jd_best_wga'), 2)}× and the 0.25 routing budget "
+        f"the best-WGA routing {_cell(timing['ratio_to_general'].get('mme_jd_best_wga'), 2)}× and the "
+        f"{settings.routed_budget:g} routing budget "
         f"{_cell(timing['ratio_to_general'].get('mme_jd_budget'), 2)}×. Definitions, "
         f"the cost breakdown and the knobs: [bench/results/{markdown_name}](bench/results/{markdown_name}).",
     ]
