@@ -99,6 +99,17 @@ def upweighted_rows(rows, error_indices: Sequence[int], upweight: int):
     return datasets.concatenate_datasets([rows] + [errors] * (int(upweight) - 1))
 
 
+def jtt_first_phase(model, rows, args, first_epochs: float, processor: Any = None, batch_size: int = 128,
+                    callbacks: list | None = None) -> tuple[dict, list[int]]:
+    """JTT's first phase: ERM on the general expert of `model` (in place) for `first_epochs`
+    epochs of `rows`, then the indices of the rows it gets wrong. Returns (stage log, indices)."""
+    processor = processor if processor is not None else model.processor
+    first_args = stage_arguments(args, "jtt-first", f"{args.output_dir}/jtt_first", num_train_epochs=first_epochs)
+    log = run_expert_stage(model, "general", rows, first_args, processor, model.config.text_counterfactual,
+                           model.config.image_counterfactual, callbacks=callbacks)
+    return log, jtt_error_indices(model, processor, rows, batch_size)
+
+
 def train_jtt(
     model,
     dataset,
@@ -124,11 +135,8 @@ def train_jtt(
     initial = snapshot_expert(model, "general")
     log: dict[str, Any] = {"stage": "jtt", "upweight": int(upweight), "first_epochs": first_epochs}
     if error_indices is None:
-        first_args = stage_arguments(args, "jtt-first", f"{args.output_dir}/jtt_first", num_train_epochs=first_epochs)
-        log["first_phase"] = run_expert_stage(model, "general", rows, first_args, processor,
-                                              model.config.text_counterfactual, model.config.image_counterfactual,
-                                              callbacks=callbacks)
-        error_indices = jtt_error_indices(model, processor, rows, batch_size)
+        log["first_phase"], error_indices = jtt_first_phase(model, rows, args, first_epochs, processor, batch_size,
+                                                            callbacks)
         restore_expert(model, initial)
         log["first_phase_seconds"] = round(time.perf_counter() - started, 2)
     error_indices = [int(i) for i in error_indices]
