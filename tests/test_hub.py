@@ -94,6 +94,15 @@ def test_card_metadata_from_the_report(tiny_llava_model, report_path):
     assert 'pipeline("multimodal-debias", model="me/mme-jd-tiny")' in body
     assert "| Worst-group accuracy (b) | 0.5000 |" in body
     assert "| none | 0.5000 |" in body and "| 1 | sarcastic | yes |" in body
+    assert "| routing | samples the router sends away from `none` get the strategy the router picks |" in body
+
+
+def test_card_names_a_single_expert_routing(tiny_llava_model):
+    config = tiny_llava_model.config.__class__.from_dict(tiny_llava_model.config.to_dict())
+    config.routed_strategy, config.router_threshold = "text", 0.0
+    body = ModelCard(str(hub.build_model_card(config, "me/x"))).text
+    assert "| routing | every sample to the `text_debias` expert alone (one pass) |" in body
+    assert "cheaper routing) | 0.01 |" in body
 
 
 def test_card_without_report(tiny_llava_model):

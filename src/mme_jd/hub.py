@@ -227,7 +227,13 @@ def build_model_card(
     labels = [{"id": i, "name": config.id2label[i], "word": words[i]} for i in range(len(config.id2label))]
     settings = {name: getattr(config, name) for name in (
         "mode", "lambda_text", "lambda_image", "router_threshold", "expert_execution", "correction",
-        "text_counterfactual", "image_counterfactual", "image_mask_ratio")}
+        "text_counterfactual", "image_counterfactual", "image_mask_ratio", "router_cost_tolerance")}
+    strategy = config.routed_strategy
+    if strategy in ("image", "text") and config.router_threshold <= 0.0:  # MMEJDModel.single_routed_expert
+        settings["routing"] = f"every sample to the `{strategy}_debias` expert alone (one pass)"
+    else:
+        settings["routing"] = (f"samples the router sends away from `none` get "
+                               f"{f'`{strategy}`' if strategy else 'the strategy the router picks'}")
     path = Path(template) if template is not None else template_path()
     if not path.is_file():
         raise FileNotFoundError(f"model card template not found: {str(path)!r}")
