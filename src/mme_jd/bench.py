@@ -1,6 +1,6 @@
 """`make bench`: every method on the synthetic benchmark, in one run, on one base and one data set.
 
-    python -m mme_jd.bench            # 3 seeds, 6000 training rows, 3 epochs  (about 35 min, 2 cores)
+    python -m mme_jd.bench            # 3 seeds, 6000 training rows, 3 epochs  (about 30 min, 2 cores)
     python -m mme_jd.bench --quick    # 1 seed, 1500 training rows, 1 epoch    (a few minutes)
 
 For each seed (the seed makes the data AND the training seed), on the pretrained tiny base
