@@ -19,6 +19,14 @@ from transformers.configuration_utils import SubConfigSpec
 EXPERT_NAMES: tuple[str, ...] = ("general", "image_debias", "text_debias")
 ROUTER_STRATEGIES: tuple[str, ...] = ("none", "image", "text", "both")
 
+
+def single_routed_expert(routed_strategy: str | None, router_threshold: float) -> str | None:
+    """The debias expert every sample goes to whatever the router says (threshold 0 with a fixed
+    image or text routed strategy), else None. The routed forward then runs that expert alone."""
+    if routed_strategy in ("image", "text") and router_threshold <= 0.0:
+        return f"{routed_strategy}_debias"
+    return None
+
 MODES = ("general", "mid", "mctd", "mme_jd")
 CORRECTIONS = ("none", "linear")
 HEADS = ("verbalizer", "linear")
@@ -142,9 +150,7 @@ class MMEJDConfig(PreTrainedConfig):
             expert (threshold 0 with routed_strategy "image" or "text") costs one pass: the
             general pass and the router are then skipped. Default 0.01: on the synthetic
             benchmark (3 seeds) it sends every sample to the text expert, 0.98x a general
-            forward at worst-group accuracy 0.981 (bench/results/synthetic.md); the earlier
-            default (0, ties to the router's own routing) ran a debias expert for 57% of the
-            samples, 1.54x, at 0.973.
+            forward at worst-group accuracy 0.981 (bench/results/synthetic.md).
         router_max_routed_share: an inference budget: when set, the router threshold is tuned
             only among thresholds that send at most this share of validation samples to a
             debias expert (routed cost ≈ 1 + share × an expert pass). None: no budget.
@@ -334,9 +340,15 @@ class MMEJDConfig(PreTrainedConfig):
                 return int(value)
         return None
 
+    @property
+    def single_routed_expert(self) -> str | None:
+        """`single_routed_expert` of this config's routed strategy and threshold."""
+        return single_routed_expert(self.routed_strategy, self.router_threshold)
+
     def expert_temperature(self, expert: str) -> float:
         """The calibration temperature of one expert (1.0 unless `expert_temperatures` sets it)."""
         return float((self.expert_temperatures or {}).get(expert, 1.0))
 
 
-__all__ = ["MMEJDConfig", "BASE_FAMILIES", "EXPERT_NAMES", "ROUTER_STRATEGIES", "base_family"]
+__all__ = ["MMEJDConfig", "BASE_FAMILIES", "EXPERT_NAMES", "ROUTER_STRATEGIES", "base_family",
+           "single_routed_expert"]

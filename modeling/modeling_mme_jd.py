@@ -508,10 +508,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
     def single_routed_expert(self) -> str | None:
         """The debias expert every sample is routed to whatever the router says (threshold 0
         with a fixed image or text routed strategy), else None."""
-        strategy = self.config.routed_strategy
-        if strategy in ("image", "text") and self.config.router_threshold <= 0.0:
-            return f"{strategy}_debias"
-        return None
+        return self.config.single_routed_expert
 
     def _single_expert_mixture(self, name: str, inputs: dict, labels) -> MMEJDOutput:
         """The routed mixture when it sends every sample to one expert: that expert's pass alone

@@ -229,8 +229,8 @@ def build_model_card(
         "mode", "lambda_text", "lambda_image", "router_threshold", "expert_execution", "correction",
         "text_counterfactual", "image_counterfactual", "image_mask_ratio", "router_cost_tolerance")}
     strategy = config.routed_strategy
-    if strategy in ("image", "text") and config.router_threshold <= 0.0:  # MMEJDModel.single_routed_expert
-        settings["routing"] = f"every sample to the `{strategy}_debias` expert alone (one pass)"
+    if config.single_routed_expert is not None:
+        settings["routing"] = f"every sample to the `{config.single_routed_expert}` expert alone (one pass)"
     else:
         settings["routing"] = (f"samples the router sends away from `none` get "
                                f"{f'`{strategy}`' if strategy else 'the strategy the router picks'}")

@@ -169,7 +169,9 @@ def expected_cost(strategy: torch.Tensor, routed_strategy: str | None, threshold
     """Passes per sample of the routed forward at this routing: one general pass plus each
     debias expert's rows (a `both` row runs both); one pass when every sample goes to one
     expert whatever the router says (`MMEJDModel.single_routed_expert` skips the general pass)."""
-    if routed_strategy in ("image", "text") and threshold <= 0.0:
+    from ..modeling.configuration_mme_jd import single_routed_expert
+
+    if single_routed_expert(routed_strategy, threshold) is not None:
         return 1.0
     image = ((strategy == IMAGE) | (strategy == BOTH)).float().mean()
     text = ((strategy == TEXT) | (strategy == BOTH)).float().mean()
