@@ -25,6 +25,7 @@ Modes (config.mode, or `mode=` per call):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForImageTextToText, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_mme_jd import EXPERT_NAMES, ROUTER_STRATEGIES, MMEJDConfig
@@ -144,6 +146,32 @@ class _ImageFeatureCapture:
             del self.inner.get_image_features  # the class's method again
 
 
+def _keep_decoder_fields(module: nn.Module, args, outputs):
+    """Forward hook: the language model's output reduced to the fields a decoder returns."""
+    if not isinstance(outputs, ModelOutput):
+        return outputs
+    return BaseModelOutputWithPast(**{k: v for k, v in outputs.items() if k in _DECODER_OUTPUT_FIELDS})
+
+
+_DECODER_OUTPUT_FIELDS = frozenset(f.name for f in dataclasses.fields(BaseModelOutputWithPast))
+
+
+def _return_decoder_outputs(base: nn.Module, language_model_name: str) -> None:
+    """Make the base's language model return exactly what a decoder returns.
+
+    A VLM passes its language model's output on with `**outputs` into its own output class,
+    which knows only a decoder's fields. An encoder used as the language model (BERT in
+    MiniLM-LLaVA) adds `pooler_output`, which some transformers releases reject (5.24:
+    `LlavaModelOutputWithPast.__init__() got an unexpected keyword argument 'pooler_output'`).
+    A decoder's output passes through with the same fields; the hook is added at every
+    construction, so it holds for loaded checkpoints too."""
+    inner = getattr(base, "model", base)
+    language_model = getattr(inner, language_model_name, None)
+    if isinstance(language_model, nn.Module) and not getattr(language_model, "_mme_jd_decoder_outputs", False):
+        language_model.register_forward_hook(_keep_decoder_fields)
+        language_model._mme_jd_decoder_outputs = True
+
+
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy against soft targets, averaged over the valid rows (all rows by default)."""
     per_row = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
@@ -185,6 +213,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
             base = base_model
             # our PreTrainedModel.__init__ resets the shared sub-config's attention setting: restore it
             base.set_attn_implementation(base_attention or config._attn_implementation or "sdpa")
+        _return_decoder_outputs(base, config.family.language_model)
         lora = LoraConfig(
             r=config.lora_rank,
             lora_alpha=config.lora_alpha,
