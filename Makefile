@@ -1,18 +1,28 @@
 # `make demo` and `make test` set everything up on a fresh machine: each creates .venv when
-# missing and installs the package into it (torch first: the CPU build on this machine's disk).
+# missing and installs into it the exact versions in requirements.lock (the versions the test
+# suite passed with; torch is the CPU build on this machine's disk), then the package itself.
+# `pyproject.toml` keeps compatible ranges for users of the wheel. A changed lock re-installs.
+# The package installs with the lock's setuptools (no build isolation); the one warning hidden is
+# setuptools' note that every editable install with a package-dir mapping prints.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
+LATEST_VENV := .venv-latest
+LATEST_PY := $(LATEST_VENV)/bin/python
+# newer torch releases on PyPI are CUDA builds of several GB: the newest-versions run keeps the lock's
+TORCH_HOLD := torch==2.13.0
 QUICK ?=
 
-.PHONY: install demo test bench bench-quick distributed clean
+.PHONY: install demo test test-latest lock bench bench-quick distributed clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q $$(grep -E '^(pip|setuptools)==' $(LOCK))
+	$(PY) -m pip install -q -r $(LOCK)
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +32,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+# The same tests on the newest releases that pyproject.toml allows (torch held at the lock's), in
+# a venv of their own, so a breaking release shows here before users meet it.
+test-latest:
+	test -x $(LATEST_PY) || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_PY) -m pip install -q --upgrade pip setuptools
+	echo "$(TORCH_HOLD)" > $(LATEST_VENV)/hold.txt
+	$(LATEST_PY) -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/hold.txt torch -e ".[dev]"
+	$(LATEST_PY) -m pip check
+	@$(LATEST_PY) -m pip freeze --exclude-editable | grep -iE '^(torch|transformers|peft|datasets|evaluate|accelerate|huggingface.hub|pillow|numpy)=='
+	$(LATEST_PY) -m pytest -n 2 -q
+
+# Refresh the lock: the newest allowed versions, written only after the whole suite passed on them.
+lock: test-latest
+	( echo "# Tested versions: every runtime and dev dependency of mme-jd, transitively. Written by"; \
+	  echo "# \`make lock\` after \`make test-latest\` passed with exactly these; installed by make install."; \
+	  $(LATEST_PY) -m pip freeze --all --exclude-editable | LC_ALL=C sort -f ) > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
 
 # the synthetic benchmark (3 seeds), the real-data runs on MiniLM-LLaVA (skipped, with a
 # message, where the datasets are absent), both rewriting their README sections, and the
@@ -41,4 +69,4 @@ distributed: $(STAMP)
 		--dynamo_backend no -m mme_jd.training --output-dir outputs/distributed --num-train 256 --max-steps 4
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache demo_output
+	rm -rf $(VENV) $(LATEST_VENV) build dist *.egg-info src/*.egg-info .pytest_cache demo_output
