@@ -30,8 +30,9 @@ def single_routed_expert(routed_strategy: str | None, router_threshold: float) -
 MODES = ("general", "mid", "mctd", "mme_jd")
 CORRECTIONS = ("none", "linear")
 HEADS = ("verbalizer", "linear")
-TEXT_COUNTERFACTUALS = ("lexical", "saliency", "given", "swap")
-IMAGE_COUNTERFACTUALS = ("attention", "gradient", "given")
+TEXT_COUNTERFACTUALS = ("lexical", "saliency", "given", "swap", "cue_only", "cue_removed")
+IMAGE_COUNTERFACTUALS = ("attention", "gradient", "given", "cue_only")
+CUE_KINDS = ("text", "image")
 IMAGE_FILLS = ("mean", "zero")
 OTHER_MODALITY = ("null", "keep")
 CF_TARGETS = ("complement", "uniform")
@@ -169,8 +170,17 @@ class MMEJDConfig(PreTrainedConfig):
             unexplained; at inference the expert runs alone).
 
     Counterfactuals (METHOD §3)
-        text_counterfactual: "lexical", "saliency", "given" or "swap".
-        image_counterfactual: "attention", "gradient" or "given".
+        text_counterfactual: "lexical", "saliency", "given", "swap", "cue_only" (keep the
+            declared text cues' words and function words, mask the rest: x_t* exact when the
+            shortcut is known) or "cue_removed" (delete the declared text cues' words).
+        image_counterfactual: "attention", "gradient", "given" or "cue_only" (keep the
+            declared image cues' regions, fill the rest).
+        cues: the declared cues the `cue_only` / `cue_removed` builders use, as JSON-able
+            specs (made by `mme_jd.cues.Cue.to_spec`): `{"name", "kind": "text", "pattern":
+            regex}` or `{"name", "kind": "image", "function": "corner watermark" | "dominant
+            hue" | "border" | another name, "params": {...}}`; an image cue's kept region is
+            the function's (corners, border ring; none for "dominant hue", whose statistic the
+            mean fill keeps) or `params["keep_boxes"]` (fractional [x0, y0, x1, y1] boxes).
         text_mask_ratio: share of text words masked by the `saliency` builder.
         image_mask_ratio: share of image tokens (patches) masked by `attention`/`gradient`.
         image_fill: what masked patches become: "mean" (the image's channel mean) or "zero".
@@ -238,6 +248,7 @@ class MMEJDConfig(PreTrainedConfig):
     other_modality: str = "null"
     swap_other_modality: str = "keep"
     attention_layers: int = 2
+    cues: list[dict] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -303,6 +314,7 @@ class MMEJDConfig(PreTrainedConfig):
                     f"MMEJDConfig.label_token_ids={self.label_token_ids} repeats a token: the label words "
                     f"{self.label_words} must start with different tokens; choose other label_words."
                 )
+        self._validate_cues()
         if self.router_class_weights is not None and len(self.router_class_weights) != len(ROUTER_STRATEGIES):
             raise ValueError(
                 f"MMEJDConfig.router_class_weights needs {len(ROUTER_STRATEGIES)} weights "
@@ -318,6 +330,36 @@ class MMEJDConfig(PreTrainedConfig):
             for name, value in self.expert_temperatures.items():
                 if not isinstance(value, (int, float)) or value <= 0:
                     raise ValueError(f"MMEJDConfig.expert_temperatures[{name!r}]={value!r} must be > 0.")
+
+    def _validate_cues(self) -> None:
+        """Each declared cue spec: a name, a kind, and a compiling regex (text) or a function
+        name (image); names unique."""
+        import re
+
+        if self.cues is None:
+            return
+        if not isinstance(self.cues, (list, tuple)):
+            raise ValueError(f"MMEJDConfig.cues must be a list of cue specs (dicts), got {type(self.cues).__name__}.")
+        names = []
+        for index, spec in enumerate(self.cues):
+            where = f"MMEJDConfig.cues[{index}]"
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+                raise ValueError(f"{where}={spec!r} must be a dict with a non-empty 'name'; build specs with "
+                                 "mme_jd.cues.Cue(...).to_spec().")
+            _check_choice(f"cues[{index}].kind", spec.get("kind"), CUE_KINDS)
+            if spec["kind"] == "text":
+                try:
+                    re.compile(spec.get("pattern") or "")
+                except (re.error, TypeError) as error:
+                    raise ValueError(f"{where} ({spec['name']}): pattern {spec.get('pattern')!r} is not a valid "
+                                     f"regular expression ({error}).") from None
+                if not spec.get("pattern"):
+                    raise ValueError(f"{where} ({spec['name']}): a text cue needs a non-empty 'pattern'.")
+            elif not isinstance(spec.get("function"), str):
+                raise ValueError(f"{where} ({spec['name']}): an image cue needs a 'function' name.")
+            names.append(spec["name"])
+        if len(set(names)) != len(names):
+            raise ValueError(f"MMEJDConfig.cues repeats a name: {names}; give each cue its own name.")
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -12,8 +12,13 @@ Text builders work on words (`text.split()`), so their masks compare with word-l
     given     core word positions supplied by the dataset
     swap      sentiment words replaced by a word of opposite polarity from a lexicon: a true
               counterfactual whose label flips
+    cue_only  the declared text cues' words and function words kept, every other word masked:
+              x_t* exact when the shortcut is known
+    cue_removed  the declared text cues' words deleted (the rest unchanged): "what a user who
+              knows the cue would try first", and a consistency-training input
 
-Image builders work on image tokens (patches): a boolean mask per image token, applied to the
+Image builders work on image tokens (patches); `cue_only` keeps the declared image cues'
+regions (`image_cue_keep_boxes`) and fills every other patch: a boolean mask per image token, applied to the
 processor's `pixel_values` by `mask_image_tokens`, so the processor runs once per batch and the
 masked patches are exactly the model's patches. Scores come from `MMEJDModel.image_saliency`
 (`attention`, `gradient`) or from dataset boxes (`given`, via `boxes_to_token_masks`).
@@ -135,6 +140,61 @@ def swap_text_counterfactual(text: str, lexicon: Any, vocabulary: set[str] | Non
     return " ".join(words), positions
 
 
+def is_function_word(word: str) -> bool:
+    """True for a stop word or a word of punctuation only: what a `cue_only` text keeps besides
+    the cue. Unlike `is_context_word`, hashtags, emoji, mentions, URLs and numbers are NOT
+    kept: they may be other cues, and a cue-only input must hold exactly the declared cue."""
+    stripped = _strip_word(word).replace("'", "")
+    return stripped == "" or stripped in STOP_WORDS or bool(re.fullmatch(r"[\W_]+", word))
+
+
+def _compile_cue_patterns(patterns: Sequence[str | re.Pattern]) -> list[re.Pattern]:
+    if not patterns:
+        raise ValueError(
+            "the cue_only / cue_removed text builders need at least one declared text cue: declare one with "
+            "mme_jd.cues.Cue(name, pattern=...) (MMEJDTrainingConfig.cues, MMEJDConfig.cues or --cue NAME=REGEX)."
+        )
+    return [p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns]
+
+
+def cue_word_positions(text: str, patterns: Sequence[str | re.Pattern]) -> list[int]:
+    """Positions in `text.split()` of the words that a match of any cue regex overlaps.
+
+    Regexes are searched in the whole text (so a cue may span several words, e.g. `yeah right`);
+    a word is a cue word when its characters overlap a non-empty match.
+    """
+    compiled = _compile_cue_patterns(patterns)
+    spans = [(m.start(), m.end()) for p in compiled for m in p.finditer(text) if m.end() > m.start()]
+    positions = []
+    for index, word in enumerate(re.finditer(r"\S+", text)):
+        if any(start < word.end() and word.start() < end for start, end in spans):
+            positions.append(index)
+    return positions
+
+
+def cue_only_text_counterfactual(
+    text: str, patterns: Sequence[str | re.Pattern], mask_word: str = "[MASK]"
+) -> tuple[str, list[int]]:
+    """Keep the declared cues' words and function words, mask every other word.
+
+    Returns (counterfactual text, masked word positions). A text without the cue becomes its
+    function words and masks: what the model sees when only the (absent) cue is left.
+    """
+    words = text.split()
+    keep = set(cue_word_positions(text, patterns))
+    positions = [i for i, word in enumerate(words) if i not in keep and not is_function_word(word)]
+    return _replace_words(words, positions, mask_word), positions
+
+
+def cue_removed_text_counterfactual(text: str, patterns: Sequence[str | re.Pattern]) -> tuple[str, list[int]]:
+    """Delete the declared cues' words. Returns (text without them, deleted word positions in
+    the original `text.split()`); a text without the cue comes back unchanged with no position."""
+    words = text.split()
+    removed = cue_word_positions(text, patterns)
+    dropped = set(removed)
+    return " ".join(word for i, word in enumerate(words) if i not in dropped), removed
+
+
 def text_counterfactuals(
     texts: Sequence[str],
     strategy: str,
@@ -144,8 +204,16 @@ def text_counterfactuals(
     ratio: float = 0.3,
     lexicon: Any = None,
     vocabulary: set[str] | None = None,
+    cue_patterns: Sequence[str | re.Pattern] | None = None,
 ) -> list[tuple[str, list[int]]]:
-    """Build the text counterfactual of every text with one strategy (see module docstring)."""
+    """Build the text counterfactual of every text with one strategy (see module docstring).
+
+    `cue_patterns`: the declared text cues' regexes, for "cue_only" and "cue_removed"."""
+    if strategy in ("cue_only", "cue_removed"):
+        compiled = _compile_cue_patterns(cue_patterns or [])
+        if strategy == "cue_only":
+            return [cue_only_text_counterfactual(t, compiled, mask_word) for t in texts]
+        return [cue_removed_text_counterfactual(t, compiled) for t in texts]
     if strategy == "lexical":
         return [lexical_text_counterfactual(t, mask_word) for t in texts]
     if strategy == "given":
@@ -169,7 +237,8 @@ def text_counterfactuals(
                 "lexicon=mme_jd.data.lexicon.load_lexicon()."
             )
         return [swap_text_counterfactual(t, lexicon, vocabulary) for t in texts]
-    raise ValueError(f"unknown text counterfactual strategy {strategy!r}; choose lexical, saliency, given or swap.")
+    raise ValueError(f"unknown text counterfactual strategy {strategy!r}; choose lexical, saliency, given, swap, "
+                     "cue_only or cue_removed.")
 
 
 def reversed_targets(labels: torch.Tensor, num_labels: int, cf_target: str = "complement") -> torch.Tensor:
@@ -246,6 +315,49 @@ def boxes_to_token_masks(boxes: Sequence[Sequence[float]], grids: Sequence[tuple
                 mask[r, c] = overlap_w * overlap_h * rows * cols >= 0.25
         mask[min(rows - 1, int((y0 + y1) / 2 * rows)), min(cols - 1, int((x0 + x1) / 2 * cols))] = True
         masks.append(mask.flatten())
+    return masks
+
+
+#: The region each built-in image cue keeps in a `cue_only` image counterfactual, as fractional
+#: [x0, y0, x1, y1] boxes, from the cue's params: "corner watermark" the four corner squares of
+#: side `size` (default 0.2); "border" the ring of width `width` (default 0.1); "dominant hue"
+#: nothing: its statistic (the mean colour) is what the mean fill of every patch keeps.
+def image_cue_keep_boxes(spec: dict) -> list[list[float]]:
+    """The fractional boxes an image cue keeps (see above); `params["keep_boxes"]` overrides."""
+    params = dict(spec.get("params") or {})
+    if params.get("keep_boxes") is not None:
+        return [[float(v) for v in box] for box in params["keep_boxes"]]
+    function = spec.get("function")
+    if function == "corner watermark":
+        s = float(params.get("size", 0.2))
+        return [[0, 0, s, s], [1 - s, 0, 1, s], [0, 1 - s, s, 1], [1 - s, 1 - s, 1, 1]]
+    if function == "border":
+        w = float(params.get("width", 0.1))
+        return [[0, 0, 1, w], [0, 1 - w, 1, 1], [0, 0, w, 1], [1 - w, 0, 1, 1]]
+    if function == "dominant hue":
+        return []
+    raise ValueError(
+        f"image cue {spec.get('name')!r}: no region known for function {function!r}; give params['keep_boxes'] "
+        "(fractional [x0, y0, x1, y1] boxes the cue-only image keeps) or use a built-in function "
+        "('corner watermark', 'dominant hue', 'border')."
+    )
+
+
+def cue_only_token_masks(image_cues: Sequence[dict], grids: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Per image, the image tokens a `cue_only` counterfactual FILLS: every token outside the
+    kept boxes of the declared image cues (all tokens when no cue keeps a region)."""
+    if not image_cues:
+        raise ValueError(
+            "image_counterfactual='cue_only' needs at least one declared image cue: declare one with "
+            "mme_jd.cues.Cue(name, image='corner watermark' | 'dominant hue' | 'border' | a function)."
+        )
+    boxes = [box for spec in image_cues for box in image_cue_keep_boxes(spec)]
+    masks = []
+    for rows, cols in grids:
+        keep = torch.zeros(rows * cols, dtype=torch.bool)
+        for box in boxes:
+            keep |= boxes_to_token_masks([box], [(rows, cols)])[0]
+        masks.append(~keep)
     return masks
 
 
@@ -400,11 +512,17 @@ __all__ = [
     "given_text_counterfactual",
     "saliency_text_counterfactual",
     "swap_text_counterfactual",
+    "is_function_word",
+    "cue_word_positions",
+    "cue_only_text_counterfactual",
+    "cue_removed_text_counterfactual",
     "text_counterfactuals",
     "reversed_targets",
     "image_token_grids",
     "top_token_masks",
     "boxes_to_token_masks",
+    "image_cue_keep_boxes",
+    "cue_only_token_masks",
     "mask_image_tokens",
     "format_prompts",
     "call_processor",

@@ -1,6 +1,6 @@
 """The `mme-jd` command line. Each command has `--help`; failures exit non-zero with one line.
 
-Commands: demo, predict, publish. A command is a `_<name>(args)` handler plus an
+Commands: demo, train, evaluate, predict, publish, cues, bench. A command is a `_<name>(args)` handler plus an
 `_add_<name>(commands)` function that declares its parser; `build_parser` calls each adder.
 """
 
@@ -380,6 +380,82 @@ def _add_evaluate(commands) -> None:
     evaluate.set_defaults(handler=_evaluate)
 
 
+# ---------------------------------------------------------------------------- cues
+
+
+def load_data_argument(data: str, split: str | None = None, data_dir: str | None = None, rows: int = 6000,
+                       seed: int = 0, p_cue: float = 0.9):
+    """A dataset named on the command line: 'synthetic' (the benchmark's `split`, generated),
+    'mmsd2', 'mmsd', 'mvsa_single' (the real loaders), a `datasets.save_to_disk` folder, or a
+    JSONL / CSV file of text / image / label rows (image paths relative to the file)."""
+    import datasets
+
+    if data == "synthetic":
+        from .data.synthetic import make_synthetic_benchmark
+
+        split = split or "train"
+        return make_synthetic_benchmark(num_train=rows, num_test=rows, num_validation=rows, p_cue=p_cue, seed=seed,
+                                        splits=[split])
+    if data.replace("-", "_") in ("mmsd2", "mmsd", "mvsa_single"):
+        from .data.real import load_dataset_by_name
+
+        return load_dataset_by_name(data, data_dir=data_dir, splits=[split] if split else None)
+    path = Path(data)
+    if path.is_file():
+        records = read_rows(path)
+        if not records:
+            raise ValueError(f"{data!r} holds no rows.")
+        for record in records:
+            image = record.get("image")
+            if isinstance(image, str) and image.strip() and not os.path.isabs(image):
+                record["image"] = str(path.resolve().parent / image)
+            if isinstance(record.get("label"), str) and record["label"].strip().lstrip("-").isdigit():
+                record["label"] = int(record["label"])
+        return datasets.Dataset.from_list(records)
+    if path.is_dir():
+        return datasets.load_from_disk(str(path))
+    raise FileNotFoundError(f"dataset {data!r}: not 'synthetic', 'mmsd2', 'mmsd', 'mvsa_single', a save_to_disk "
+                            "folder or a .jsonl/.csv file.")
+
+
+def _cues(args: argparse.Namespace) -> None:
+    from .cues import find_cues, format_cue_table, write_cue_report
+
+    data = load_data_argument(args.data, args.split, args.data_dir, args.rows, args.seed, args.p_cue)
+    report = find_cues(data, split=args.split, top=args.top, probe=not args.no_probe, max_images=args.max_images,
+                       progress=not args.no_progress)
+    report["dataset"] = args.data
+    print(format_cue_table(report, args.top))
+    output_dir = args.output_dir or f"cues-{Path(args.data).name}"
+    written = write_cue_report(report, output_dir, formats=tuple(args.formats.split(",")), top=args.top)
+    print(f"\nreport written to {output_dir}: " + ", ".join(sorted(p.name for p in written.values())))
+
+
+def _add_cues(commands) -> None:
+    cues = commands.add_parser(
+        "cues", help="find likely shortcuts: tokens and image statistics ranked by association with the label",
+        description="Rank every token (words, hashtags, emoji codes, @mentions, ...) and cheap global image "
+                    "statistics of a training split by association with the label: log-odds ratio with an "
+                    "informative Dirichlet prior, z-scored (Monroe et al. 2008), which does not reward rare "
+                    "tokens. Prints the top of each list and writes cues.json, cues.md and the plot cues.png.",
+        epilog="example: mme-jd cues mmsd --split train --top 15",
+    )
+    cues.add_argument("data", help="'synthetic', 'mmsd2', 'mmsd', 'mvsa_single', a datasets.save_to_disk folder or a "
+                                   ".jsonl/.csv file with text, image and label columns")
+    cues.add_argument("--split", default="train", help="the split to look at (default: %(default)s)")
+    cues.add_argument("--top", type=int, default=20, help="how many tokens and statistics to show (default: %(default)s)")
+    cues.add_argument("--output-dir", default=None, help="where the report goes (default: cues-<DATA>)")
+    cues.add_argument("--formats", default="json,md", help="comma-separated: json, md, html (default: %(default)s)")
+    cues.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
+    cues.add_argument("--rows", type=int, default=6000, help="synthetic rows to generate (default: %(default)s)")
+    cues.add_argument("--seed", type=int, default=0, help="synthetic data seed (default: %(default)s)")
+    cues.add_argument("--p-cue", type=float, default=0.9, help="synthetic cue strength (default: %(default)s)")
+    cues.add_argument("--max-images", type=int, default=None, help="look at the first N images only (default: all)")
+    cues.add_argument("--no-probe", action="store_true", help="skip the linear probe on the image statistics")
+    cues.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    cues.set_defaults(handler=_cues)
+
+
 # ---------------------------------------------------------------------------- bench
 
 
@@ -401,7 +477,7 @@ def _add_bench(commands) -> None:
     bench.set_defaults(handler=_bench)
 
 
-_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_bench)
+_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_cues, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,10 @@
 
     rows ──► texts, images, labels
              │ text counterfactual: precomputed column `text_counterfactual`, else the builder
+             │   (`cue_only` / `cue_removed`: the declared text cues of `cues`)
              │ image counterfactual masks: column `image_counterfactual_mask`, else `given`
-             │   boxes (`core_box`), else the general expert's saliency (`saliency_model`)
+             │   boxes (`core_box`), else `cue_only` (the declared image cues' regions kept),
+             │   else the general expert's saliency (`saliency_model`)
              ▼
     ONE processor call over [originals; text counterfactuals; image counterfactuals]
              ▼
@@ -27,13 +29,19 @@ import torch
 
 from ..modeling.configuration_mme_jd import MMEJDConfig
 from ..modeling.counterfactual_mme_jd import (boxes_to_token_masks, build_triple, call_processor,
-                                              image_token_grids, mask_image_tokens, reversed_targets,
-                                              text_counterfactuals, top_token_masks)
+                                              cue_only_token_masks, image_token_grids, mask_image_tokens,
+                                              reversed_targets, text_counterfactuals, top_token_masks)
 from .images import load_image
 
 logger = logging.getLogger("mme_jd")
 
 METADATA_COLUMNS = ("group", "text_cue", "image_cue", "clean_label", "core_word_positions", "core_box", "id")
+
+
+def cue_specs(cues: Any) -> list[dict]:
+    """Declared cues as `MMEJDConfig.cues` specs: `mme_jd.cues.Cue` objects (`.to_spec()`) or
+    spec dicts, in order."""
+    return [cue.to_spec() if hasattr(cue, "to_spec") else dict(cue) for cue in (cues or [])]
 
 
 def _described(description: str) -> str:
@@ -71,6 +79,10 @@ class CounterfactualTripleCollator:
         parts: which counterfactuals to build ("text", "image"); a training stage builds only
             what its loss uses.
         expert: when set, the batch carries `expert=...` so the model trains that expert.
+        cues: the declared cues of the `cue_only` / `cue_removed` builders (`mme_jd.cues.Cue`
+            objects or `MMEJDConfig.cues` specs; None: the config's `cues`).
+        group_column: the column whose values become `metadata["group"]` ("group": the
+            synthetic benchmark's; "cue_group": the groups of declared cues).
     """
 
     processor: Any
@@ -86,11 +98,16 @@ class CounterfactualTripleCollator:
     text_column: str = "text"
     image_column: str = "image"
     label_column: str = "label"
+    cues: Any = None
+    group_column: str = "group"
     _warned_stand_in: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.text_counterfactual = self.text_counterfactual or self.config.text_counterfactual
         self.image_counterfactual = self.image_counterfactual or self.config.image_counterfactual
+        specs = cue_specs(self.cues if self.cues is not None else getattr(self.config, "cues", None))
+        self.text_cue_patterns = [spec["pattern"] for spec in specs if spec.get("kind") == "text"]
+        self.image_cue_specs = [spec for spec in specs if spec.get("kind") == "image"]
         if self.text_counterfactual == "swap" and self.lexicon is None:
             from .lexicon import load_lexicon
 
@@ -114,9 +131,12 @@ class CounterfactualTripleCollator:
 
     def _text_counterfactual_keeps_image(self) -> bool:
         """A swap counterfactual is a complete input whose label flips: it keeps the image
-        (`swap_other_modality`) for a reversed target; the cue-only builders, and the bias input
+        (`swap_other_modality`) for a reversed target; a `cue_removed` text is the whole input
+        less the cue and keeps it too; the cue-only builders, and the bias input
         of the text expert's product-of-experts objective, follow `other_modality`."""
         poe = self.expert == "text_debias" and self.config.text_debias_objective == "poe"
+        if self.text_counterfactual == "cue_removed":
+            return True  # the whole input less the cue: its image stays
         if self.text_counterfactual == "swap" and not poe:
             return self.config.swap_other_modality == "keep"
         return self.config.other_modality == "keep"
@@ -162,7 +182,7 @@ class CounterfactualTripleCollator:
         return text_counterfactuals(
             texts, self.text_counterfactual, self.config.mask_word, core_positions=core,
             ratio=self.config.text_mask_ratio, lexicon=self.lexicon, vocabulary=self.vocabulary,
-            word_scores=scores,
+            word_scores=scores, cue_patterns=self.text_cue_patterns,
         )
 
     def _image_masks(self, rows: list[dict], original: dict) -> list[torch.Tensor]:
@@ -172,6 +192,8 @@ class CounterfactualTripleCollator:
             if any(row.get("core_box") is None for row in rows):
                 raise ValueError("image_counterfactual='given' needs a `core_box` column [x0, y0, x1, y1] in every row.")
             return boxes_to_token_masks([row["core_box"] for row in rows], image_token_grids(self.config, original))
+        if self.image_counterfactual == "cue_only":
+            return cue_only_token_masks(self.image_cue_specs, image_token_grids(self.config, original))
         if self.saliency_model is None:
             raise ValueError(
                 f"image_counterfactual='{self.image_counterfactual}' needs the general expert's saliency: pass "
@@ -195,6 +217,10 @@ class CounterfactualTripleCollator:
         if self.label_column in rows[0] and rows[0][self.label_column] is not None:
             batch["labels"] = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
         metadata = {key: [row.get(key) for row in rows] for key in METADATA_COLUMNS if key in rows[0]}
+        if self.group_column != "group":
+            metadata.pop("group", None)
+            if self.group_column in rows[0]:
+                metadata["group"] = [row.get(self.group_column) for row in rows]
         if self.expert is not None:
             batch["expert"] = self.expert
         parts = tuple(self.parts) if self.include_counterfactuals else ()
