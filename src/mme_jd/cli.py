@@ -353,8 +353,11 @@ def _evaluate(args: argparse.Namespace) -> None:
         dataset = load_dataset_by_name(args.dataset, data_dir=args.data_dir)
     else:
         dataset = args.dataset  # a datasets.save_to_disk folder
+    from .cues import parse_cues
+
+    cues = parse_cues(args.cue)
     result = evaluate_model(args.model, dataset, args.output_dir, mode=args.mode, batch_size=args.batch_size,
-                            split=args.split, formats=tuple(args.formats.split(",")))
+                            split=args.split, formats=tuple(args.formats.split(",")), cues=cues or None)
     print(f"report written to {args.output_dir}: " + ", ".join(sorted(str(k) for k in result.get("files", {}))))
 
 
@@ -377,6 +380,12 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
     evaluate.add_argument("--formats", default="json,md", help="comma-separated: json, md, html (default: %(default)s)")
     evaluate.add_argument("--output-dir", required=True, help="where the report goes")
+    evaluate.add_argument("--cue", action="append", default=None, metavar="NAME=REGEX",
+                          help="a declared cue for per-cue figures (groups, wrong-way accuracy, reliance): "
+                               "NAME=REGEX (text), NAME=image:FUNCTION ('dominant hue', 'border', 'corner "
+                               "watermark'), NAME:LABEL=... to say which label it points to (else estimated on "
+                               "the evaluated rows, wrong on a split that reverses it), or a .json/.yaml file of "
+                               "cues; repeat for several")
     evaluate.set_defaults(handler=_evaluate)
 
 

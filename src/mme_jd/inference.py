@@ -23,6 +23,8 @@ def collect_outputs(
     vocabulary: set[str] | None = None,
     progress: bool = False,
     description: str = "predict",
+    cues: Any = None,
+    group_column: str = "group",
 ) -> dict[str, torch.Tensor]:
     """Batched inference over `dataset` rows; returns the concatenated outputs.
 
@@ -30,6 +32,8 @@ def collect_outputs(
     general_logits, image_debias_logits, text_debias_logits, text_counterfactual_logits,
     image_counterfactual_logits, pooled_hidden_state: whichever the model computed.
     Image counterfactual masks come from the model's own saliency (`saliency_model=model`).
+    `cues`: the declared cues of the `cue_only` / `cue_removed` builders (None: the model
+    config's); `group_column`: the column `groups` come from ("cue_group" for declared cues).
     """
     from tqdm.auto import tqdm
 
@@ -37,6 +41,7 @@ def collect_outputs(
         processor, model.config, include_counterfactuals=bool(counterfactual_parts),
         parts=counterfactual_parts or ("text", "image"), text_counterfactual=text_counterfactual,
         image_counterfactual=image_counterfactual, lexicon=lexicon, vocabulary=vocabulary, saliency_model=model,
+        cues=cues, group_column=group_column,
     )
     model.eval()
     device = next(model.parameters()).device

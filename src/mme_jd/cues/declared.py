@@ -11,8 +11,9 @@ two cues give 4 groups per label; with the synthetic benchmark's two cues declar
 order (text, image) the ids equal its ``group`` column. :func:`add_cue_columns` computes the
 flags once and keeps them as dataset columns ``cue_<name>`` plus ``cue_group``.
 
-From the command line a cue is ``NAME=REGEX``, ``NAME=image:FUNCTION`` (a built-in function)
-or a JSON / YAML file of cue objects (:func:`load_cues`).
+From the command line a cue is ``NAME=REGEX``, ``NAME=image:FUNCTION`` (a built-in function),
+either as ``NAME:LABEL=...`` to declare the label it points to, or a JSON / YAML file of cue
+objects (:func:`load_cues`).
 """
 
 from __future__ import annotations
@@ -155,14 +156,19 @@ class Cue:
 
 
 def parse_cue(argument: str) -> Cue:
-    """A cue from ``NAME=REGEX`` or ``NAME=image:FUNCTION`` (the CLI's ``--cue``)."""
+    """A cue from ``NAME=REGEX`` or ``NAME=image:FUNCTION`` (the CLI's ``--cue``);
+    ``NAME:LABEL=...`` also declares the label the cue points to (e.g. ``irony:sarcastic=#irony``)."""
     name, sep, value = argument.partition("=")
     if not sep or not name.strip() or not value:
         raise ValueError(f"--cue {argument!r}: expected NAME=REGEX (e.g. irony=#irony), NAME=image:FUNCTION "
-                         f"(e.g. red=image:dominant hue) or a .json/.yaml file of cues.")
+                         f"(e.g. red=image:dominant hue), NAME:LABEL=... or a .json/.yaml file of cues.")
+    name, _, label = name.partition(":")
+    label_value: int | str | None = label.strip() or None
+    if isinstance(label_value, str) and label_value.isdigit():
+        label_value = int(label_value)
     if value.startswith("image:"):
-        return Cue(name.strip(), image=value[len("image:"):].strip())
-    return Cue(name.strip(), pattern=value)
+        return Cue(name.strip(), image=value[len("image:"):].strip(), label=label_value)
+    return Cue(name.strip(), pattern=value, label=label_value)
 
 
 def load_cues(path: str | Path) -> list[Cue]:

@@ -20,6 +20,8 @@ _LAZY_EXPORTS = {
     "load_metric": "metrics",
     "DEFAULT_STRATEGY_NAMES": "diagnostics",
     "Evaluator": "diagnostics",
+    "cue_figures": "diagnostics",
+    "cue_label": "diagnostics",
     "expected_calibration_error": "diagnostics",
     "group_accuracy": "diagnostics",
     "label_cue_groups": "diagnostics",
@@ -37,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .diagnostics import (
         DEFAULT_STRATEGY_NAMES,
         Evaluator,
+        cue_figures,
+        cue_label,
         expected_calibration_error,
         group_accuracy,
         label_cue_groups,

@@ -6,6 +6,8 @@ dicts with str keys) so that results go straight into `json.dump`.
 * `group_accuracy`: per-group accuracy, worst-group and group-average accuracy.
 * `label_cue_groups`: (label × cue) group ids and names for `group_accuracy`.
 * `reliance`: how often the prediction on a cue-only counterfactual equals the original's.
+* `cue_figures` / `cue_label`: per declared cue, its groups' accuracy, the accuracy where it
+  points the wrong way and the reliance on its cue-only input.
 * `mask_quality`: precision/recall/F1 of counterfactual masks against known core masks.
 * `router_report`: router shares, per-strategy precision/recall, F-beta of leaving `none`.
 * `expected_calibration_error`: ECE and the bins of a reliability diagram.
@@ -26,6 +28,8 @@ import numpy as np
 __all__ = [
     "DEFAULT_STRATEGY_NAMES",
     "Evaluator",
+    "cue_figures",
+    "cue_label",
     "expected_calibration_error",
     "group_accuracy",
     "label_cue_groups",
@@ -233,6 +237,72 @@ def reliance(original_predictions, counterfactual_predictions) -> float:
     if n == 0:
         raise ValueError("Cannot compute reliance on empty input.")
     return float(np.mean(original == counterfactual))
+
+
+# --------------------------------------------------------------------------- declared cues
+
+
+def cue_label(labels, flags, num_labels: int | None = None) -> int | None:
+    """The class a cue points to, estimated: the one whose rate the cue's presence raises most
+    (argmax_k P(y=k | cue) / P(y=k)); None when no row has the cue."""
+    labels = _as_1d(labels, "labels").astype(np.int64)
+    flags = _as_1d(flags, "flags").astype(bool)
+    if not flags.any():
+        return None
+    num_labels = num_labels or int(labels.max()) + 1
+    base = np.bincount(labels, minlength=num_labels) / len(labels)
+    present = np.bincount(labels[flags], minlength=num_labels) / flags.sum()
+    return int(np.argmax(np.where(base > 0, present / np.maximum(base, 1e-12), 0.0)))
+
+
+def cue_figures(
+    predictions,
+    labels,
+    flags,
+    points_to: int | None,
+    cue_only_predictions=None,
+    label_names: Sequence[str] | None = None,
+    num_labels: int | None = None,
+) -> dict[str, Any]:
+    """The figures of one declared cue (METHOD §6, per cue).
+
+    * groups ``label × cue presence`` (`label_cue_groups`, cue values "absent" / "present"):
+      per-group, worst-group and group-average accuracy (`group_accuracy`);
+    * `wrong_way_accuracy`: accuracy on the rows where the cue points the wrong way: the cue is
+      present and the label is not `points_to`, or absent and the label is `points_to`
+      (`wrong_way_count` of them; None without `points_to` or without such rows);
+    * `reliance`: on the rows WITH the cue, the share whose prediction on the cue-only input
+      equals the prediction on the original (`reliance_rows` of them): 1.0 means the cue
+      alone decides.
+    """
+    predictions = _as_1d(predictions, "predictions").astype(np.int64)
+    labels = _as_1d(labels, "labels").astype(np.int64)
+    flags = _as_1d(flags, "flags").astype(bool)
+    _check_same_length(predictions=predictions, labels=labels, flags=flags)
+    num_labels = num_labels or (len(label_names) if label_names else int(max(labels.max(), predictions.max())) + 1)
+    groups, names = label_cue_groups(labels, flags.astype(np.int64), num_labels, 2, label_names, ["absent", "present"])
+    per_group = group_accuracy(predictions, labels, groups, names)
+    out: dict[str, Any] = {
+        "points_to": (label_names[points_to] if label_names else str(points_to)) if points_to is not None else None,
+        "present_share": float(flags.mean()),
+        "worst_group_accuracy": per_group["worst_group_accuracy"],
+        "worst_group": per_group["worst_group"],
+        "group_average_accuracy": per_group["group_average_accuracy"],
+        "groups": per_group,
+        "wrong_way_accuracy": None,
+        "wrong_way_count": 0,
+    }
+    if points_to is not None:
+        wrong_way = (flags & (labels != points_to)) | (~flags & (labels == points_to))
+        out["wrong_way_count"] = int(wrong_way.sum())
+        if wrong_way.any():
+            out["wrong_way_accuracy"] = float((predictions[wrong_way] == labels[wrong_way]).mean())
+    if cue_only_predictions is not None:
+        cue_only = _as_1d(cue_only_predictions, "cue_only_predictions").astype(np.int64)
+        _check_same_length(predictions=predictions, cue_only_predictions=cue_only)
+        out["reliance_rows"] = int(flags.sum())
+        out["reliance"] = reliance(predictions[flags], cue_only[flags]) if flags.any() else None
+    return to_builtin(out)
 
 
 # --------------------------------------------------------------------------- masks

@@ -9,7 +9,8 @@ entries are rendered too, as generic tables) and writes, into `out_dir`:
 * `report.html` when asked: the same content as one self-contained page (no external
   CSS or scripts; images referenced by relative path);
 * PNG plots, each only when its data is present: `groups.png` (per-group accuracy bars),
-  `routing.png` (router shares), `reliability.png` (reliability diagram).
+  `routing.png` (router shares), `reliability.png` (reliability diagram), `cue_groups.png`
+  (per declared cue, the accuracy of its ``label × cue presence`` groups).
 
 matplotlib is optional (the `report` extra): it is imported inside `write_report` only,
 drawn through the Agg canvas without touching pyplot's global backend; without it the
@@ -303,6 +304,25 @@ def _draw_plots(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
         written["reliability"] = out_dir / "reliability.png"
         _save_figure(figure, written["reliability"])
 
+    cues = results.get("cues")
+    if isinstance(cues, Mapping) and cues:
+        figure = Figure(figsize=(max(4.5, 3.2 * len(cues)), 3.8))
+        for index, (name, figures) in enumerate(cues.items()):
+            axes = figure.add_subplot(1, len(cues), index + 1)
+            per_group = figures.get("groups", {}).get("per_group_accuracy", {})
+            group_names = list(per_group)
+            worst = figures.get("worst_group")
+            axes.bar(range(len(group_names)), [float(per_group[g]) for g in group_names],
+                     color=["#d62728" if g == worst else "#1f77b4" for g in group_names])
+            axes.set_xticks(range(len(group_names)), [g.replace(",", "\n") for g in group_names], fontsize=7)
+            axes.set_ylim(0.0, 1.0)
+            axes.set_title(f"cue {name}", fontsize=9)
+            if index == 0:
+                axes.set_ylabel("accuracy")
+        figure.suptitle("Per-group accuracy by declared cue (worst in red)", fontsize=10)
+        written["cue_groups"] = out_dir / "cue_groups.png"
+        _save_figure(figure, written["cue_groups"])
+
     return written
 
 
@@ -323,7 +343,7 @@ def _build_document(
 ) -> _Document:
     doc = _Document(title)
     handled = {
-        "num_samples", "num_labels", "metrics", "groups", "reliance", "calibration", "router", "mask_quality"
+        "num_samples", "num_labels", "metrics", "groups", "reliance", "calibration", "router", "mask_quality", "cues"
     }
 
     # Summary: the figures a reader looks for first.
@@ -422,6 +442,32 @@ def _build_document(
         doc.add(_Table(["Figure", "Value"], _scalar_rows(router)))
         if "routing" in plots:
             doc.add(_Image(plots["routing"].name, "Router strategy shares"))
+
+    cues = results.get("cues")
+    if isinstance(cues, Mapping) and cues:
+        doc.add(_Heading("Declared cues"))
+        doc.add(_Paragraph(
+            "Per cue: groups are label × cue presence; wrong way = rows where the cue is present and the label is "
+            "not the one it points to, or absent and the label is that one; reliance = on the rows with the cue, the "
+            "share whose prediction equals the general expert's prediction on the cue-only input."))
+        rows = []
+        for name, figures in cues.items():
+            for method, values in (figures.get("methods") or {"": figures}).items():
+                rows.append([name, method, str(figures.get("points_to")), _fmt(figures.get("present_share")),
+                             f"{_fmt(values.get('worst_group_accuracy'))} ({values.get('worst_group')})",
+                             _fmt(values.get("group_average_accuracy")),
+                             f"{_fmt(values.get('wrong_way_accuracy'))} (n={values.get('wrong_way_count')})",
+                             _fmt(values.get("reliance"))])
+        doc.add(_Table(["Cue", "Method", "Points to", "Share with cue", "Worst-group accuracy",
+                        "Group-average accuracy", "Wrong-way accuracy", "Reliance"], rows))
+        for name, figures in cues.items():
+            per_group = figures.get("groups", {})
+            counts = per_group.get("group_counts", {})
+            doc.add(_Table([f"Group (cue {name})", "Samples", "Accuracy"],
+                           [[g, _fmt(counts.get(g)), _fmt(per_group.get("per_group_accuracy", {}).get(g))]
+                            for g in counts]))
+        if "cue_groups" in plots:
+            doc.add(_Image(plots["cue_groups"].name, "Per-group accuracy by declared cue"))
 
     mask = results.get("mask_quality")
     if isinstance(mask, Mapping):

@@ -17,6 +17,12 @@ prediction equals the general expert's prediction on the cue-only counterfactual
 per counterfactual, "text" and "image"), calibration (ECE and the reliability bins), and in
 mode "mme_jd" the router's shares (with the targets of METHOD §4: the cheapest strategy that is
 right) and each expert's figures. `write_report` writes `report.json`, `report.md` and plots.
+
+With declared cues (`cues=[mme_jd.cues.Cue(...)]`, `mme-jd evaluate --cue ...`) the report gets
+a `cues` section: per cue, the ``label × cue presence`` groups' accuracy (worst-group and
+group-average), the accuracy where the cue points the wrong way, and reliance: on the rows with
+the cue, how often the prediction equals the general expert's prediction on that cue's
+`cue_only` input (one extra pass per cue); for the mixture and, in mode "mme_jd", each expert.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["evaluate_model", "headline_figures", "load_model", "prediction_figures", "synthetic_group_names"]
+__all__ = ["evaluate_model", "headline_figures", "load_model", "per_cue_figures", "prediction_figures",
+           "synthetic_group_names"]
 
 #: Text builders the general expert can run on any input; the others are training-only
 #: (`swap` changes the label, `given` needs a dataset's core spans) and fall back to lexical.
@@ -92,6 +99,44 @@ def synthetic_group_names(rows, num_labels: int) -> list[str] | None:
     return [synthetic.group_description(g, num_labels) for g in range(synthetic.num_groups(num_labels))]
 
 
+def per_cue_figures(model, processor, rows, cues: Sequence[Any], predictions: dict[str, np.ndarray],
+                    batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+    """{cue name: figures} for declared cues (`diagnostics.cue_figures`), each with the figures of
+    every method in `predictions` ({method: class ids}) under "methods". The first method's
+    figures are also the cue's top-level ones. The cue-only input of a text cue is its
+    `cue_only` text (the image per `other_modality`), of an image cue its `cue_only` image."""
+    from ..cues import add_cue_columns, cue_column
+    from ..inference import collect_outputs
+    from .diagnostics import cue_figures, cue_label
+
+    rows = add_cue_columns(rows, cues)
+    labels = np.asarray(rows["label"], dtype=np.int64)
+    num_labels = int(model.config.num_labels)
+    label_names = [model.config.id2label[i] for i in range(num_labels)] if model.config.id2label else None
+    figures: dict[str, Any] = {}
+    for cue in cues:
+        flags = np.asarray(rows[cue_column(cue)], dtype=bool)
+        if cue.label is None:
+            points_to, source = cue_label(labels, flags, num_labels), "estimated on these rows"
+        else:
+            points_to = cue.label if isinstance(cue.label, int) else int(model.config.label2id[cue.label])
+            source = "declared"
+        part = "text" if cue.kind == "text" else "image"
+        cue_only = collect_outputs(
+            model, processor, rows, batch_size=batch_size, mode="general", counterfactual_parts=(part,),
+            text_counterfactual="cue_only", image_counterfactual="cue_only", cues=[cue], progress=progress,
+            description=f"evaluate (cue-only input of {cue.name})",
+        )[f"{part}_counterfactual_logits"].argmax(-1).numpy()
+        methods = {name: cue_figures(values, labels, flags, points_to, cue_only, label_names, num_labels)
+                   for name, values in predictions.items()}
+        first = next(iter(methods.values()))
+        figures[cue.name] = {"kind": cue.kind, "spec": {k: v for k, v in cue.to_spec().items() if k != "name"},
+                             "points_to_source": source, **first,
+                             "methods": {name: {k: v for k, v in f.items() if k != "groups"}
+                                         for name, f in methods.items()}}
+    return figures
+
+
 def _inference_text_counterfactual(config, requested: str | None) -> str:
     if requested is not None:
         return requested
@@ -147,6 +192,7 @@ def evaluate_model(
     text_counterfactual: str | None = None,
     image_counterfactual: str | None = None,
     title: str | None = None,
+    cues: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """Run a model over a dataset and write its evaluation report (see the module docstring).
 
@@ -165,6 +211,8 @@ def evaluate_model(
             counterfactuals (None: the model's, with the training-only text builders `swap`
             and `given` replaced by `lexical`). Rows with precomputed `text_counterfactual` /
             `image_counterfactual_mask` columns use those.
+        cues: declared cues (`mme_jd.cues.Cue`) for the per-cue figures (see the module
+            docstring); their flags are computed once (`add_cue_columns`).
     Returns the results dict written to `report.json`, plus `"files"`: {kind: path}.
     """
     from ..inference import collect_outputs
@@ -229,6 +277,13 @@ def evaluate_model(
         "seconds": round(seconds_main, 3),
         "samples_per_second": round(len(rows) / seconds_main, 2) if seconds_main > 0 else None,
     }
+    if cues:
+        methods = {"mixture" if mode == "mme_jd" else mode: outputs["logits"].argmax(-1).numpy()}
+        if mode == "mme_jd":
+            methods.update({name: outputs[f"{name}_logits"].argmax(-1).numpy()
+                            for name in ("general", "image_debias", "text_debias")})
+        results["cues"] = per_cue_figures(model, processor, rows, cues, methods, batch_size=batch_size,
+                                          progress=progress)
     if mode in ("mid", "mme_jd") and hasattr(model.config, "lambda_text"):
         results["evaluation"]["lambda_text"] = float(model.config.lambda_text)
         results["evaluation"]["lambda_image"] = float(model.config.lambda_image)
