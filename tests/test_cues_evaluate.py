@@ -83,3 +83,57 @@ def test_evaluate_command_takes_cues(trained, tmp_path):
     assert set(cues["irony"]["methods"]) == {"mixture", "general", "image_debias", "text_debias"}
     assert cues["irony"]["points_to_source"] == "declared" and cues["irony"]["points_to"] == "sarcastic"
     assert main(["evaluate", str(folder), "--output-dir", str(tmp_path), "--cue", "bad=("]) == 1
+
+
+# ---------------------------------------------------------------------------- selection with groups
+
+
+def test_selection_falls_back_to_macro_f1_without_groups():
+    from mme_jd.training.mid import fit_lambdas, selection_score
+
+    labels = torch.tensor([0, 0, 0, 1])
+    majority = torch.tensor([0, 0, 0, 0])
+    assert selection_score(majority, labels, None) == pytest.approx((6 / 7) / 2)  # macro F1, not accuracy 0.75
+    assert selection_score(majority, labels, torch.tensor([0, 0, 1, 1])) == 0.5  # worst-group accuracy
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 1.0]])
+    text_cf = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.5, 0.0]])
+    fitted = fit_lambdas(logits, text_cf, torch.zeros(4, 2), labels)
+    assert fitted["selection_metric"] == "macro_f1" and fitted["worst_group_accuracy"] is None
+    assert fitted["selection_score"] == 1.0 and fitted["lambda_text"] == pytest.approx(0.7)
+
+
+def test_selection_groups_come_from_declared_cues_on_a_real_style_split(caplog):
+    from mme_jd.training.run import selection_groups
+
+    rows = make_synthetic_benchmark(num_validation=40, seed=5, splits=["validation"])["validation"]
+    rows = rows.remove_columns(["group", "text_cue", "image_cue"])  # a real split has no group column
+    with_cues = MMEJDTrainingConfig(cues=[Cue("irony", pattern="#irony")])
+    out, column, sizes = selection_groups(rows, with_cues, "validation", "router selection")
+    assert column == "cue_group" and sum(sizes.values()) == 40
+    assert set(sizes) <= {"not_sarcastic|irony=0", "not_sarcastic|irony=1", "sarcastic|irony=0", "sarcastic|irony=1"}
+    warned: dict = {}
+    with caplog.at_level("WARNING", logger="mme_jd"):
+        for step in ("router selection", "MID lambda selection"):
+            assert selection_groups(rows, MMEJDTrainingConfig(), "validation", step, warned)[1] is None
+    assert sum("falls back to macro_f1" in r.message for r in caplog.records) == 1  # warned once
+
+
+def test_training_selects_on_cue_groups_of_a_split_without_a_group_column(tmp_path):
+    from mme_jd.training import refit_router
+
+    data = make_synthetic_benchmark(num_train=32, num_validation=32, seed=6, splits=["train", "validation"])
+    data["validation"] = data["validation"].remove_columns("group")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=2, report_to="none",
+                             use_cpu=True, seed=0, disable_tqdm=True, save_strategy="no")
+    config = MMEJDTrainingConfig(recipe="mid", router_split="validation", mid_split="validation", router_epochs=1,
+                                 cues=[Cue("irony", pattern="#irony"), Cue("red", image="dominant hue")])
+    model = tiny_model()
+    report = train(model, data, args, config)
+    mid = report["stages"][-1]
+    assert mid["selection_groups"]["column"] == "cue_group" and mid["selection_metric"] == "worst_group_accuracy"
+    assert sum(mid["selection_groups"]["sizes"].values()) == 32
+    assert [c["name"] for c in model.config.cues] == ["irony", "red"]  # saved with the model
+    router = refit_router(model, data, args, config)
+    assert router["selection_groups"]["column"] == "cue_group" and router["validation_worst_group_accuracy"] is not None
+    no_groups = refit_router(model, data, args, MMEJDTrainingConfig(router_split="validation", router_epochs=1))
+    assert no_groups["selection_metric"] == "macro_f1" and no_groups["validation_worst_group_accuracy"] is None

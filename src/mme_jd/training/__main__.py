@@ -27,9 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs per expert stage (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="expert stages' LR (default: %(default)s)")
-    parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical", "given", "saliency"],
+    parser.add_argument("--text-counterfactual", default="swap",
+                        choices=["swap", "lexical", "given", "saliency", "cue_only", "cue_removed"],
                         help="text builder for training (default: %(default)s)")
-    parser.add_argument("--image-counterfactual", default="attention", choices=["attention", "gradient", "given"],
+    parser.add_argument("--image-counterfactual", default="attention",
+                        choices=["attention", "gradient", "given", "cue_only"],
                         help="image builder (default: %(default)s)")
     parser.add_argument("--text-debias-objective", default=None, choices=["reversed", "poe"],
                         help="the text expert's objective (default: the model config's, reversed)")
@@ -38,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "accuracy (default: the model config's, 0.01; 0 = the best accuracy whatever it costs)")
     parser.add_argument("--router-max-routed-share", type=float, default=None,
                         help="route at most this share of the validation samples (default: no limit)")
+    parser.add_argument("--cue", action="append", default=None, metavar="NAME=REGEX",
+                        help="a declared cue whose label x presence groups drive every validation-based choice "
+                             "(router threshold and routed strategy, cost tolerance, MID's lambda) and whose "
+                             "tokens/region the cue_only / cue_removed builders use: NAME=REGEX, "
+                             "NAME=image:FUNCTION or a .json/.yaml file; repeat for several (without any: the "
+                             "synthetic group column, else macro F1 on validation)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
     return parser
@@ -84,7 +92,10 @@ def run(args: argparse.Namespace) -> dict:
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
     )
     split_names = {"validation_balanced": "validation_balanced" if "validation_balanced" in dataset else "validation"}
+    from ..cues import parse_cues
+
     config = MMEJDTrainingConfig(recipe=args.recipe, text_counterfactual=args.text_counterfactual,
+                                 cues=parse_cues(getattr(args, "cue", None)) or None,
                                  text_debias_objective=args.text_debias_objective,
                                  image_counterfactual=args.image_counterfactual,
                                  router_split=split_names["validation_balanced"],

@@ -128,8 +128,10 @@ def routing_candidates(model, router_logits: torch.Tensor, expert_logits: dict[s
     """Every routing of the routed mixture on this (group-balanced validation) data: each
     routed strategy (default: the model's) × each threshold routing at most `max_routed_share`
     (None: any), as {routed_strategy, threshold, worst_group_accuracy, accuracy, routed_share,
-    cost}. The model's routed strategy is restored afterwards."""
-    from .mid import worst_group_accuracy
+    cost, score}; `score` is `mid.selection_score` (worst-group accuracy with groups, macro F1
+    without), `worst_group_accuracy` None without groups. The model's routed strategy is
+    restored afterwards."""
+    from .mid import selection_score
 
     away = 1 - router_logits.float().softmax(-1)[:, NONE]
     thresholds = torch.unique(torch.cat([away, torch.tensor([0.0, 1.0])])).tolist()
@@ -142,8 +144,9 @@ def routing_candidates(model, router_logits: torch.Tensor, expert_logits: dict[s
             for threshold in thresholds:
                 final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
                 predictions = final.argmax(-1)
-                candidates.append({"routed_strategy": routed, "threshold": float(threshold),
-                                   "worst_group_accuracy": worst_group_accuracy(predictions, labels, groups),
+                score = selection_score(predictions, labels, groups)
+                candidates.append({"routed_strategy": routed, "threshold": float(threshold), "score": score,
+                                   "worst_group_accuracy": score if groups is not None else None,
                                    "accuracy": float((predictions == labels).float().mean()),
                                    "routed_share": float((strategy != NONE).float().mean()),
                                    "cost": expected_cost(strategy, routed, threshold)})
@@ -161,8 +164,8 @@ def tune_threshold_for_groups(model, router_logits: torch.Tensor, expert_logits:
     less. Returns (threshold, worst-group accuracy)."""
     candidates = routing_candidates(model, router_logits, expert_logits, labels, groups,
                                     max_routed_share=max_routed_share)
-    best = max(candidates, key=lambda c: (c["worst_group_accuracy"], c["accuracy"], -c["routed_share"]))
-    return best["threshold"], best["worst_group_accuracy"]
+    best = max(candidates, key=lambda c: (c["score"], c["accuracy"], -c["routed_share"]))
+    return best["threshold"], best["score"]
 
 
 def expected_cost(strategy: torch.Tensor, routed_strategy: str | None, threshold: float) -> float:
@@ -187,9 +190,9 @@ def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str
     accuracy), as a `routing_candidates` entry."""
     candidates = routing_candidates(model, router_logits, expert_logits, labels, groups,
                                     (None, "image", "text", "both"), max_routed_share)
-    best = max(c["worst_group_accuracy"] for c in candidates)
-    eligible = [c for c in candidates if c["worst_group_accuracy"] >= best - tolerance - 1e-9]
-    return min(eligible, key=lambda c: (c["cost"], -c["worst_group_accuracy"], -c["accuracy"]))
+    best = max(c["score"] for c in candidates)
+    eligible = [c for c in candidates if c["score"] >= best - tolerance - 1e-9]
+    return min(eligible, key=lambda c: (c["cost"], -c["score"], -c["accuracy"]))
 
 
 def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callbacks: list | None = None,
@@ -201,6 +204,8 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     "worst_group" (the routed mixture's worst-group accuracy on this data; needs the experts'
     logits, the labels and the groups)."""
     from transformers import Trainer
+
+    from .mid import selection_metric
 
     model.set_trainable("router")
     weights = class_weights(targets)
@@ -223,7 +228,7 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
         # best worst-group accuracy on this data (tolerance 0: the best; ties go to the cheaper)
         chosen_routing = cheapest_routing(model, logits.cpu(), expert_logits, labels, groups,
                                           model.config.router_cost_tolerance, budget)
-        group_score, threshold, chosen = (chosen_routing["worst_group_accuracy"], chosen_routing["threshold"],
+        group_score, threshold, chosen = (chosen_routing["score"], chosen_routing["threshold"],
                                           chosen_routing["routed_strategy"])
     elif threshold_objective != "f0.5":
         raise ValueError(f"unknown threshold_objective {threshold_objective!r}; choose 'f0.5' or 'worst_group'.")
@@ -234,5 +239,7 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     return {"stage": "router", "steps": result.global_step, "train_loss": result.training_loss,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 2), "threshold": threshold,
             "threshold_objective": threshold_objective, "f0.5_threshold": f_threshold, "f0.5": fbeta,
-            "validation_worst_group_accuracy": group_score, "routed_strategy": chosen, "label_shares": dict(zip(model.config.router_strategies, label_shares.tolist())),
+            "validation_worst_group_accuracy": group_score if groups is not None else None,
+            "selection_metric": selection_metric(groups), "validation_selection_score": group_score,
+            "routed_strategy": chosen, "label_shares": dict(zip(model.config.router_strategies, label_shares.tolist())),
             "routed_shares": dict(zip(model.config.router_strategies, shares.tolist()))}

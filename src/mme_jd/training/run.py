@@ -64,6 +64,12 @@ class MMEJDTrainingConfig:
         experts (see MMEJDConfig); None keeps the model's.
     use_vocabulary_for_swap: restrict swap replacements to the tokenizer's vocabulary (for
         word-level tokenizers such as the tiny default's).
+    cues: declared cues (`mme_jd.cues.Cue`, or `MMEJDConfig.cues` spec dicts). They give the
+        groups (``label × cue presence``, column ``cue_group``) of every validation-based
+        choice (the router's threshold, routed strategy and cost tolerance; MID's λ), are
+        saved in the model's config, and are what the `cue_only` / `cue_removed` builders
+        keep or delete. Without cues the synthetic `group` column is used where present;
+        with no groups at all selection falls back to macro F1 on validation (warned once).
     """
 
     recipe: str = "mme_jd"
@@ -82,11 +88,49 @@ class MMEJDTrainingConfig:
     text_debias_objective: str | None = None
     use_vocabulary_for_swap: bool = True
     inference_batch_size: int = 128
+    cues: list[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"MMEJDTrainingConfig.recipe={self.recipe!r}; choose one of {sorted(RECIPES)}.")
+        if self.cues:
+            from ..cues import Cue
+
+            self.cues = [c if isinstance(c, Cue) else Cue.from_spec(c) for c in self.cues]
+
+
+def selection_groups(rows, config: MMEJDTrainingConfig, split: str, step: str, warned: dict[str, bool] | None = None):
+    """(rows, group column or None) for a validation-based selection step, logging which groups
+    it uses and their sizes: the declared cues' ``cue_group`` (computed once as columns), else the
+    synthetic `group` column, else none (then selection scores macro F1: warned once per
+    `warned` dict)."""
+    import numpy as np
+
+    from ..training.mid import FALLBACK_SELECTION_METRIC
+
+    if config.cues:
+        from ..cues import CUE_GROUP_COLUMN, add_cue_columns, cue_group_names
+
+        rows = add_cue_columns(rows, config.cues)
+        column = CUE_GROUP_COLUMN
+        feature = rows.features.get("label")
+        labels = getattr(feature, "names", None) or [str(i) for i in range(int(max(rows["label"])) + 1)]
+        names = cue_group_names([c.name for c in config.cues], labels)
+    elif "group" in rows.column_names:
+        column, names = "group", None
+    else:
+        if warned is None or not warned.get("no_groups"):
+            logger.warning("%s on %r: no groups (declare cues with MMEJDTrainingConfig.cues or --cue NAME=REGEX); "
+                           "selection falls back to %s on validation.", step, split, FALLBACK_SELECTION_METRIC)
+            if warned is not None:
+                warned["no_groups"] = True
+        return rows, None, {}
+    ids, counts = np.unique(np.asarray(rows[column]), return_counts=True)
+    sizes = {(names[i] if names and 0 <= i < len(names) else str(i)): int(n) for i, n in zip(ids.tolist(), counts)}
+    print(f"[mme-jd] {step} on {split!r}: worst-group accuracy over {len(sizes)} groups of column {column!r}, "
+          f"sizes {sizes}", flush=True)
+    return rows, column, sizes
 
 
 def _vocabulary(processor, enabled: bool) -> set[str] | None:
@@ -180,6 +224,10 @@ def train(
     # the model keeps its inference builders (text: masked, usable on any input); the training
     # text builder (swap by default) is used only by the stages
     model.config.image_counterfactual = config.image_counterfactual
+    if config.cues:
+        model.config.cues = [cue.to_spec() for cue in config.cues]
+        model.config.validate_fields()
+    warned: dict[str, bool] = {}
     vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
     stages = RECIPES[config.recipe]
     report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "stages": [],
@@ -210,9 +258,10 @@ def train(
                 resume_from_checkpoint=resume, callbacks=callbacks,
             )
         elif stage == "router":
-            log = _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, callbacks)
+            log = _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, callbacks,
+                                warned)
         elif stage == "mid":
-            log = _mid_stage(model, processor, dataset[config.mid_split], config)
+            log = _mid_stage(model, processor, dataset[config.mid_split], config, warned)
         log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
         print(f"[mme-jd] stage {stage} done in {log['seconds_total']} s: "
               + ", ".join(f"{k}={v}" for k, v in log.items() if k in ("train_loss", "threshold", "routed_shares",
@@ -244,7 +293,7 @@ def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None
     for layer in model.router:
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
-    return _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, None)
+    return _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, None, {})
 
 
 def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
@@ -267,11 +316,15 @@ def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
     return rows.add_column("image_counterfactual_mask", masks)
 
 
-def _router_stage(model, processor, rows, args, config, vocabulary, callbacks) -> dict:
+def _router_stage(model, processor, rows, args, config, vocabulary, callbacks, warned) -> dict:
     from ..inference import collect_outputs
 
+    rows, group_column, sizes = selection_groups(rows, config, config.router_split, "router selection", warned)
     outputs = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="mme_jd",
-                              return_experts=True, progress=True, description="router labels")
+                              return_experts=True, progress=True, description="router labels",
+                              group_column=group_column or "group")
+    if group_column is None:
+        outputs.pop("groups", None)
     labels = outputs["labels"]
     predictions = {k: outputs[f"{k}_logits"].argmax(-1) for k in ("general", "image_debias", "text_debias")}
     both = model._combine_both(outputs["image_debias_logits"], outputs["text_debias_logits"]).argmax(-1)
@@ -285,21 +338,25 @@ def _router_stage(model, processor, rows, args, config, vocabulary, callbacks) -
         save_strategy="no", warmup_steps=0, logging_steps=50,
     )
     experts = {name: outputs[f"{name}_logits"] for name in ("general", "image_debias", "text_debias")}
-    return train_router(model, outputs["pooled_hidden_state"], targets, router_args, callbacks,
-                        threshold_objective=config.router_threshold_objective, expert_logits=experts,
-                        labels=labels, groups=outputs.get("groups"))
+    log = train_router(model, outputs["pooled_hidden_state"], targets, router_args, callbacks,
+                       threshold_objective=config.router_threshold_objective, expert_logits=experts,
+                       labels=labels, groups=outputs.get("groups"))
+    return {**log, "selection_groups": {"column": group_column, "sizes": sizes}}
 
 
-def _mid_stage(model, processor, rows, config) -> dict:
+def _mid_stage(model, processor, rows, config, warned) -> dict:
     from ..inference import collect_outputs
 
+    rows, group_column, sizes = selection_groups(rows, config, config.mid_split, "MID lambda selection", warned)
     outputs = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="mid",
                               counterfactual_parts=("text", "image"),
                               text_counterfactual=config.mid_text_counterfactual,
                               image_counterfactual=config.image_counterfactual, progress=True,
-                              description="fit MID")
+                              description="fit MID", group_column=group_column or "group")
+    if group_column is None:
+        outputs.pop("groups", None)
     fitted = fit_lambdas(outputs["general_logits"], outputs["text_counterfactual_logits"],
                          outputs["image_counterfactual_logits"], outputs["labels"], outputs.get("groups"))
     model.config.lambda_text = fitted["lambda_text"]
     model.config.lambda_image = fitted["lambda_image"]
-    return {"stage": "mid", **fitted}
+    return {"stage": "mid", **fitted, "selection_groups": {"column": group_column, "sizes": sizes}}
