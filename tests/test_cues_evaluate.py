@@ -83,6 +83,7 @@ def test_evaluate_command_takes_cues(trained, tmp_path):
     assert set(cues["irony"]["methods"]) == {"mixture", "general", "image_debias", "text_debias"}
     assert cues["irony"]["points_to_source"] == "declared" and cues["irony"]["points_to"] == "sarcastic"
     assert main(["evaluate", str(folder), "--output-dir", str(tmp_path), "--cue", "bad=("]) == 1
+    assert main(["evaluate", str(folder), "--rows", "8", "--output-dir", str(tmp_path), "--cue", "x:nope=#x"]) == 1
 
 
 # ---------------------------------------------------------------------------- selection with groups

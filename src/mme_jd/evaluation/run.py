@@ -119,8 +119,12 @@ def per_cue_figures(model, processor, rows, cues: Sequence[Any], predictions: di
         if cue.label is None:
             points_to, source = cue_label(labels, flags, num_labels), "estimated on these rows"
         else:
-            points_to = cue.label if isinstance(cue.label, int) else int(model.config.label2id[cue.label])
-            source = "declared"
+            known = {**{str(k): int(v) for k, v in (model.config.label2id or {}).items()},
+                     **{str(i): i for i in range(num_labels)}}
+            if str(cue.label) not in known:
+                raise ValueError(f"cue {cue.name!r} points to label {cue.label!r}, which the model does not have; "
+                                 f"use one of {sorted(known)} (e.g. --cue {cue.name}:{next(iter(known))}=...).")
+            points_to, source = known[str(cue.label)], "declared"
         part = "text" if cue.kind == "text" else "image"
         cue_only = collect_outputs(
             model, processor, rows, batch_size=batch_size, mode="general", counterfactual_parts=(part,),
