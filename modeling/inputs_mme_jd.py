@@ -22,8 +22,10 @@ image
     above Pillow's decompression-bomb limit, an empty image, an array of the wrong shape or
     of non-numeric / non-finite values, any other type.
 text
-    a non-empty string. Errors: None, another type, empty or blank text, text that holds
-    the model's image placeholder (it would add an image slot to the prompt).
+    a non-empty string. Errors: None, another type, empty or blank text, text that is not
+    valid Unicode (a lone surrogate such as "\\udcff", which JSON can carry but no tokenizer
+    takes), text that holds the model's image placeholder (it would add an image slot to the
+    prompt).
 """
 
 from __future__ import annotations
@@ -272,6 +274,13 @@ def normalize_text(value: Any, index: int | None = None, forbidden: tuple[str, .
         raise ValueError(f"{where}text must be a string, got {type(value).__name__}.")
     if not value.strip():
         raise ValueError(f"{where}text is empty; give the text that goes with the image.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate: valid in a JSON escape, fatal to tokenizers
+        raise ValueError(
+            f"{where}text is not valid Unicode: it holds the lone surrogate {value[error.start]!r} at character "
+            f"{error.start} (a broken \\ud800-\\udfff escape or a mis-decoded file?); fix or remove it."
+        ) from None
     for marker in forbidden:
         if marker and marker in value:
             raise ValueError(

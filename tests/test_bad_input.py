@@ -156,6 +156,8 @@ def test_huge_images_are_shrunk(pipe, tmp_path, monkeypatch):
     (42, ("text must be a string, got int",)),
     (["a"], ("text must be a string, got list",)),
     ("look <image> here", ("image placeholder",)),
+    ("bad \udcff", ("not valid Unicode", "lone surrogate '\\udcff'")),
+    ("\ud83d alone", ("not valid Unicode",)),
     ("word " * 400, ("tokens", "positions")),
 ])
 def test_bad_text(pipe, good_image, text, words):
@@ -219,6 +221,17 @@ def test_one_bad_item_in_a_batch_is_reported(pipe, files):
         assert abs(reported[index]["score"] - clean[index]["score"]) < 1e-5
     many_bad = [{"image": None, "text": GOOD_TEXT}, {"image": images[0], "text": None}]
     message = _raises(pipe, many_bad, "2 of 2 inputs are invalid", "input 1: text is None")
+
+
+def test_lone_surrogate_is_reported_per_row(pipe, good_image):
+    """A lone surrogate (JSON can carry "\\udcff") used to raise a TypeError in the tokenizer
+    that aborted the whole batch; it is a bad input of its own row."""
+    inputs = [{"image": good_image, "text": GOOD_TEXT}, {"image": good_image, "text": "bad \udcff"},
+              {"image": good_image, "text": "my day is bad"}]
+    reported = pipe(inputs, batch_size=3, errors="report")
+    assert reported[1]["error"].startswith("input 1: text is not valid Unicode") and reported[1]["label"] is None
+    assert reported[0]["label"] and reported[2]["label"]
+    _raises(pipe, inputs, "lone surrogate", index=1)
 
 
 def test_too_long_prompt_in_a_batch_is_reported(pipe, good_image):
