@@ -19,18 +19,25 @@ image
     a side are shrunk (the processor resizes anyway). `None` gives a flat grey stand-in in
     `load_image` (rows without images); the pipeline rejects it.
     Errors: missing file, a folder, a URL (not fetched), unreadable or corrupt file, an image
-    above Pillow's decompression-bomb limit, an empty image, an array of the wrong shape or
-    of non-numeric / non-finite values, any other type.
+    above the pixel limit (below), an empty image, an array of the wrong shape or of
+    non-numeric / non-finite values, any other type.
 text
     a non-empty string. Errors: None, another type, empty or blank text, text that is not
     valid Unicode (a lone surrogate such as "\\udcff", which JSON can carry but no tokenizer
     takes), text that holds the model's image placeholder (it would add an image slot to the
     prompt).
+
+Pixel limit: an image file (or a PIL image not yet decoded) with more pixels than
+`PIL.Image.MAX_IMAGE_PIXELS` (89,478,485 unless the user changed it) is refused from its
+header, before any decoding. Pillow itself only warns up to twice that limit and decodes such
+"decompression bombs" (a 20 KB PNG of 13000×13000 pixels costs 1.3 GB); here its warning is
+the error, and `_too_large` the one message, stating the limit it applies.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -93,21 +100,45 @@ def _where(index: int | None) -> str:
     return f"input {index}: " if index is not None else ""
 
 
+def _too_large(where: str, name: str, pixels: int | None) -> ValueError:
+    """The one message for an image above the pixel limit; it states the limit it applies."""
+    limit = _pil().Image.MAX_IMAGE_PIXELS
+    size = f" ({pixels:,} pixels)" if pixels else ""
+    return ValueError(
+        f"{where}{name} is too large to decode safely{size}: the limit is {int(limit or 0):,} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS); shrink the image below it, or raise the limit if you trust the file."
+    )
+
+
+def _check_pixel_limit(size: tuple[int, int], where: str, name: str) -> None:
+    """Refuse, before decoding, an image of `size` (width, height) above Pillow's
+    `MAX_IMAGE_PIXELS` (no limit when the user set it to None)."""
+    limit = _pil().Image.MAX_IMAGE_PIXELS
+    pixels = max(1, size[0]) * max(1, size[1])
+    if limit is not None and pixels > limit:
+        raise _too_large(where, name, pixels)
+
+
 def _open(source: Any, where: str, name: str):
     """Open and fully decode an image file (path or file object), turning every failure
-    into a ValueError. JPEGs larger than MAX_IMAGE_SIDE are decoded at a reduced size."""
+    into a ValueError. JPEGs larger than MAX_IMAGE_SIDE are decoded at a reduced size.
+
+    The pixel limit: Pillow checks every header (and GIF/ICO/TIFF frames and tiles) against
+    MAX_IMAGE_PIXELS before decoding, but above it only warns, up to twice the limit, and then
+    decodes; its warning is made an error here, so the limit is MAX_IMAGE_PIXELS itself."""
     PIL = _pil()
     try:
-        with PIL.Image.open(source) as opened:
-            if opened.format == "JPEG":
-                opened.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
-            opened.load()
-            return opened.copy()
-    except PIL.Image.DecompressionBombError as error:
-        raise ValueError(
-            f"{where}{name} is too large to decode safely ({error}); shrink it below "
-            f"{PIL.Image.MAX_IMAGE_PIXELS:,} pixels first."
-        ) from None
+        with warnings.catch_warnings():  # process-wide filters, restored on exit; only ever stricter meanwhile
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(source) as opened:  # reads the header only
+                if opened.format == "JPEG":
+                    opened.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+                opened.load()
+                return opened.copy()
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        # Pillow's message: "Image size (N pixels) exceeds limit of M pixels" (M is 2x the limit for the error)
+        count = str(error).split("(", 1)[-1].split(" pixels)", 1)[0]
+        raise _too_large(where, name, int(count) if count.isdigit() else None) from None
     except PIL.UnidentifiedImageError:
         raise ValueError(f"{where}{name} is not an image Pillow can read (unknown or corrupt format).") from None
     except PermissionError:
@@ -249,6 +280,8 @@ def load_image(value: Any, index: int | None = None):
         image = _open(value, where, "the image data")
     elif isinstance(value, PIL.Image.Image):
         image = value
+        if getattr(image, "tile", None):  # opened lazily by the caller: not decoded yet
+            _check_pixel_limit(image.size, where, "the PIL image")
         try:
             image.load()
         except _READ_ERRORS as error:

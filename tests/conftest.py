@@ -45,3 +45,20 @@ def tiny_llava_model():
 @pytest.fixture
 def images():
     return random_images(len(TEXTS))
+
+
+def write_bomb_png(path, side: int = 13000) -> None:
+    """A valid 1-bit greyscale PNG of side×side pixels, all black: about 20 KB on disk for
+    13000 (169M pixels, between Pillow's warning limit of 89.5M and its error limit of twice
+    that), 1.3 GB once decoded to RGB. Written with zlib, without decoding anything."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes((side + 7) // 8)  # filter byte + packed 1-bit pixels
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * side, 9))
+    with open(path, "wb") as handle:
+        handle.write(data + chunk(b"IEND", b""))

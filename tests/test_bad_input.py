@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import random_images
+from conftest import random_images, write_bomb_png
 from PIL import Image
 from transformers import pipeline
 
@@ -144,6 +144,31 @@ def test_huge_images_are_shrunk(pipe, tmp_path, monkeypatch):
     # beyond Pillow's decompression-bomb limit: a ValueError, not a DecompressionBombError
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     _raises(pipe, {"image": str(path), "text": GOOD_TEXT}, "too large")
+
+
+def test_one_pixel_limit_between_pillows_warning_and_error(pipe, files, monkeypatch):
+    """Pillow only warns between MAX_IMAGE_PIXELS and twice that, and decodes: the pipeline
+    refuses every image above MAX_IMAGE_PIXELS, the limit its message states."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 40×44 good image has 1,760 pixels
+    path = files["good"]
+    with pytest.warns(Image.DecompressionBombWarning):  # all Pillow does on its own
+        lazy = Image.open(path)
+    for source in (str(path), path.read_bytes(), lazy):  # a file, bytes, a PIL image not decoded yet
+        _raises(pipe, {"image": source, "text": GOOD_TEXT}, "too large", "the limit is 1,000 pixels")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    assert pipe({"image": str(path), "text": GOOD_TEXT})["label"]
+
+
+def test_real_decompression_bomb_is_refused_from_its_header(pipe, tmp_path):
+    """A 20 KB PNG of 13000×13000 pixels (1.3 GB as RGB) is refused before any decoding."""
+    path = tmp_path / "bomb.png"
+    write_bomb_png(path)
+    assert path.stat().st_size < 50_000 and Image.MAX_IMAGE_PIXELS < 13000**2 < 2 * Image.MAX_IMAGE_PIXELS
+    reported = pipe([{"image": str(path), "text": GOOD_TEXT}, {"image": random_images(1)[0], "text": GOOD_TEXT}],
+                    errors="report")
+    assert reported[0]["error"].startswith("input 0: ") and "169,000,000 pixels" in reported[0]["error"]
+    assert f"the limit is {Image.MAX_IMAGE_PIXELS:,} pixels" in reported[0]["error"]
+    assert reported[1]["label"]
 
 
 # ---------------------------------------------------------------------------- text, labels, types
