@@ -302,8 +302,10 @@ class MultimodalDebiasPipeline(Pipeline):
         if isinstance(value, str):
             if value in names:
                 return names[value]
-            if value.strip().lstrip("-").isdigit() and 0 <= int(value) < count:
-                return int(value)
+            digits = value.strip()
+            # isdecimal (not isdigit: int("²") fails); the length bound keeps int() from huge strings
+            if digits.isdecimal() and len(digits) <= 18 and int(digits) < count:
+                return int(digits)
         elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count:
             return int(value)
         raise ValueError(
