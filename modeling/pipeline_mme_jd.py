@@ -61,7 +61,9 @@ Bad input
     errors="report": the good inputs are predicted and each bad one gets, in its place,
     {"error": "input <index>: <problem>", "label": None, "score": None, "strategy": None,
     "scores": {}}. Colour modes (L, RGBA, P, CMYK, ...) are converted and huge images shrunk
-    instead of rejected; prompts longer than the language model's positions are rejected.
+    instead of rejected; prompts longer than the language model's positions are rejected, and
+    so are inputs whose logits come out NaN or infinite (corrupt weights, overflow): no label
+    is made up for them.
 """
 
 from __future__ import annotations
@@ -260,6 +262,7 @@ class MultimodalDebiasPipeline(Pipeline):
         model_inputs = self.preprocess(chunk, mode=settings["mode"], explain=settings["explain"])
         model_outputs = self.forward(model_inputs, mode=settings["mode"], return_experts=settings["return_experts"],
                                      explain=settings["explain"])
+        _check_finite(chunk, model_outputs["logits"])
         outputs = self.postprocess(model_outputs, mode=settings["mode"], top_k=settings["top_k"],
                                    return_experts=settings["return_experts"], explain=settings["explain"])
         for (_, item), output in zip(chunk, outputs):
@@ -565,6 +568,21 @@ def _gather(inputs: Any, images: Any, text: Any) -> tuple[list[Any], bool]:
     raise ValueError(
         f"inputs must be a dict {{'image': ..., 'text': ...}} or a list of them, got {type(inputs).__name__}."
     )
+
+
+def _check_finite(chunk: list[tuple[int, dict]], logits: torch.Tensor) -> None:
+    """Raise `_BadInputs` for the rows whose logits are NaN or infinite: their softmax has no
+    argmax, and reporting label 0 with a NaN score would be a made-up prediction."""
+    finite = torch.isfinite(logits.float()).all(dim=-1).tolist()
+    problems = {
+        index: (
+            f"input {index}: the model's logits are not finite (NaN or inf), so there is no prediction; if every "
+            "input fails this way the model's weights are corrupt: retrain or re-download the model."
+        )
+        for (index, _), ok in zip(chunk, finite) if not ok
+    }
+    if problems:
+        raise _BadInputs(problems)
 
 
 def _bad_inputs_error(problems: dict[int, str], total: int) -> ValueError:

@@ -261,6 +261,22 @@ def test_lone_surrogate_is_reported_per_row(pipe, good_image):
     _raises(pipe, inputs, "lone surrogate", index=1)
 
 
+@pytest.mark.parametrize("mode", ["general", "mme_jd"])
+def test_nan_logits_are_reported_not_labelled(tiny_llava_model, good_image, mode):
+    """Weights holding NaN (a corrupt checkpoint) give NaN logits: each row is an error, not
+    label 0 with a NaN score."""
+    with torch.no_grad():
+        for parameter in tiny_llava_model.parameters():
+            parameter.fill_(float("nan"))
+    pipe = pipeline("multimodal-debias", model=tiny_llava_model)
+    inputs = [{"image": good_image, "text": GOOD_TEXT}, {"image": good_image, "text": "my day is bad"}]
+    reported = pipe(inputs, errors="report", mode=mode)
+    for index, result in enumerate(reported):
+        assert result["error"].startswith(f"input {index}: the model's logits are not finite"), result
+        assert result["label"] is None and result["score"] is None
+    _raises(pipe, inputs, "logits are not finite", "weights are corrupt", mode=mode)
+
+
 def test_too_long_prompt_in_a_batch_is_reported(pipe, good_image):
     inputs = [{"image": good_image, "text": GOOD_TEXT}, {"image": good_image, "text": "word " * 400}]
     reported = pipe(inputs, errors="report")
