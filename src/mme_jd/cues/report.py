@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.report import (_atomic_write_text, _Document, _Heading, _Image, _json_default, _Paragraph,
-                                 _render_html, _render_markdown, _save_figure, _Table)
+from ..evaluation.report import (_Document, _Heading, _Image, _json_default, _Paragraph, _render_html,
+                                 _render_markdown, _save_figure, _Table)
+from ..files import atomic_write_text
 
 __all__ = ["format_cue_table", "write_cue_report"]
 
@@ -98,7 +99,7 @@ def write_cue_report(report: Mapping[str, Any], out_dir: str | os.PathLike, titl
     written: dict[str, Path] = {}
     if "json" in formats:
         written["json"] = out / "cues.json"
-        _atomic_write_text(written["json"], json.dumps(report, indent=2, default=_json_default) + "\n")
+        atomic_write_text(written["json"], json.dumps(report, indent=2, default=_json_default) + "\n")
     if "md" not in formats and "html" not in formats:
         return written
     doc = _Document(title or f"Shortcut finder: {report.get('dataset') or 'dataset'} {report.get('split') or ''}")
@@ -128,8 +129,8 @@ def write_cue_report(report: Mapping[str, Any], out_dir: str | os.PathLike, titl
         doc.add(_Paragraph(f"None: {report.get('image_note', 'no images')}."))
     if "md" in formats:
         written["md"] = out / "cues.md"
-        _atomic_write_text(written["md"], _render_markdown(doc))
+        atomic_write_text(written["md"], _render_markdown(doc))
     if "html" in formats:
         written["html"] = out / "cues.html"
-        _atomic_write_text(written["html"], _render_html(doc))
+        atomic_write_text(written["html"], _render_html(doc))
     return written

@@ -23,11 +23,12 @@ import html
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write_text
 
 __all__ = ["write_report"]
 
@@ -179,25 +180,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable.")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: a temporary file in the same folder, then os.replace."""
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with mode 0o666 lets the umask decide the permissions, as a plain open() would.
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --------------------------------------------------------------------------- plots
@@ -524,7 +506,7 @@ def write_report(
     if "json" in formats:
         text = json.dumps(results, indent=2, default=_json_default)
         written["json"] = out / "report.json"
-        _atomic_write_text(written["json"], text + "\n")
+        atomic_write_text(written["json"], text + "\n")
 
     if "md" in formats or "html" in formats:
         plot_note = None
@@ -539,8 +521,8 @@ def write_report(
         document = _build_document(results, title, plots, plot_note)
         if "md" in formats:
             written["md"] = out / "report.md"
-            _atomic_write_text(written["md"], _render_markdown(document))
+            atomic_write_text(written["md"], _render_markdown(document))
         if "html" in formats:
             written["html"] = out / "report.html"
-            _atomic_write_text(written["html"], _render_html(document))
+            atomic_write_text(written["html"], _render_html(document))
     return written

@@ -1,0 +1,48 @@
+"""Write a file so that no reader ever sees half of it, and an overwrite changes only its text.
+
+`atomic_write_text` is the package's one writer of result files (evaluation reports,
+`mme-jd predict` output).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` atomically: a temporary file in the same folder, flushed to disk,
+    then `os.replace`.
+
+    An existing file keeps its permission bits (a 600 file stays 600: `os.replace` would give
+    it the temporary file's); a new file gets the umask's, as `open()` would. A symlink is
+    followed: its target is replaced and the link kept. The temporary file is removed on any
+    failure. Raises OSError (no permission, disk full ...) and UnicodeEncodeError.
+    """
+    path = Path(os.path.realpath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open with mode 0o666 lets the umask decide the permissions, as a plain open() would.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "w", encoding=encoding) as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+__all__ = ["atomic_write_text"]
