@@ -12,22 +12,31 @@ import csv
 import json
 import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write_text
 
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own progress bars (loading weights, writing shards) while a command
-    runs, so stderr holds the command's progress bar and its one-line errors."""
+    """Hide transformers' own progress bars (loading weights, writing shards) and the
+    libraries' deprecation warnings (meant for developers, e.g. peft calling a deprecated
+    transformers property) while a command runs, so stderr holds the command's progress bar
+    and its one-line errors."""
     from transformers.utils import logging as transformers_logging
 
     enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch)(\.|$)")
+            yield
     finally:
         if enabled:
             transformers_logging.enable_progress_bar()
@@ -53,9 +62,22 @@ def _add_demo(commands) -> None:
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def read_rows(path: str | os.PathLike, input_format: str | None = None) -> list[dict]:
+@dataclass(frozen=True)
+class UnreadableRow:
+    """A JSONL line that is not a JSON object (invalid JSON, an array, a number ...), kept in
+    its place by `read_rows(..., keep_unreadable=True)` so that `--on-error report` predicts the
+    other rows and reports this one as a bad row."""
+
+    text: str
+    problem: str
+
+
+def read_rows(path: str | os.PathLike, input_format: str | None = None, *,
+              keep_unreadable: bool = False) -> list[dict | UnreadableRow]:
     """The rows of a JSONL file (one JSON object per line, blank lines skipped) or a CSV file
-    with a header. Raises FileNotFoundError / ValueError with the line at fault."""
+    with a header; a UTF-8 byte order mark at the start is skipped. Raises FileNotFoundError /
+    ValueError with the line at fault; with `keep_unreadable`, a JSONL line that is not a JSON
+    object becomes an `UnreadableRow` instead (CSV errors still raise: the reader cannot resync)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {str(path)!r}")
@@ -69,18 +91,27 @@ def read_rows(path: str | os.PathLike, input_format: str | None = None) -> list[
         if fmt == "csv":
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 return [dict(row) for row in csv.DictReader(handle)]
-        rows = []
-        with path.open(encoding="utf-8") as handle:
+        rows: list[dict | UnreadableRow] = []
+        with path.open(encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
+                problem = None
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path.name} line {number}: invalid JSON ({error.msg}).") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}.")
-                rows.append(row)
+                    problem = f"{path.name} line {number}: invalid JSON ({error.msg})."
+                except (ValueError, RecursionError) as error:  # a 5000-digit number, nesting 10^5 deep
+                    problem = f"{path.name} line {number}: unreadable JSON ({type(error).__name__}: {error})."
+                else:
+                    if not isinstance(row, dict):
+                        problem = f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}."
+                if problem is None:
+                    rows.append(row)
+                elif keep_unreadable:
+                    rows.append(UnreadableRow(line.rstrip("\r\n"), problem))
+                else:
+                    raise ValueError(problem)
         return rows
     except UnicodeDecodeError as error:
         raise ValueError(f"{str(path)!r} is not UTF-8 text ({error.reason}).") from None
@@ -94,7 +125,10 @@ def _pipeline_input(row: dict, folder: Path, image_column: str, text_column: str
     if image_column in row:
         image = row[image_column]
         if isinstance(image, str) and image.strip() and not image.startswith(("http://", "https://")):
-            image = os.path.join(folder, os.path.expanduser(image))
+            try:
+                image = os.path.join(folder, os.path.expanduser(image))
+            except ValueError:  # "~user\0...": the pipeline reports the NUL in the path
+                pass
         item["image"] = image
     if text_column in row:
         item["text"] = row[text_column]
@@ -103,37 +137,147 @@ def _pipeline_input(row: dict, folder: Path, image_column: str, text_column: str
     return item
 
 
-def _write_jsonl(records: list[dict], output: str) -> None:
-    """JSON lines to stdout ('-') or to a file, written atomically (temporary file, os.replace)."""
-    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+def check_output_path(output: str, input_path: str | os.PathLike) -> None:
+    """Refuse, before any row is predicted, an output the predictions cannot go to: a folder,
+    a path under a file, a folder without write permission, or the input file itself."""
     if output == "-":
-        sys.stdout.write(text)
         return
     target = Path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if target.is_dir():
+        raise ValueError(f"--output {output!r} is a folder; give a file path, such as "
+                         f"{str(target / 'predictions.jsonl')!r}.")
+    if target.exists() and os.path.samefile(target, input_path):
+        raise ValueError(f"--output {output!r} is the input file; writing there would destroy the rows: "
+                         "give another path.")
+    if target.exists() and not target.is_file():
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"--output {output!r} cannot be written (permission denied).")
+        return  # a device or FIFO (/dev/stdout): written in place
+    folder = target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders that do not exist yet are created when writing
+    if not folder.is_dir():
+        raise ValueError(f"--output {output!r} cannot be created: {str(folder)!r} is a file, not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output!r} cannot be written: no permission to write in {str(folder)!r}.")
+
+
+def _json_line(record: dict, encoding: str) -> str:
+    """One JSON line, readable as is (ensure_ascii=False) when `encoding` can hold it, else
+    with \\u escapes: an echoed input may hold a lone surrogate, which no encoder writes."""
+    text = json.dumps(record, ensure_ascii=False, default=str)
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, target)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        text = json.dumps(record, ensure_ascii=True, default=str)
+    return text + "\n"
+
+
+def _write_jsonl(records: list[dict], output: str) -> None:
+    """JSON lines to stdout ('-'), to a device or FIFO in place, or to a file atomically
+    (`atomic_write_text`: the file's mode is kept)."""
+    if output == "-":
+        sys.stdout.write("".join(_json_line(record, sys.stdout.encoding or "utf-8") for record in records))
+        sys.stdout.flush()
+        return
+    text = "".join(_json_line(record, "utf-8") for record in records)
+    target = Path(output)
+    if target.exists() and not target.is_file():
+        with target.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, text)
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this PyTorch cannot use (`--device cuda` on a CPU build, `cuda:3` with
+    one GPU, a misspelt name) before the model is loaded."""
+    if device is None:
+        return
+    import torch
+
+    hint = "use --device cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; give cpu, cuda, cuda:N, mps or xpu.") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: this PyTorch has no MPS (Apple GPU) support here; {hint}.")
+        return
+    if parsed.type not in ("cuda", "xpu"):
+        raise ValueError(f"--device {device!r}: predictions run on cpu, cuda, mps or xpu; {hint}.")
+    backend = getattr(torch, parsed.type)
+    if not backend.is_available():
+        build = (f"this PyTorch build ({torch.__version__}) has no CUDA support; install a CUDA build of torch or "
+                 if parsed.type == "cuda" and torch.version.cuda is None else f"no {parsed.type} device is visible; ")
+        raise ValueError(f"--device {device}: {build}{hint}.")
+    count = backend.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"--device {device}: only {count} {parsed.type} device(s) are visible "
+                         f"({parsed.type}:0 to {parsed.type}:{count - 1}).")
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (library errors can run to a traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no details'}"
+
+
+def load_model(model: str):
+    """An MME-JD model from a saved folder (or Hub id); every expected failure is one short
+    line naming the problem and the fix (FileNotFoundError, ValueError, RuntimeError).
+
+    The config is checked before anything is built: a foreign config (a plain LLaVA or BERT
+    folder) would build the wrong model, and one without `base_config` would build the
+    default 7B LLaVA."""
+    from safetensors import SafetensorError
+    from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+    from . import register_auto_classes
+    from .modeling.configuration_mme_jd import MMEJDConfig
+
+    register_auto_classes()
+    folder = Path(model)
+    if not folder.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise FileNotFoundError(f"model folder not found: {model!r}")
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{model!r} holds no config.json: it is not a saved model folder; give a folder "
+                                "written by `mme-jd train` or MMEJDModel.save_pretrained.")
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(model)
+    except (OSError, ValueError) as error:
+        raise RuntimeError(f"cannot read the config of {model!r}: {_first_line(error)}") from None
+    model_type = raw.get("model_type")
+    if model_type != MMEJDConfig.model_type:
+        raise ValueError(f"{model!r} holds a {model_type!r} model, not an MME-JD model: wrap a base model first "
+                         "(mme_jd.from_base(base, processor).save_pretrained(folder)) or give a folder saved by "
+                         "`mme-jd train`.")
+    if not isinstance(raw.get("base_config"), dict):
+        raise ValueError(f"the config.json of {model!r} has no base_config (the base model's config): it is "
+                         "damaged; save or download the model again.")
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"the config.json of {model!r} is damaged ({_first_line(error)}); save or download "
+                         "the model again.") from None
+    try:
+        return AutoModel.from_pretrained(model, config=config)
+    except (OSError, SafetensorError, ValueError, RuntimeError, KeyError) as error:
+        raise RuntimeError(f"cannot load the weights of {model!r} ({_first_line(error)}): missing or damaged; "
+                           "save or download the model again.") from None
 
 
 def load_pipeline(model: str, device: str | None = None):
-    """The `multimodal-debias` pipeline of a saved model folder (or Hub id)."""
+    """The `multimodal-debias` pipeline of a saved model folder (or Hub id), on `device`
+    (default: the first GPU, else cpu); failures as in `check_device` and `load_model`."""
     from transformers import pipeline
 
-    from . import register_auto_classes
-
-    register_auto_classes()
-    if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise FileNotFoundError(f"model folder not found: {model!r}")
-    try:
-        return pipeline("multimodal-debias", model=model, device=device)
-    except OSError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RuntimeError(f"cannot load the model {model!r}: {first}") from None
+    check_device(device)
+    return pipeline("multimodal-debias", model=load_model(model), device=device)
 
 
 def predict_file(
@@ -157,25 +301,33 @@ def predict_file(
     """Predict every row of a JSONL/CSV file with the `multimodal-debias` pipeline (the
     `mme-jd predict` command). Each output line: {"index", "input": the row as read, "label",
     "score", "strategy", "scores", ...} or, for a bad row with on_error="report",
-    {"index", "input", "error", ...}. Returns a summary (rows, predicted, failed,
-    first_error, strategies, output)."""
+    {"index", "input", "error", ...} (the input of a line that is not a JSON object is its
+    text). The rows, the output path and the device are checked before the model is loaded.
+    Returns a summary (rows, predicted, failed, first_error, strategies, output)."""
     from tqdm.auto import tqdm
 
-    rows = read_rows(input_path, input_format)
+    rows = read_rows(input_path, input_format, keep_unreadable=on_error == "report")
     if not rows:
         raise ValueError(f"{str(input_path)!r} holds no rows.")
     output = output or str(Path(input_path).with_name(Path(input_path).stem + ".predictions.jsonl"))
+    check_output_path(output, input_path)
     folder = Path(input_path).resolve().parent
-    items = [_pipeline_input(row, folder, image_column, text_column, label_column) for row in rows]
+    # an unreadable line is given as {} (a bad input in its place) and its own problem reported below
+    items = [{} if isinstance(row, UnreadableRow) else
+             _pipeline_input(row, folder, image_column, text_column, label_column) for row in rows]
     pipe = load_pipeline(model, device)
     options = {"mode": mode, "top_k": top_k, "explain": explain, "return_experts": return_experts,
                "errors": on_error}
     with tqdm(total=len(items), desc="predict", unit="row", file=sys.stderr, disable=not progress) as bar:
         results = pipe(items, batch_size=batch_size, progress_callback=lambda done, total: bar.update(done - bar.n),
                        **{k: v for k, v in options.items() if v is not None})
-    records = [{"index": index, "input": row, **result} for index, (row, result) in enumerate(zip(rows, results))]
+    records = []
+    for index, (row, result) in enumerate(zip(rows, results)):
+        if isinstance(row, UnreadableRow):
+            row, result = row.text, {**result, "error": f"input {index}: {row.problem}"}
+        records.append({"index": index, "input": row, **result})
     _write_jsonl(records, output)
-    errors = [result["error"] for result in results if result.get("error")]
+    errors = [record["error"] for record in records if record.get("error")]
     return {
         "rows": len(rows), "predicted": len(rows) - len(errors), "failed": len(errors),
         "first_error": errors[0] if errors else None,
@@ -193,8 +345,8 @@ def _predict(args: argparse.Namespace) -> None:
             input_format=args.format, progress=not args.no_progress,
         )
     counts = ", ".join(f"{name} {count}" for name, count in summary["strategies"].items())
-    print(f"predicted {summary['predicted']} of {summary['rows']} rows → {summary['output']} (strategies: {counts})",
-          file=sys.stderr)
+    print(f"predicted {summary['predicted']} of {summary['rows']} rows → {summary['output']}"
+          + (f" (strategies: {counts})" if counts else ""), file=sys.stderr)
     if summary["failed"]:
         raise ValueError(f"{summary['failed']} of {summary['rows']} rows failed (first: {summary['first_error']}); "
                          f"their 'error' field in {summary['output']} says why")
@@ -212,7 +364,9 @@ def _add_predict(commands) -> None:
             "A row's image is a file path, absolute or relative to the input file's folder; 'input N'\n"
             "in messages is the N-th row, counted from 0. With --on-error raise (default) a bad row\n"
             "stops the run (exit 1, nothing written); with report every row is written, bad ones with\n"
-            "an 'error' field, and the exit status is 1 when any row failed.\n\n"
+            "an 'error' field (a JSONL line that is not a JSON object too), and the exit status is 1\n"
+            "when any row failed. The output path, the device and the model are checked before any\n"
+            "row is predicted; every failure is one line on stderr and exit status 1.\n\n"
             "example: mme-jd predict my-mme-jd rows.jsonl --output predictions.jsonl --mode mme_jd"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -221,7 +375,8 @@ def _add_predict(commands) -> None:
     predict.add_argument("input",
                          help="the rows: a .jsonl file (one JSON object per line) or a .csv file with a header")
     predict.add_argument("--output", "-o", default=None,
-                         help="where the predictions go, one JSON object per line (.jsonl), written atomically; "
+                         help="where the predictions go, one JSON object per line (.jsonl), written atomically "
+                              "(an existing file keeps its permissions; the input file is refused); "
                               "default: <input>.predictions.jsonl beside the input; '-' for stdout")
     predict.add_argument("--format", choices=("jsonl", "csv"), default=None,
                          help="the input's format (default: from its extension: .jsonl/.json or .csv)")
@@ -497,14 +652,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SHOWN_PROBLEMS = 3  # a message listing many bad rows shows this many, then how many more
+
+
+def _one_line(error: BaseException) -> str:
+    """An error message as one short line: its lines joined with " | ", at most
+    `_SHOWN_PROBLEMS` listed problems after the first line, then how many were left out."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    head, problems = lines[0], lines[1:]
+    if len(problems) > _SHOWN_PROBLEMS:
+        left_out = len(problems) - _SHOWN_PROBLEMS
+        problems = [*problems[:_SHOWN_PROBLEMS], f"... and {left_out} more"]
+    return " | ".join([head, *problems])
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done; 1 a failure, told in one line on stderr
+    ("mme-jd <command>: error: <what was wrong and what to do>"); 2 bad arguments (argparse);
+    130 interrupted (Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        reason = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"mme-jd {args.command}: error: {reason}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as error:  # OSError: FileNotFoundError, permissions, disk full
+        print(f"mme-jd {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print(f"mme-jd {args.command}: error: out of memory; use a smaller --batch-size or a larger machine.",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mme-jd {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
