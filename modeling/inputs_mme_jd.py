@@ -100,6 +100,19 @@ def _where(index: int | None) -> str:
     return f"input {index}: " if index is not None else ""
 
 
+def short_repr(value: Any, limit: int = 120) -> str:
+    """repr(value) for a message, cut in the middle to about `limit` characters (both ends
+    kept: a path's file name is at its end): a row's values can be megabytes long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return f"<{type(value).__name__} too large to print>"
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def _too_large(where: str, name: str, pixels: int | None) -> ValueError:
     """The one message for an image above the pixel limit; it states the limit it applies."""
     limit = _pil().Image.MAX_IMAGE_PIXELS
@@ -210,17 +223,17 @@ def _path_of(value: Any, where: str) -> str:
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     if path.startswith(("http://", "https://")):
-        raise ValueError(f"{where}image URLs are not fetched: download {path!r} and give the file's path.")
+        raise ValueError(f"{where}image URLs are not fetched: download {short_repr(path)} and give the file's path.")
     if not path.strip():
         raise ValueError(f"{where}the image path is empty; give a file path, a PIL image or an array.")
     if "\x00" in path:
-        raise ValueError(f"{where}the image path holds a NUL character: {path!r}.")
+        raise ValueError(f"{where}the image path holds a NUL character: {short_repr(path)}.")
     if os.path.isdir(path):
-        raise ValueError(f"{where}image path {path!r} is a folder, not an image file.")
+        raise ValueError(f"{where}image path {short_repr(path)} is a folder, not an image file.")
     if not os.path.isfile(path):
-        raise ValueError(f"{where}image file not found: {path!r}; give an existing path or a PIL image.")
+        raise ValueError(f"{where}image file not found: {short_repr(path)}; give an existing path or a PIL image.")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{where}image file {path!r} is empty (0 bytes).")
+        raise ValueError(f"{where}image file {short_repr(path)} is empty (0 bytes).")
     return path
 
 
@@ -275,7 +288,7 @@ def load_image(value: Any, index: int | None = None):
         image = _open(_BytesReader(value), where, "the image bytes")
     elif isinstance(value, (str, os.PathLike)):
         path = _path_of(value, where)
-        image = _open(path, where, f"image {path!r}")
+        image = _open(path, where, f"image {short_repr(path)}")
     elif hasattr(value, "read"):
         image = _open(value, where, "the image data")
     elif isinstance(value, PIL.Image.Image):
@@ -323,4 +336,5 @@ def normalize_text(value: Any, index: int | None = None, forbidden: tuple[str, .
     return value
 
 
-__all__ = ["MAX_IMAGE_SIDE", "STAND_IN_SIZE", "check_image_source", "load_image", "normalize_text"]
+__all__ = ["MAX_IMAGE_SIDE", "STAND_IN_SIZE", "check_image_source", "load_image", "normalize_text",
+           "short_repr"]

@@ -78,7 +78,7 @@ from transformers.utils import logging
 from .configuration_mme_jd import EXPERT_NAMES, MODES
 from .counterfactual_mme_jd import (apply_image_counterfactual, build_triple, call_processor, image_token_grids,
                                     lexical_text_counterfactual, saliency_text_counterfactual, top_token_masks)
-from .inputs_mme_jd import check_image_source, load_image, normalize_text
+from .inputs_mme_jd import check_image_source, load_image, normalize_text, short_repr
 
 logger = logging.get_logger(__name__)
 
@@ -312,7 +312,7 @@ class MultimodalDebiasPipeline(Pipeline):
         elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count:
             return int(value)
         raise ValueError(
-            f"input {index}: label {value!r} is not one of the model's labels {list(names)} "
+            f"input {index}: label {short_repr(value)} is not one of the model's labels {list(names)} "
             f"(or an id 0-{count - 1})."
         )
 

@@ -199,6 +199,18 @@ def test_labels(pipe, good_image):
         _raises(pipe, {"image": good_image, "text": GOOD_TEXT, "label": label}, "is not one of the model's labels")
 
 
+@pytest.mark.parametrize("item", [
+    {"image": "images/" + "a" * 100_000 + ".png", "text": GOOD_TEXT},
+    {"image": "http://x/" + "a" * 100_000, "text": GOOD_TEXT},
+    {"image": "a\x00" * 10_000, "text": GOOD_TEXT},
+    {"image": random_images(1)[0], "text": GOOD_TEXT, "label": "9" * 100_000},
+    {"image": random_images(1)[0], "text": GOOD_TEXT, "label": 10**5000},  # an int too long for repr()
+])
+def test_long_values_are_shortened_in_messages(pipe, item):
+    message = _raises(pipe, item)
+    assert (len(message) < 400 and " ... " in message) or "too large to print" in message, message
+
+
 @pytest.mark.parametrize("inputs, words", [
     ("just a string", ("inputs must be a dict",)),
     (42, ("inputs must be a dict",)),
