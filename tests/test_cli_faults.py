@@ -254,3 +254,188 @@ def test_unreadable_lines_are_bad_rows_with_report(workspace, tmp_path, capfd):
     for record, start in zip(records, expected, strict=True):
         assert (record.get("error") is None) if start is None else record["error"].startswith(start), record
     assert records[2]["input"] == "[1, 2]" and records[0]["label"] and records[5]["label"]
+
+
+# ---------------------------------------------------------------------------- fuzz
+
+LABELS = ("not_sarcastic", "sarcastic")
+GOOD_WORDS = "the movie was great terrible good bad #irony today my day is fun awful".split()
+HOSTILE_TEXTS = [
+    "bad \udcff", "\ud800", "\udfff\ud800 x", "", "   ", "\n\t", None, 0, -1, 10**30, -1e308, float("inf"), True, [],
+    {"text": "x"}, "\x00", "a\x00b", "\ufeff", "look <image> here", "word " * 2000, "x" * 20_000, "🙂" * 50,
+    "{text}", "\u202egnp.exe", "\r\n",
+]
+HOSTILE_IMAGES = [
+    "images/missing.png", "images/a_folder.png", "images/corrupt.png", "images/empty.png", "images/bomb.png",
+    "images/dangling.png", "images/0.png/x", "~\x00x", "\x00", "\udcff.png", "", "   ", None, 12, -5, float("inf"),
+    [], {}, {"path": None}, {"bytes": "abc"}, "http://example.com/x.png", os.devnull, "/etc/passwd",
+    "../" * 40 + "etc/passwd", "images", "images/" + "a" * 5000 + ".png",
+]
+HOSTILE_LABELS = ["²", "--1", "-1", 2, -1, 10**30, float("inf"), float("nan"), True, [], {}, "9" * 5000, "ironic"]
+HOSTILE_LINES = ["", "   ", "{oops", "[1]", "null", "123", '"a string"', "[" * 5000, '{"image": ' + "9" * 5000 + "}",
+                 '\ufeff{"image": "images/0.png", "text": "x"}', '{"image": "images/0.png", "text": NaN}', "\x00"]
+
+
+def _good_row(rng: random.Random, folder: Path) -> dict:
+    """A valid row; its image relative to `folder` (the input file's) or absolute."""
+    index = rng.randrange(3)
+    row = {"image": rng.choice([f"images/{index}.png", str(folder / "images" / f"{index}.png")]),
+           "text": " ".join(rng.choice(GOOD_WORDS) for _ in range(rng.randint(1, 8)))}
+    if rng.random() < 0.5:
+        row["label"] = rng.choice([*LABELS, 0, 1, "0", "1"])
+    return row
+
+
+def _hostile_row(rng: random.Random, folder: Path) -> dict:
+    """A good row with one to three fields made hostile, dropped or added."""
+    row = _good_row(rng, folder)
+    for _ in range(rng.randint(1, 3)):
+        field = rng.choice(["image", "text", "label", "drop", "extra"])
+        if field == "drop":
+            row.pop(rng.choice(["image", "text"]), None)
+        elif field == "extra":
+            row[rng.choice(["\udcff", "", "extra", "IMAGE"])] = rng.choice(HOSTILE_TEXTS)
+        else:
+            row[field] = rng.choice({"image": HOSTILE_IMAGES, "text": HOSTILE_TEXTS, "label": HOSTILE_LABELS}[field])
+    return row
+
+
+def _fuzz_jsonl(rng: random.Random, path: Path, count: int) -> list[bool | None]:
+    """A JSONL file of good rows, hostile rows and hostile lines; per row read: True (good),
+    False (hostile: a prediction or an error), None for lines that are no row (blank)."""
+    lines, kinds = [], []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.45:
+            lines.append(json.dumps(_good_row(rng, path.parent)))  # \\u escapes: surrogates survive
+            kinds.append(True)
+        elif roll < 0.85:
+            lines.append(json.dumps(_hostile_row(rng, path.parent)))
+            kinds.append(False)
+        else:
+            line = rng.choice(HOSTILE_LINES)
+            lines.append(line)
+            kinds.append(None if not line.strip() else False)
+    bom = "\ufeff" if rng.random() < 0.5 else ""
+    newline = rng.choice(["\n", "\r\n"])
+    path.write_text(bom + newline.join(lines) + newline, encoding="utf-8", newline="")
+    return [kind for kind in kinds if kind is not None]
+
+
+def _fuzz_csv(rng: random.Random, path: Path, count: int) -> list[bool]:
+    """A CSV file (image, text, label) of good and hostile rows: missing and extra fields, NULs,
+    quotes, very long text (a CSV cannot carry lone surrogates: UTF-8 has none)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "text", "label"])
+    kinds = []
+    for _ in range(count):
+        row = _good_row(rng, path.parent)
+        cells = [row["image"], row["text"], str(row.get("label", ""))]
+        good = rng.random() < 0.5
+        if not good:
+            change = rng.choice(["short", "long", "nul", "quotes", "text", "image", "label", "empty"])
+            if change == "short":
+                cells = cells[: rng.randint(1, 2)]
+            elif change == "long":
+                cells += ["surplus", "cells"]
+            elif change == "nul":
+                cells[rng.randrange(3)] += "\x00"
+            elif change == "quotes":
+                cells[1] = 'say "hi", then\nleave'
+            elif change == "empty":
+                cells = ["", "", ""]
+            else:
+                column = ["image", "text", "label"].index(change)
+                pool = {"image": HOSTILE_IMAGES, "text": HOSTILE_TEXTS, "label": HOSTILE_LABELS}[change]
+                value = rng.choice(pool)
+                cells[column] = value if isinstance(value, str) else json.dumps(value)
+                cells[column] = cells[column].encode("utf-8", "replace").decode("utf-8")  # no surrogates in UTF-8
+        writer.writerow(cells)
+        kinds.append(good)
+    bom = "\ufeff" if rng.random() < 0.5 else ""
+    path.write_text(bom + buffer.getvalue(), encoding="utf-8", newline="")
+    return kinds
+
+
+def _check_report(code: int, err: str, output: Path, kinds: list[bool]) -> None:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [record["index"] for record in records] == list(range(len(kinds)))
+    failed = 0
+    for record, good in zip(records, kinds):
+        if good:
+            assert "error" not in record and record["label"] in LABELS and 0 <= record["score"] <= 1, record
+        elif record.get("error"):
+            failed += 1
+            assert record["error"].startswith(f"input {record['index']}: ") and record["label"] is None, record
+            assert len(record["error"]) < 600, record["error"]
+        else:
+            assert record["label"] in LABELS, record
+    assert lines[0].startswith(f"predicted {len(kinds) - failed} of {len(kinds)} rows")
+    assert (code, len(lines)) == ((1, 2) if failed else (0, 1)), err
+    if failed:
+        assert lines[1].startswith(f"mme-jd predict: error: {failed} of {len(kinds)} rows failed"), err
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzz_predict_over_hostile_files(workspace, tmp_path, capfd, seed):
+    """Generated JSONL/CSV files with hostile rows: the CLI never prints a traceback, exits 0
+    (all rows predicted) or 1 (one line), every good row gets a prediction and every bad one
+    an 'input <i>: ...' error in its place; --on-error raise writes nothing and says one line."""
+    rng = random.Random(seed)
+    data = workspace / "data"
+    for number, fmt in enumerate(["jsonl", "csv"]):
+        path = data / f"fuzz_{seed}_{number}.{fmt}"
+        kinds = (_fuzz_jsonl if fmt == "jsonl" else _fuzz_csv)(rng, path, rng.randint(12, 24))
+        output = tmp_path / f"out_{number}.jsonl"
+        batch = str(rng.choice([1, 3, 8]))
+        mode = rng.choice(["general", "mid", "mme_jd"])
+        code, _, err = _run(["predict", workspace / "model", path, "-o", output, "--no-progress", "--on-error",
+                             "report", "--batch-size", batch, "--mode", mode], capfd)
+        _check_report(code, err, output, kinds)
+        raised = tmp_path / f"raised_{number}.jsonl"
+        code, _, err = _run(["predict", workspace / "model", path, "-o", raised, "--no-progress", "--batch-size",
+                             batch], capfd)
+        if all(kinds):
+            assert code == 0 and raised.exists(), err
+        elif code == 1:
+            _assert_one_line_error(code, err)
+            assert not raised.exists()
+        else:  # every hostile row happened to be a valid input
+            assert code == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"image,text\n\xff\xfe,broken\n", "is not UTF-8 text"),
+    (b"image,text\nimages/0.png," + b"x" * 200_000 + b"\n", "not a valid CSV file"),
+    (b"\n\n   \n", "holds no rows"),
+    (b"image,text\n", "holds no rows"),
+])
+def test_fuzz_hostile_whole_files_are_one_line(workspace, tmp_path, capfd, content, words):
+    path = tmp_path / ("rows.csv" if content.startswith(b"image") else "rows.jsonl")
+    path.write_bytes(content)
+    code, _, err = _run(["predict", workspace / "model", path, "-o", tmp_path / "out.jsonl", "--no-progress"], capfd)
+    _assert_one_line_error(code, err, words)
+
+
+def test_many_bad_rows_are_one_short_line(workspace, tmp_path, capfd):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"image": f"missing_{i}.png", "text": "x"}) + "\n" for i in range(50)))
+    code, _, err = _run(["predict", workspace / "model", rows, "-o", tmp_path / "out.jsonl", "--no-progress"], capfd)
+    line = _assert_one_line_error(code, err, "50 of 50 inputs are invalid", "input 1: ", "... and 48 more")
+    assert "input 2: " not in line
+
+
+def test_console_entry_point_over_a_hostile_file(workspace, tmp_path):
+    """The real process: stderr holds the summary and the one-line error, no warning, no traceback."""
+    rows = tmp_path / "rows.jsonl"
+    kinds = _fuzz_jsonl(random.Random(99), rows, 16)
+    shutil.copytree(workspace / "data" / "images", tmp_path / "images", symlinks=True)
+    output = tmp_path / "out.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    process = subprocess.run([sys.executable, "-m", "mme_jd.cli", "predict", str(workspace / "model"), str(rows),
+                              "-o", str(output), "--no-progress", "--on-error", "report"],
+                             capture_output=True, text=True, env=env, timeout=180)
+    _check_report(process.returncode, process.stderr, output, kinds)

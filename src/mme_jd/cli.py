@@ -652,17 +652,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SHOWN_PROBLEMS = 3  # a message listing many bad rows shows this many, then how many more
+_LISTED_PROBLEMS = 3  # a message about more bad rows lists the first two, then how many more
 
 
 def _one_line(error: BaseException) -> str:
-    """An error message as one short line: its lines joined with " | ", at most
-    `_SHOWN_PROBLEMS` listed problems after the first line, then how many were left out."""
+    """An error message as one short line: its lines joined with " | "; of more than
+    `_LISTED_PROBLEMS` listed problems (the lines after the first), the first ones and how
+    many more, in `_LISTED_PROBLEMS` items."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
     head, problems = lines[0], lines[1:]
-    if len(problems) > _SHOWN_PROBLEMS:
-        left_out = len(problems) - _SHOWN_PROBLEMS
-        problems = [*problems[:_SHOWN_PROBLEMS], f"... and {left_out} more"]
+    if len(problems) > _LISTED_PROBLEMS:
+        shown = _LISTED_PROBLEMS - 1
+        problems = [*problems[:shown], f"... and {len(problems) - shown} more"]
     return " | ".join([head, *problems])
 
 
