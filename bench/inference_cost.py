@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from mme_jd.provenance import run_environment
+
 SHARES = (0.0, 0.1, 0.25, 0.5, 1.0)
 README_START, README_END = "<!-- bench:cost:start -->", "<!-- bench:cost:end -->"
 TEXT = 2  # ROUTER_STRATEGIES.index("text")
@@ -144,7 +146,8 @@ def main() -> None:
     path = Path(cli.results)
     path.parent.mkdir(parents=True, exist_ok=True)
     settings = {"rows": cli.rows, "batch_size": cli.batch_size, "repeats": cli.repeats, "threads": cli.threads}
-    payload = {"settings": settings, "threads": cli.threads, "load_average": os.getloadavg(), "results": results}
+    payload = {"settings": settings, "threads": cli.threads, "load_average": os.getloadavg(),
+               "environment": run_environment(), "results": results}
     _write(path, json.dumps(payload, indent=2))
     write_tables(path, results, cli, settings)
     print(f"wrote {path}")

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from mme_jd.provenance import run_environment
+
 DATASETS = ("mvsa_single", "mmsd2", "mmsd-to-mmsd2")
 #: Defaults per dataset: (num_train, num_validation, num_test, epochs), chosen for ~20 min in all
 #: on 2 idle CPU cores, where one training row pass (forward + backward, batch 8) takes ~0.04 s
@@ -280,6 +282,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         results["general_from"] = "the general expert of the mme_jd run (its first stage is the general recipe)"
     for recipe in train_recipes:
         model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
+        results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum
         args = TrainingArguments(
             output_dir=f"{cli.output}/{name}/{recipe}", per_device_train_batch_size=cli.batch_size,
             num_train_epochs=epochs, learning_rate=cli.learning_rate, warmup_steps=0.06, logging_steps=10,
