@@ -146,3 +146,45 @@ def test_publish_keeps_the_folder_of_the_process_that_won_the_race(tmp_path):
 def test_bad_hyperparameters_are_refused():
     with pytest.raises(ValueError, match="must be positive"):
         pretrain_tiny_base(steps=0, progress=False)
+
+
+BUILD_SCRIPT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from mme_jd.tiny import pretrain_tiny_base
+base, _, _ = pretrain_tiny_base(steps=40, pool_size=512, batch_size=32, progress=False, probe_rows=0,
+                                zero_shot_rows=0)
+torch.save(base.state_dict(), sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_pretraining_is_bit_identical_across_processes_and_close_across_thread_counts(tmp_path):
+    """Same thread count, two processes: identical weights. 1 against 2 threads: CPU matmuls
+    sum in another order, so the weights differ in the last bits (7.8e-6 after these 40 steps)
+    and drift further over the full 2,500 steps. That is why the default base ships as a file
+    (`mme_jd.tiny.shipped_pretrained_path`) instead of being rebuilt on each machine."""
+    import subprocess
+    import sys
+
+    from mme_jd.provenance import tensors_sha256
+
+    states = {}
+    for name, threads in (("one", 1), ("one_again", 1), ("two", 2)):
+        path = tmp_path / f"{name}.pt"
+        run = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(threads), str(path)], capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        states[name] = torch.load(path)
+    digests = {name: tensors_sha256(state.items()) for name, state in states.items()}
+    assert digests["one"] == digests["one_again"]
+    difference = max((states["one"][k] - states["two"][k]).abs().max().item() for k in states["one"])
+    assert difference < 1e-4, difference
+
+
+def test_the_default_base_ships_with_the_package_and_matches_its_checksum():
+    folder = tiny.shipped_pretrained_path()
+    assert folder is not None and folder.name == os.path.basename(pretrained_cache_path())
+    tiny.verify_shipped(folder)  # the weights file matches SHA256SUMS
+    report = tiny.pretrained_tiny_report()
+    assert report["steps"] == 2500 and min(report["probe_accuracy"].values()) > 0.95, report["probe_accuracy"]

@@ -12,7 +12,9 @@ cannot learn the synthetic incongruity task, the pretrained one reads both modal
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[MASK]", "<image>")
@@ -401,7 +403,6 @@ def _pretraining_key(settings: TinySettings, steps: int, pool_size: int, batch_s
 
 def default_cache_dir() -> str:
     """`$MME_JD_CACHE`, else `$XDG_CACHE_HOME/mme_jd`, else `~/.cache/mme_jd`."""
-    import os
 
     if os.environ.get("MME_JD_CACHE"):
         return os.path.expanduser(os.environ["MME_JD_CACHE"])
@@ -421,7 +422,6 @@ def pretrained_cache_path(
     """The cache folder of a pretrained tiny base: `<cache_dir>/tiny-pretrained-<key>`, the key
     hashing the settings, the pretraining hyper-parameters, the recipe version and the
     tokenizer's vocabulary."""
-    import os
 
     key = _pretraining_key(settings or TinySettings(), steps, pool_size, batch_size, lr, seed)
     return os.path.join(os.fspath(cache_dir) if cache_dir is not None else default_cache_dir(),
@@ -429,7 +429,6 @@ def pretrained_cache_path(
 
 
 def _is_complete(folder: str) -> bool:
-    import os
 
     return all(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", _REPORT_NAME))
 
@@ -444,7 +443,6 @@ def _publish(staging: str, folder: str, replace: bool = False) -> bool:
     """Move a complete staging folder to `folder` with one `os.rename`. Returns False (and
     removes the staging folder) when another process published `folder` first; with
     `replace` an existing folder is moved aside first and removed after."""
-    import os
     import uuid
 
     if replace and os.path.exists(folder):
@@ -513,13 +511,61 @@ def load_pretrained_tiny_base(folder: str, settings: TinySettings | None = None)
 
 def _saved_vocabulary(folder: str, fallback) -> dict:
     import json
-    import os
 
     path = os.path.join(folder, "tokenizer.json")
     if not os.path.isfile(path):
         return fallback.tokenizer.get_vocab()
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)["model"]["vocab"]
+
+
+#: Pretrained tiny bases shipped inside the package (`tiny-pretrained-<key>` folders, read-only):
+#: the default one is here, so `make demo` and the bench start from the same weights on every
+#: machine without minutes of pretraining. `ship_pretrained_tiny_base` writes one.
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def shipped_pretrained_path(settings: TinySettings | None = None, steps: int = 2500, pool_size: int = 20000,
+                            batch_size: int = 64, lr: float = DEFAULT_PRETRAIN_LR,
+                            seed: int = DEFAULT_PRETRAIN_SEED) -> Path | None:
+    """The shipped folder of a pretrained tiny base with these settings, or None."""
+    key = _pretraining_key(settings or TinySettings(), steps, pool_size, batch_size, lr, seed)
+    folder = SHIPPED_DIR / f"tiny-pretrained-{key}"
+    return folder if _is_complete(str(folder)) else None
+
+
+def ship_pretrained_tiny_base(settings: TinySettings | None = None, **hyper: Any) -> Path:
+    """Copy the cached pretrained tiny base (pretraining it first if needed) into the package
+    (`SHIPPED_DIR`), with the sha256 of its weights file in `SHA256SUMS`. Maintainers run it
+    (`python -m mme_jd.tiny --ship`) when the pretraining recipe or the vocabulary changes."""
+    import shutil
+
+    from .provenance import file_sha256
+
+    pretrained_tiny_base(settings, progress=True, use_shipped=False, **hyper)
+    source = Path(pretrained_cache_path(settings, None, **hyper))
+    target = SHIPPED_DIR / source.name
+    staging = SHIPPED_DIR / f".{source.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    (staging / "SHA256SUMS").write_text(f"{file_sha256(staging / 'model.safetensors')}  model.safetensors\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
+def verify_shipped(folder: Path) -> None:
+    """Raise ValueError when a shipped weights file does not match its recorded sha256."""
+    from .provenance import file_sha256
+
+    sums = folder / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    for line in sums.read_text().splitlines():
+        digest, name = line.split()
+        if file_sha256(folder / name) != digest:
+            raise ValueError(f"the shipped file {folder / name} does not match its sha256 in {sums}; "
+                             "reinstall mme-jd.")
 
 
 def pretrained_tiny_base(
@@ -532,6 +578,7 @@ def pretrained_tiny_base(
     seed: int = DEFAULT_PRETRAIN_SEED,
     rebuild: bool = False,
     progress: bool = True,
+    use_shipped: bool = True,
     **pretrain_kwargs: Any,
 ):
     """The pretrained tiny base and its processor, from the cache or pretrained once.
@@ -543,12 +590,18 @@ def pretrained_tiny_base(
     pretrains again and replaces the folder. `pretrain_kwargs` go to `pretrain_tiny_base`
     (they do not enter the cache key: probe_rows, zero_shot_rows, ...). Returns (base in eval
     mode, processor), always loaded from the folder.
+
+    With `use_shipped` (the default) and no `rebuild`, a base shipped with the package for the
+    same settings (`shipped_pretrained_path`) is loaded instead: the default one is shipped.
     """
     import json
-    import os
     import uuid
 
     settings = settings or TinySettings()
+    shipped = shipped_pretrained_path(settings, steps, pool_size, batch_size, lr, seed) if use_shipped else None
+    if shipped is not None and not rebuild:
+        verify_shipped(shipped)
+        return load_pretrained_tiny_base(str(shipped), settings)
     folder = pretrained_cache_path(settings, cache_dir, steps, pool_size, batch_size, lr, seed)
     if rebuild or not _is_complete(folder):
         base, processor, report = pretrain_tiny_base(settings, steps=steps, pool_size=pool_size,
@@ -569,11 +622,13 @@ def pretrained_tiny_base(
 
 
 def pretrained_tiny_report(settings: TinySettings | None = None, cache_dir: str | None = None, **hyper: Any) -> dict | None:
-    """The pretraining report saved beside a cached base (None when it is not cached)."""
+    """The pretraining report saved beside a cached (or, without `cache_dir`, shipped) base;
+    None when there is none."""
     import json
-    import os
 
-    path = os.path.join(pretrained_cache_path(settings, cache_dir, **hyper), _REPORT_NAME)
+    shipped = shipped_pretrained_path(settings, **hyper) if cache_dir is None else None
+    folder = str(shipped) if shipped is not None else pretrained_cache_path(settings, cache_dir, **hyper)
+    path = os.path.join(folder, _REPORT_NAME)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as handle:
@@ -581,8 +636,10 @@ def pretrained_tiny_report(settings: TinySettings | None = None, cache_dir: str 
 
 
 def is_pretrained_tiny_cached(settings: TinySettings | None = None, cache_dir: str | None = None, **hyper: Any) -> bool:
-    """Whether `pretrained_tiny_base(settings, cache_dir, **hyper)` would load without training."""
-    return _is_complete(pretrained_cache_path(settings, cache_dir, **hyper))
+    """Whether `pretrained_tiny_base(settings, cache_dir, **hyper)` would load without training
+    (from the cache, or from the package when the base is shipped)."""
+    return shipped_pretrained_path(settings, **hyper) is not None or _is_complete(
+        pretrained_cache_path(settings, cache_dir, **hyper))
 
 
 def pretrained_tiny_model(
@@ -599,3 +656,32 @@ def pretrained_tiny_model(
 
     base, processor = pretrained_tiny_base(settings, cache_dir, **(pretraining or {}))
     return from_base(base, processor, **config_overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mme_jd.tiny --ship`: pretrain the default tiny base (or take it from the
+    cache) and ship it inside the package; `--rebuild` pretrains even when it is cached."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mme_jd.tiny", description=main.__doc__)
+    parser.add_argument("--ship", action="store_true", help="copy the pretrained default base into the package")
+    parser.add_argument("--rebuild", action="store_true", help="pretrain again even when the cache has it")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads while pretraining (default: 1)")
+    cli = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(cli.threads)
+    if cli.rebuild:
+        pretrained_tiny_base(rebuild=True, use_shipped=False)
+    if cli.ship:
+        print(f"shipped {ship_pretrained_tiny_base()}")
+    else:
+        base, _ = pretrained_tiny_base(use_shipped=False)
+        from .provenance import base_weights_sha256
+
+        print(f"cached {pretrained_cache_path()}; weights sha256 {base_weights_sha256(base)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
