@@ -33,6 +33,28 @@ def _quiet_transformers() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+def _add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
+    """The `--trust-remote-code` flag of a command that loads a model folder (off by default)."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the model folder run Python code it ships (its own auto_map classes); off by "
+                             "default: a saved MME-JD folder needs none. Inspect the code before allowing it")
+
+
+@contextlib.contextmanager
+def _remote_code_needs_consent(model: str) -> Iterator[None]:
+    """Turn transformers' refusal to run a folder's own code without `trust_remote_code=True`
+    into one line that names the CLI's flag."""
+    try:
+        yield
+    except ValueError as error:
+        if "contains custom code" not in str(error):
+            raise
+        raise ValueError(
+            f"{model!r} ships Python code of its own (auto_map) that loading it would run; inspect that code, then "
+            "pass --trust-remote-code to allow it"
+        ) from None
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -120,8 +142,9 @@ def _write_jsonl(records: list[dict], output: str) -> None:
             temporary.unlink()
 
 
-def load_pipeline(model: str, device: str | None = None):
-    """The `multimodal-debias` pipeline of a saved model folder (or Hub id)."""
+def load_pipeline(model: str, device: str | None = None, trust_remote_code: bool = False):
+    """The `multimodal-debias` pipeline of a saved model folder (or Hub id). The folder's own
+    Python code (`auto_map`) runs only with `trust_remote_code=True`."""
     from transformers import pipeline
 
     from . import register_auto_classes
@@ -130,7 +153,7 @@ def load_pipeline(model: str, device: str | None = None):
     if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise FileNotFoundError(f"model folder not found: {model!r}")
     try:
-        return pipeline("multimodal-debias", model=model, device=device)
+        return pipeline("multimodal-debias", model=model, device=device, trust_remote_code=trust_remote_code)
     except OSError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RuntimeError(f"cannot load the model {model!r}: {first}") from None
@@ -153,12 +176,14 @@ def predict_file(
     label_column: str = "label",
     input_format: str | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Predict every row of a JSONL/CSV file with the `multimodal-debias` pipeline (the
     `mme-jd predict` command). Each output line: {"index", "input": the row as read, "label",
     "score", "strategy", "scores", ...} or, for a bad row with on_error="report",
     {"index", "input", "error", ...}. Returns a summary (rows, predicted, failed,
-    first_error, strategies, output)."""
+    first_error, strategies, output). trust_remote_code: let the model folder run Python code of
+    its own (off by default)."""
     from tqdm.auto import tqdm
 
     rows = read_rows(input_path, input_format)
@@ -167,7 +192,7 @@ def predict_file(
     output = output or str(Path(input_path).with_name(Path(input_path).stem + ".predictions.jsonl"))
     folder = Path(input_path).resolve().parent
     items = [_pipeline_input(row, folder, image_column, text_column, label_column) for row in rows]
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, trust_remote_code=trust_remote_code)
     options = {"mode": mode, "top_k": top_k, "explain": explain, "return_experts": return_experts,
                "errors": on_error}
     with tqdm(total=len(items), desc="predict", unit="row", file=sys.stderr, disable=not progress) as bar:
@@ -185,12 +210,12 @@ def predict_file(
 
 
 def _predict(args: argparse.Namespace) -> None:
-    with _quiet_transformers():
+    with _quiet_transformers(), _remote_code_needs_consent(args.model):
         summary = predict_file(
             args.model, args.input, args.output, mode=args.mode, batch_size=args.batch_size, top_k=args.top_k,
             explain=args.explain, return_experts=args.return_experts, on_error=args.on_error, device=args.device,
             image_column=args.image_column, text_column=args.text_column, label_column=args.label_column,
-            input_format=args.format, progress=not args.no_progress,
+            input_format=args.format, progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
         )
     counts = ", ".join(f"{name} {count}" for name, count in summary["strategies"].items())
     print(f"predicted {summary['predicted']} of {summary['rows']} rows → {summary['output']} (strategies: {counts})",
@@ -245,6 +270,7 @@ def _add_predict(commands) -> None:
     predict.add_argument("--device", default=None,
                          help="where the model runs: cpu, cuda, cuda:1, mps ... (default: the first GPU, else cpu)")
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    _add_trust_remote_code(predict)
     predict.set_defaults(handler=_predict)
 
 
@@ -255,12 +281,13 @@ def _publish(args: argparse.Namespace) -> None:
     from .hub import publish
 
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(), _remote_code_needs_consent(args.model):
             result = publish(
                 args.model, args.repo_id, report=args.report, output_dir=args.output_dir, license=args.license,
                 base_model=args.base_model, datasets=args.dataset, dataset_split=args.dataset_split, tags=args.tag,
                 pipeline_tag=args.pipeline_tag, private=args.private or None, token=args.token,
                 revision=args.revision, commit_message=args.commit_message, dry_run=args.dry_run,
+                trust_remote_code=args.trust_remote_code,
             )
     except OSError as error:  # Hub errors (HTTP, missing token) are OSErrors; keep the one-line contract
         if isinstance(error, FileNotFoundError):
@@ -309,6 +336,7 @@ def _add_publish(commands) -> None:
     publish.add_argument("--revision", default=None, help="the branch to upload to (default: main)")
     publish.add_argument("--commit-message", default=None, help="the message of the model files' commit")
     publish.add_argument("--dry-run", action="store_true", help="write the upload folder and card, upload nothing")
+    _add_trust_remote_code(publish)
     publish.set_defaults(handler=_publish)
 
 
@@ -320,7 +348,8 @@ def _add_publish(commands) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .training.__main__ import run
 
-    report = run(args)
+    with _remote_code_needs_consent(args.model):
+        report = run(args)
     print(f"checkpoint: {report['checkpoint']} ({report['seconds']} s)")
 
 
@@ -356,8 +385,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .cues import parse_cues
 
     cues = parse_cues(args.cue)
-    result = evaluate_model(args.model, dataset, args.output_dir, mode=args.mode, batch_size=args.batch_size,
-                            split=args.split, formats=tuple(args.formats.split(",")), cues=cues or None)
+    with _remote_code_needs_consent(args.model):
+        result = evaluate_model(args.model, dataset, args.output_dir, mode=args.mode, batch_size=args.batch_size,
+                                split=args.split, formats=tuple(args.formats.split(",")), cues=cues or None,
+                                trust_remote_code=args.trust_remote_code)
     print(f"report written to {args.output_dir}: " + ", ".join(sorted(str(k) for k in result.get("files", {}))))
 
 
@@ -386,6 +417,7 @@ def _add_evaluate(commands) -> None:
                                "watermark'), NAME:LABEL=... to say which label it points to (else estimated on "
                                "the evaluated rows, wrong on a split that reverses it), or a .json/.yaml file of "
                                "cues; repeat for several")
+    _add_trust_remote_code(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
 

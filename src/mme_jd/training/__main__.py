@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "synthetic group column, else macro F1 on validation)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a --model folder / hub id run Python code of its own (a base architecture "
+                             "outside transformers); off by default")
     return parser
 
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         from ..base import from_base
 
-        model = from_base(args.model)
+        model = from_base(args.model, trust_remote_code=args.trust_remote_code)
     # routing choices are model config fields (validated there), saved with the checkpoint
     for name in ("router_cost_tolerance", "router_max_routed_share"):
         if getattr(args, name) is not None:
