@@ -25,8 +25,16 @@ Modes (config.mode, or `mode=` per call):
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
+import json
 import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +43,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_mme_jd import EXPERT_NAMES, ROUTER_STRATEGIES, MMEJDConfig
 from .counterfactual_mme_jd import image_token_grids, reversed_targets
@@ -44,6 +52,8 @@ from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretraine
 # Tensors aligned with the token sequence: padded when batches of different length are joined.
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 _NONE, _IMAGE, _TEXT, _BOTH = range(4)
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -695,9 +705,11 @@ class MMEJDModel(MMEJDPreTrainedModel):
     def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
         """Save weights (safetensors), config with `auto_map` and `custom_pipelines` (the
         `multimodal-debias` pipeline), the modeling and pipeline files and the processor.
-        Files are written into a temporary folder beside the target and then moved
-        into place one by one with `os.replace`, so an interrupted save never leaves a
-        half-written file where a good one was; other files in the folder are kept."""
+
+        The folder is replaced as one unit (`save_folder_atomically`): a save killed at any
+        moment leaves it wholly old or wholly new. Other entries of the folder (a training
+        report, Trainer checkpoints, notes) are kept; weight shards of an earlier save that
+        this one does not write are dropped, as transformers' own save drops them."""
         processor = processor if processor is not None else self.processor
         # keep this model's own key layout: transformers would otherwise store the base's keys in
         # its legacy layout, which the Trainer's checkpoint reload (load_state_dict) cannot match
@@ -709,32 +721,182 @@ class MMEJDModel(MMEJDPreTrainedModel):
             super().save_pretrained(target, *args, **kwargs)
             if processor is not None:
                 processor.save_pretrained(target)
+                strip_loading_environment(target)
             return
-        os.makedirs(target, exist_ok=True)
-        staging = os.path.join(target, f".mme-jd-save-{os.getpid()}-{id(self):x}")
-        try:
-            super().save_pretrained(staging, *args, **kwargs)
+
+        def write(staging: str) -> None:
+            super(MMEJDModel, self).save_pretrained(staging, *args, **kwargs)
             if processor is not None:
                 processor.save_pretrained(staging)
-            for root, _, files in os.walk(staging):
-                destination = os.path.join(target, os.path.relpath(root, staging))
-                os.makedirs(destination, exist_ok=True)
-                for name in files:
-                    os.replace(os.path.join(root, name), os.path.join(destination, name))
-        finally:
-            _remove_tree(staging)
+                strip_loading_environment(staging)
+
+        save_folder_atomically(target, write)
 
 
-def _remove_tree(path: str) -> None:
-    """Remove a folder and its content (what is left of a staging folder)."""
-    if not os.path.isdir(path):
+# ---------------------------------------------------------------------- saving a folder as one unit
+
+#: Name tags of what a save writes beside the target folder: the new folder while it is written
+#: (then the old one until it is removed), and the old folder where no atomic exchange exists.
+SAVE_STAGING_TAG = ".mme-jd-save-"
+SAVE_OLD_TAG = ".mme-jd-old-"
+#: Keys that transformers writes into saved tokenizer/processor configs about the machine the
+#: processor was loaded on; they mean nothing to whoever loads the folder next.
+LOADING_ENVIRONMENT_KEYS = ("is_local", "local_files_only")
+#: Weight files of an earlier save: not carried into the new folder (the new save writes its own).
+_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
+
+
+def save_folder_atomically(target: str, write: Callable[[str], None]) -> None:
+    """Replace the folder `target` as one unit: `write(folder)` fills a new folder beside it,
+    the entries of `target` that `write` did not produce are carried over as hard links (no
+    copy of the data), and one atomic exchange of two directory entries (Linux `renameat2`)
+    puts the new folder in place. A process killed at any moment leaves `target` wholly old
+    or wholly new; what it left beside the folder is removed by the next save.
+
+    Where no atomic exchange exists (other systems), the old folder is renamed aside and the
+    new one into place; a kill between the two renames leaves the old folder beside the target
+    and the next save puts it back first. Where the folder is a mount point or its parent is
+    not writable, files are moved into the folder one by one (atomic per file only).
+
+    One save per folder at a time: a save removes the leftovers of any other.
+    """
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    _recover_killed_save(target)
+    exists = os.path.isdir(target)
+    if exists and not _can_stage_beside(target):
+        _save_file_by_file(target, write)
         return
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.remove(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    os.rmdir(path)
+    staging = os.path.join(parent, f".{name}{SAVE_STAGING_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(staging)
+    try:
+        write(staging)
+        if not exists:
+            os.rename(staging, target)
+            return
+        shutil.copymode(target, staging)
+        _carry_over_entries(target, staging)
+        if not _exchange_entries(staging, target):
+            old = os.path.join(parent, f".{name}{SAVE_OLD_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+            os.rename(target, old)  # a kill here: the next save renames `old` back first
+            os.rename(staging, target)
+            staging = old
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the new folder on failure, else the old one
+
+
+def _recover_killed_save(target: str) -> None:
+    """Undo what a killed save left: put an old folder renamed aside back when the target is
+    missing, and remove staging and old folders beside the target and the staging folders of
+    the earlier per-file save inside it."""
+    parent, name = os.path.split(target)
+    prefixes = (f".{name}{SAVE_STAGING_TAG}", f".{name}{SAVE_OLD_TAG}")
+    beside = [entry for entry in os.listdir(parent) if entry.startswith(prefixes)]
+    if not os.path.exists(target):
+        aside = [entry for entry in beside if entry.startswith(prefixes[1])]
+        if aside:
+            os.rename(os.path.join(parent, aside[0]), target)
+    for entry in beside:
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    if os.path.isdir(target):
+        for entry in os.listdir(target):
+            if entry.startswith(SAVE_STAGING_TAG):
+                shutil.rmtree(os.path.join(target, entry), ignore_errors=True)
+
+
+def _can_stage_beside(target: str) -> bool:
+    """Whether a new folder can be written beside `target` and exchanged with it: the parent is
+    writable and on the same file system (`target` is no mount point)."""
+    parent = os.path.dirname(target)
+    return os.access(parent, os.W_OK | os.X_OK) and os.stat(parent).st_dev == os.stat(target).st_dev
+
+
+def _carry_over_entries(source: str, destination: str) -> None:
+    """Hard-link every entry of `source` that `destination` lacks into it (folders recursively,
+    symbolic links as links), except weight files of an earlier save. A file that cannot be
+    linked (a file system without hard links) is copied."""
+    for entry in os.listdir(source):
+        if os.path.lexists(os.path.join(destination, entry)) or _WEIGHT_FILE.fullmatch(entry):
+            continue
+        if entry.startswith(SAVE_STAGING_TAG):
+            continue
+        origin, copy = os.path.join(source, entry), os.path.join(destination, entry)
+        if os.path.islink(origin):
+            os.symlink(os.readlink(origin), copy)
+        elif os.path.isdir(origin):
+            shutil.copytree(origin, copy, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(origin, copy)
+
+
+def _link_or_copy(origin: str, copy: str) -> None:
+    try:
+        os.link(origin, copy)
+    except OSError:
+        shutil.copy2(origin, copy)
+
+
+def _exchange_entries(first: str, second: str) -> bool:
+    """Swap two directory entries atomically (Linux `renameat2(RENAME_EXCHANGE)`). False where
+    the system or its file system cannot; other failures raise."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_current_directory, rename_exchange = -100, 2
+    if renameat2(at_current_directory, os.fsencode(first), at_current_directory, os.fsencode(second),
+                 rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), first, None, second)
+
+
+def _save_file_by_file(target: str, write: Callable[[str], None]) -> None:
+    """The fallback save: write into a staging folder inside `target`, then move each file into
+    place with `os.replace` (atomic per file, not per folder)."""
+    logger.warning("saving %s file by file: its parent folder is not writable or it is a mount point, so a save "
+                   "killed midway can leave new files next to old ones", target)
+    staging = os.path.join(target, f"{SAVE_STAGING_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        write(staging)
+        for root, _, files in os.walk(staging):
+            destination = os.path.join(target, os.path.relpath(root, staging))
+            os.makedirs(destination, exist_ok=True)
+            for file_name in files:
+                os.replace(os.path.join(root, file_name), os.path.join(destination, file_name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def strip_loading_environment(folder: str) -> None:
+    """Remove `LOADING_ENVIRONMENT_KEYS` from the JSON configs a processor saved in `folder`
+    (at any depth of each file's objects)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in LOADING_ENVIRONMENT_KEYS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if not entry.endswith(".json") or entry == "config.json" or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            try:
+                content = json.load(handle)
+            except ValueError:
+                continue  # not ours to judge
+        stripped = strip(content)
+        if stripped != content:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(stripped, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 MMEJDConfig.register_for_auto_class()

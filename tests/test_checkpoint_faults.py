@@ -1,0 +1,201 @@
+"""Faults of saved checkpoints (issue 12, items 2, 5, 9).
+
+* A save is atomic per folder: a process killed at any moment of `save_pretrained` leaves the
+  folder wholly old or wholly new, and the next save removes what the killed one left.
+* Loading refuses a checkpoint with missing, unexpected or non-finite tensors, or a truncated
+  weights file, with an error that names them.
+* A saved processor records nothing of the machine it was loaded on (`is_local`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mme_jd  # noqa: F401  (registers the model type)
+
+SAVE_LEFTOVER_TAGS = (".mme-jd-save", ".mme-jd-old")
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory):
+    """A saved tiny MME-JD folder with distinct experts and router."""
+    from conftest import nudge_experts
+    from families import tiny_llava
+
+    from mme_jd.base import from_base
+
+    base, processor = tiny_llava()
+    model = from_base(base, processor).eval()
+    nudge_experts(model)
+    folder = tmp_path_factory.mktemp("faults") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+def _leftovers(folder) -> list[str]:
+    """Names a save leaves behind when it is killed, in the folder and beside it."""
+    names = [*os.listdir(folder), *os.listdir(os.path.dirname(os.path.abspath(folder)))]
+    return sorted(name for name in names if any(tag in name for tag in SAVE_LEFTOVER_TAGS))
+
+
+# ---------------------------------------------------------------------------- kill during save
+
+KILL_DURING_SAVE = r"""
+import hashlib, json, os, random, signal, sys, time
+import torch
+torch.set_num_threads(1)
+import mme_jd
+from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+source, target, trials, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+DELAY = 0.02  # seconds before every rename, replace and link: a wide window between file moves
+model = MMEJDModel.from_pretrained(source)
+
+
+def use_version(version):
+    # the weights and the config change together: a mix of the two saves is detectable
+    with torch.no_grad():
+        model.router[2].bias.fill_(float(version))
+    model.config.router_threshold = (0.5, 0.25)[version]
+
+
+def snapshot():
+    files = {}
+    for root, dirs, names in os.walk(target):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                path = os.path.join(root, name)
+                files[os.path.relpath(path, target)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return files
+
+
+def slowly(function):
+    def slowed(*args, **kwargs):
+        time.sleep(DELAY)
+        return function(*args, **kwargs)
+    return slowed
+
+
+def save_in_a_child(version):
+    pid = os.fork()
+    if pid == 0:  # the child saves slowly; the parent kills it
+        os.replace, os.rename, os.link = slowly(os.replace), slowly(os.rename), slowly(os.link)
+        use_version(version)
+        model.save_pretrained(target)
+        os._exit(0)
+    return pid
+
+
+os.makedirs(target)
+with open(os.path.join(target, "notes.txt"), "w") as handle:
+    handle.write("the user's own file")
+versions = []
+for version in (0, 1):
+    use_version(version)
+    model.save_pretrained(target)
+    versions.append(snapshot())
+started = time.perf_counter()  # how long a slowed save takes: the kills fall inside it
+os.waitpid(save_in_a_child(0), 0)
+window = time.perf_counter() - started
+current = 0
+rng = random.Random(seed)
+outcomes = []
+left_behind = 0  # kills after which a staging folder was left (the next save must remove it)
+for trial in range(trials):
+    pid = save_in_a_child(1 - current)
+    time.sleep(rng.uniform(0.0, window))
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    left_behind += any(".mme-jd-" in n for n in os.listdir(os.path.dirname(target)) + os.listdir(target))
+    state = snapshot()
+    if state == versions[current]:
+        outcomes.append("old")
+    elif state == versions[1 - current]:
+        outcomes.append("new")
+        current = 1 - current
+    else:
+        changed = sorted(k for k in set(state) | set(versions[current]) if state.get(k) != versions[current].get(k))
+        outcomes.append("mixed: " + ", ".join(changed))
+        break
+use_version(1 - current)
+model.save_pretrained(target)
+final_ok = snapshot() == versions[1 - current]
+leftovers = sorted(n for n in os.listdir(os.path.dirname(target)) + os.listdir(target) if ".mme-jd-" in n)
+print(json.dumps({"outcomes": outcomes, "window": window, "kills_that_left_a_staging_folder": left_behind,
+                  "leftovers_after_next_save": leftovers, "next_save_ok": final_ok}))
+"""
+
+
+def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_model(saved_folder, tmp_path):
+    target = tmp_path / "work" / "model"
+    target.parent.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(saved_folder), str(target), "16", "0"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(outcome in ("old", "new") for outcome in report["outcomes"]), report
+    assert "old" in report["outcomes"], report  # the kills did fall inside saves
+    assert report["kills_that_left_a_staging_folder"] > 0, report
+    assert report["next_save_ok"] and report["leftovers_after_next_save"] == [], report
+
+
+def test_a_save_removes_the_staging_folders_of_earlier_killed_saves(saved_folder, tmp_path):
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    target = tmp_path / "model"
+    shutil.copytree(saved_folder, target)
+    # what killed saves left: the staging folder of the earlier per-file save (inside the
+    # folder) and a staging folder beside it
+    (target / ".mme-jd-save-123-abc").mkdir()
+    (target / ".mme-jd-save-123-abc" / "model.safetensors").write_bytes(b"a full copy of the weights")
+    (tmp_path / ".model.mme-jd-save-456-def").mkdir()
+    (tmp_path / ".model.mme-jd-save-456-def" / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("beside the folder, not ours")
+    MMEJDModel.from_pretrained(target).save_pretrained(target)
+    assert _leftovers(target) == []
+    assert (tmp_path / "notes.txt").is_file()
+
+
+def test_a_save_keeps_the_folders_other_entries_and_drops_stale_weight_shards(saved_folder, tmp_path):
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    target = tmp_path / "model"
+    shutil.copytree(saved_folder, target)
+    (target / "checkpoint-3").mkdir()
+    (target / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (target / "done.json").write_text("{}")
+    (target / "model-00001-of-00002.safetensors").write_bytes(b"a shard of an earlier sharded save")
+    mode = os.stat(target).st_mode
+    MMEJDModel.from_pretrained(target).save_pretrained(target)
+    assert (target / "checkpoint-3" / "trainer_state.json").read_text() == "{}"
+    assert (target / "done.json").is_file()
+    assert not (target / "model-00001-of-00002.safetensors").exists()
+    assert os.stat(target).st_mode == mode
+
+
+# ---------------------------------------------------------------------------- saved processor
+
+
+def test_a_saved_processor_records_nothing_of_where_it_was_loaded(saved_folder, tmp_path):
+    from transformers import AutoProcessor
+
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    model = MMEJDModel.from_pretrained(saved_folder)
+    model.processor = AutoProcessor.from_pretrained(saved_folder, local_files_only=True)
+    target = tmp_path / "model"
+    model.save_pretrained(target)
+    for name in os.listdir(target):
+        if name.endswith(".json"):
+            content = json.loads((target / name).read_text())
+            assert not {"is_local", "local_files_only"} & set(content), name
+    AutoProcessor.from_pretrained(target)  # still loads
