@@ -701,6 +701,33 @@ class MMEJDModel(MMEJDPreTrainedModel):
         logits, maps = self._attention_maps(inputs)
         return maps[rows, positions] * inputs["attention_mask"], logits
 
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, refusing a checkpoint that would load half-broken.
+
+        transformers loads a checkpoint that lacks tensors (or holds ones the model does not
+        have) with the missing ones randomly initialised and only reports it; for MME-JD that
+        is a router or an expert silently replaced by noise. Raises a `ValueError` naming:
+        missing or unexpected tensors, tensors holding NaN or infinite values, and a weights
+        file that cannot be read (truncated)."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            # safetensors' own error class; this file may import only torch, transformers and peft
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise ValueError(
+                f"cannot read the weights of {os.fspath(pretrained_model_name_or_path)!r} "
+                f"({', '.join(_weight_files(pretrained_model_name_or_path)) or 'its weights file'}: {error}): the "
+                "file is damaged, e.g. cut short by an interrupted download or copy; download or copy it again."
+            ) from None
+        check_loaded_checkpoint(model, loading_info, os.fspath(pretrained_model_name_or_path))
+        return (model, loading_info) if output_loading_info else model
+
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
         """Save weights (safetensors), config with `auto_map` and `custom_pipelines` (the
@@ -731,6 +758,69 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 strip_loading_environment(staging)
 
         save_folder_atomically(target, write)
+
+
+# ---------------------------------------------------------------------- checking a loaded checkpoint
+
+
+def _part_of(tensor_name: str) -> str:
+    """The part of MME-JD a tensor belongs to: the router, an expert's head or LoRA, the base."""
+    if tensor_name.startswith("router."):
+        return "the router"
+    for expert in EXPERT_NAMES:
+        if tensor_name.startswith(f"heads.{expert}."):
+            return f"the {expert} head"
+        if ".lora_" in tensor_name and f".{expert}." in tensor_name:
+            return f"the {expert} expert"
+    return "the base model"
+
+
+def _named(names, limit: int = 4) -> str:
+    """How many of `names` belong to each part of the model, and the first few of them."""
+    names = sorted(names)
+    parts: dict[str, int] = {}
+    for name in names:
+        parts[_part_of(name)] = parts.get(_part_of(name), 0) + 1
+    counts = ", ".join(f"{count} of {part}" for part, count in parts.items())
+    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    return f"{counts}: {shown}"
+
+
+def _weight_files(source) -> list[str]:
+    """The weight files of a local folder (empty for a hub id)."""
+    folder = os.fspath(source)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(entry for entry in os.listdir(folder) if _WEIGHT_FILE.fullmatch(entry))
+
+
+def check_loaded_checkpoint(model: nn.Module, loading_info: dict, source: str) -> None:
+    """Raise a `ValueError` when the checkpoint `model` was loaded from lacked tensors, held
+    tensors the model does not have (`loading_info` of transformers' `from_pretrained`), or
+    when a loaded tensor holds NaN or infinite values."""
+    missing = set(loading_info.get("missing_keys") or ())
+    unexpected = set(loading_info.get("unexpected_keys") or ())
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"tensors the model needs are missing and would be randomly initialised "
+                            f"({_named(missing)})")
+        if unexpected:
+            problems.append(f"it holds unexpected tensors the model does not have ({_named(unexpected)})")
+        raise ValueError(
+            f"refusing the MME-JD checkpoint {source!r}: {'; '.join(problems)}. The weights file is damaged or was "
+            "saved by a different model: save, download or copy it again, or retrain."
+        )
+    non_finite = [
+        name for name, param in model.named_parameters()
+        if param.is_floating_point() and param.device.type != "meta" and not bool(torch.isfinite(param).all())
+    ]
+    if non_finite:
+        raise ValueError(
+            f"refusing the MME-JD checkpoint {source!r}: tensors hold non-finite values, NaN or infinity "
+            f"({_named(non_finite)}). The weights are damaged or come from a diverged training run: use an "
+            "earlier checkpoint or retrain."
+        )
 
 
 # ---------------------------------------------------------------------- saving a folder as one unit

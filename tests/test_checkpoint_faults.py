@@ -199,3 +199,90 @@ def test_a_saved_processor_records_nothing_of_where_it_was_loaded(saved_folder, 
             content = json.loads((target / name).read_text())
             assert not {"is_local", "local_files_only"} & set(content), name
     AutoProcessor.from_pretrained(target)  # still loads
+
+
+# ---------------------------------------------------------------------------- corrupted checkpoints
+
+
+def _rewrite_weights(folder, change) -> None:
+    """Load `folder/model.safetensors`, let `change(tensors)` edit the dict, write it back."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _drop(fragment):
+    def change(tensors):
+        for key in [k for k in tensors if fragment in k]:
+            del tensors[key]
+    return change
+
+
+def _add_unexpected(tensors):
+    tensors["router.3.weight"] = torch.zeros(4, 4)
+
+
+def _poison(fragment, value):
+    def change(tensors):
+        key = next(k for k in sorted(tensors) if fragment in k)
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = value
+    return change
+
+
+CORRUPTIONS = {
+    "router missing": (_drop("router."), r"missing.*router\.0\.weight"),
+    "text expert missing": (_drop(".text_debias."), r"missing.*text_debias"),
+    "unexpected tensor": (_add_unexpected, r"unexpected.*router\.3\.weight"),
+    "NaN in the router": (_poison("router.2.weight", float("nan")), r"non-finite.*router\.2\.weight"),
+    "inf in an expert": (_poison(".lora_B.image_debias.", float("inf")), r"non-finite.*lora_B\.image_debias"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_loading_refuses_a_corrupted_checkpoint_naming_the_tensors(saved_folder, tmp_path, corruption):
+    from transformers import AutoModel
+
+    change, message = CORRUPTIONS[corruption]
+    folder = tmp_path / "model"
+    shutil.copytree(saved_folder, folder)
+    _rewrite_weights(folder, change)
+    with pytest.raises(ValueError, match=message):
+        AutoModel.from_pretrained(folder)
+
+
+def test_loading_refuses_a_checkpoint_without_a_linear_head(tmp_path):
+    from families import tiny_llava
+
+    from mme_jd.base import from_base
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    base, processor = tiny_llava()
+    folder = tmp_path / "model"
+    from_base(base, processor, head="linear").save_pretrained(folder)
+    _rewrite_weights(folder, _drop("heads.image_debias."))
+    with pytest.raises(ValueError, match=r"missing.*heads\.image_debias\.weight"):
+        MMEJDModel.from_pretrained(folder)
+
+
+def test_loading_refuses_a_truncated_weights_file_naming_it(saved_folder, tmp_path):
+    from transformers import AutoModel
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_folder, folder)
+    path = folder / "model.safetensors"
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match="model.safetensors"):
+        AutoModel.from_pretrained(folder)
+
+
+def test_a_sound_checkpoint_loads_with_its_loading_info(saved_folder):
+    from transformers import AutoModel
+
+    model, info = AutoModel.from_pretrained(saved_folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert type(AutoModel.from_pretrained(saved_folder)).__name__ == "MMEJDModel"
