@@ -45,7 +45,7 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, logging
 
-from .configuration_mme_jd import EXPERT_NAMES, ROUTER_STRATEGIES, MMEJDConfig
+from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, ROUTER_STRATEGIES, MMEJDConfig
 from .counterfactual_mme_jd import image_token_grids, reversed_targets
 from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
 
@@ -726,6 +726,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 "file is damaged, e.g. cut short by an interrupted download or copy; download or copy it again."
             ) from None
         check_loaded_checkpoint(model, loading_info, os.fspath(pretrained_model_name_or_path))
+        warn_about_the_code_that_runs(model, os.fspath(pretrained_model_name_or_path))
         return (model, loading_info) if output_loading_info else model
 
     # ------------------------------------------------------------------ saving
@@ -743,6 +744,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
         kwargs.setdefault("save_original_format", False)
         pipelines = getattr(self.config, "custom_pipelines", None) or {}
         self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
+        self.config.mme_jd_version = MME_JD_VERSION  # which code saved the folder (see warn_about_the_code_that_runs)
         target = os.path.abspath(os.fspath(save_directory))
         if kwargs.get("push_to_hub"):
             super().save_pretrained(target, *args, **kwargs)
@@ -821,6 +823,39 @@ def check_loaded_checkpoint(model: nn.Module, loading_info: dict, source: str) -
             f"({_named(non_finite)}). The weights are damaged or come from a diverged training run: use an "
             "earlier checkpoint or retrain."
         )
+
+
+def warn_about_the_code_that_runs(model: nn.Module, source: str) -> None:
+    """Warn when the code that runs a loaded folder is not the code that saved it.
+
+    With the `mme_jd` package imported, transformers builds a folder's model from the package's
+    registered classes, even with `trust_remote_code=True`; without it, from the folder's own
+    files. So a folder saved by another version runs with this version's code (warned here),
+    and a folder that lacks its code files loads only where the package is imported (warned
+    here too: it would not load from the Hub)."""
+    import warnings
+
+    from_package = not type(model).__module__.startswith("transformers_modules")
+    which = ("the installed mme_jd package (with mme_jd imported, transformers uses its registered classes, even "
+             "with trust_remote_code=True)" if from_package else "the folder's own files")
+    saved = getattr(model.config, "mme_jd_version", None)
+    if saved != MME_JD_VERSION:
+        warnings.warn(
+            f"{source!r} was saved by mme-jd {saved or 'an earlier version (none recorded)'}; it runs with the "
+            f"code of mme-jd {MME_JD_VERSION}, from {which}. Check its outputs, or re-save it with this version. To "
+            "run a folder's own code, load it with trust_remote_code=True in a process that does not import mme_jd.",
+            UserWarning, stacklevel=3,
+        )
+    if from_package and os.path.isdir(source):
+        code_files = sorted(f for f in os.listdir(os.path.dirname(os.path.abspath(__file__))) if f.endswith("_mme_jd.py"))
+        missing = [f for f in code_files if not os.path.isfile(os.path.join(source, f))]
+        if missing:
+            warnings.warn(
+                f"{source!r} lacks {', '.join(missing)}: it loads here only because the mme_jd package is imported; "
+                "without it (from the Hub, with trust_remote_code=True) it cannot load. Re-save it with "
+                "model.save_pretrained(folder) to write them.",
+                UserWarning, stacklevel=3,
+            )
 
 
 # ---------------------------------------------------------------------- saving a folder as one unit
