@@ -885,6 +885,9 @@ def save_folder_atomically(target: str, write: Callable[[str], None]) -> None:
 
     One save per folder at a time: a save removes the leftovers of any other.
     """
+    target = os.path.realpath(target)  # a symbolic link to the folder stays a link to it
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"cannot save a model into {target!r}: it is a file, not a folder.")
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     _recover_killed_save(target)
@@ -918,9 +921,9 @@ def _recover_killed_save(target: str) -> None:
     prefixes = (f".{name}{SAVE_STAGING_TAG}", f".{name}{SAVE_OLD_TAG}")
     beside = [entry for entry in os.listdir(parent) if entry.startswith(prefixes)]
     if not os.path.exists(target):
-        aside = [entry for entry in beside if entry.startswith(prefixes[1])]
-        if aside:
-            os.rename(os.path.join(parent, aside[0]), target)
+        aside = [os.path.join(parent, entry) for entry in beside if entry.startswith(prefixes[1])]
+        if aside:  # the newest old folder is the last complete save
+            os.rename(max(aside, key=os.path.getmtime), target)
     for entry in beside:
         shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
     if os.path.isdir(target):

@@ -291,3 +291,54 @@ def test_a_sound_checkpoint_loads_silently_with_its_loading_info(saved_folder):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert not [str(w.message) for w in caught if "mme" in str(w.message).lower()]
     assert type(AutoModel.from_pretrained(saved_folder)).__name__ == "MMEJDModel"
+
+
+def test_without_an_atomic_exchange_a_save_renames_and_recovers(saved_folder, tmp_path, monkeypatch):
+    """Where renameat2 is missing the old folder is renamed aside, then the new one into place;
+    a kill between the two renames leaves no target, and the next save puts the old one back."""
+    from mme_jd.modeling import modeling_mme_jd
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    monkeypatch.setattr(modeling_mme_jd, "_exchange_entries", lambda first, second: False)
+    target = tmp_path / "model"
+    shutil.copytree(saved_folder, target)
+    (target / "notes.txt").write_text("mine")
+    model = MMEJDModel.from_pretrained(target)
+    model.config.router_threshold = 0.25
+    model.save_pretrained(target)
+    assert json.loads((target / "config.json").read_text())["router_threshold"] == 0.25
+    assert (target / "notes.txt").read_text() == "mine" and _leftovers(target) == []
+
+    os.rename(target, tmp_path / ".model.mme-jd-old-1-abcd")  # killed between the renames
+    model.config.router_threshold = 0.75
+    model.save_pretrained(target)
+    assert json.loads((target / "config.json").read_text())["router_threshold"] == 0.75
+    assert (target / "notes.txt").read_text() == "mine" and _leftovers(target) == []
+
+
+def test_a_folder_that_cannot_be_swapped_is_saved_file_by_file(saved_folder, tmp_path, monkeypatch):
+    from mme_jd.modeling import modeling_mme_jd
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    monkeypatch.setattr(modeling_mme_jd, "_can_stage_beside", lambda target: False)  # e.g. a mount point
+    target = tmp_path / "model"
+    shutil.copytree(saved_folder, target)
+    model = MMEJDModel.from_pretrained(target)
+    model.config.router_threshold = 0.25
+    model.save_pretrained(target)
+    assert json.loads((target / "config.json").read_text())["router_threshold"] == 0.25
+    assert _leftovers(target) == []
+
+
+def test_saving_through_a_symbolic_link_keeps_the_link(saved_folder, tmp_path):
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    real = tmp_path / "real"
+    shutil.copytree(saved_folder, real)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    model = MMEJDModel.from_pretrained(real)
+    model.config.router_threshold = 0.25
+    model.save_pretrained(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert json.loads((real / "config.json").read_text())["router_threshold"] == 0.25
+    assert _leftovers(real) == []
