@@ -34,6 +34,7 @@ import re
 import secrets
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -712,21 +713,23 @@ class MMEJDModel(MMEJDPreTrainedModel):
         missing or unexpected tensors, tensors holding NaN or infinite values, and a weights
         file that cannot be read (truncated)."""
         output_loading_info = kwargs.pop("output_loading_info", False)
+        source = os.fspath(pretrained_model_name_or_path)
         try:
             model, loading_info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
         except Exception as error:
-            # safetensors' own error class; this file may import only torch, transformers and peft
+            # safetensors' own error class, matched by name: this file imports only torch,
+            # transformers, peft and the standard library
             if type(error).__name__ != "SafetensorError":
                 raise
             raise ValueError(
-                f"cannot read the weights of {os.fspath(pretrained_model_name_or_path)!r} "
-                f"({', '.join(_weight_files(pretrained_model_name_or_path)) or 'its weights file'}: {error}): the "
-                "file is damaged, e.g. cut short by an interrupted download or copy; download or copy it again."
+                f"cannot read the weights of {source!r} ({', '.join(_weight_files(source)) or 'its weights file'}: "
+                f"{error}): the file is damaged, e.g. cut short by an interrupted download or copy; download or "
+                "copy it again."
             ) from None
-        check_loaded_checkpoint(model, loading_info, os.fspath(pretrained_model_name_or_path))
-        warn_about_the_code_that_runs(model, os.fspath(pretrained_model_name_or_path))
+        check_loaded_checkpoint(model, loading_info, source)
+        warn_about_the_code_that_runs(model, source)
         return (model, loading_info) if output_loading_info else model
 
     # ------------------------------------------------------------------ saving
@@ -788,12 +791,11 @@ def _named(names, limit: int = 4) -> str:
     return f"{counts}: {shown}"
 
 
-def _weight_files(source) -> list[str]:
+def _weight_files(source: str) -> list[str]:
     """The weight files of a local folder (empty for a hub id)."""
-    folder = os.fspath(source)
-    if not os.path.isdir(folder):
+    if not os.path.isdir(source):
         return []
-    return sorted(entry for entry in os.listdir(folder) if _WEIGHT_FILE.fullmatch(entry))
+    return sorted(entry for entry in os.listdir(source) if _WEIGHT_FILE.fullmatch(entry))
 
 
 def check_loaded_checkpoint(model: nn.Module, loading_info: dict, source: str) -> None:
@@ -833,8 +835,6 @@ def warn_about_the_code_that_runs(model: nn.Module, source: str) -> None:
     files. So a folder saved by another version runs with this version's code (warned here),
     and a folder that lacks its code files loads only where the package is imported (warned
     here too: it would not load from the Hub)."""
-    import warnings
-
     from_package = not type(model).__module__.startswith("transformers_modules")
     which = ("the installed mme_jd package (with mme_jd imported, transformers uses its registered classes, even "
              "with trust_remote_code=True)" if from_package else "the folder's own files")
@@ -847,7 +847,8 @@ def warn_about_the_code_that_runs(model: nn.Module, source: str) -> None:
             UserWarning, stacklevel=3,
         )
     if from_package and os.path.isdir(source):
-        code_files = sorted(f for f in os.listdir(os.path.dirname(os.path.abspath(__file__))) if f.endswith("_mme_jd.py"))
+        code_folder = os.path.dirname(os.path.abspath(__file__))
+        code_files = sorted(f for f in os.listdir(code_folder) if f.endswith("_mme_jd.py"))
         missing = [f for f in code_files if not os.path.isfile(os.path.join(source, f))]
         if missing:
             warnings.warn(
@@ -944,9 +945,8 @@ def _carry_over_entries(source: str, destination: str) -> None:
     symbolic links as links), except weight files of an earlier save. A file that cannot be
     linked (a file system without hard links) is copied."""
     for entry in os.listdir(source):
-        if os.path.lexists(os.path.join(destination, entry)) or _WEIGHT_FILE.fullmatch(entry):
-            continue
-        if entry.startswith(SAVE_STAGING_TAG):
+        written_anew = os.path.lexists(os.path.join(destination, entry)) or _WEIGHT_FILE.fullmatch(entry)
+        if written_anew or entry.startswith(SAVE_STAGING_TAG):
             continue
         origin, copy = os.path.join(source, entry), os.path.join(destination, entry)
         if os.path.islink(origin):
