@@ -297,3 +297,19 @@ def test_cli_evaluate_writes_a_report_for_a_trained_checkpoint(mme_jd_run, tmp_p
     report = json.loads((tmp_path / "report.json").read_text())
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
     assert "worst_group_accuracy" in report["groups"] and (tmp_path / "report.md").is_file()
+
+
+def test_run_settings_are_the_same_in_another_process(data, tmp_path):
+    """What resume compares must not hold anything process-specific (a custom image cue's
+    function is recorded by name, not by its repr with a memory address)."""
+    from mme_jd.cues import Cue
+    from mme_jd.training.run import run_settings
+
+    def cues():
+        def watermark(image):
+            return False
+        return [Cue("irony", pattern="#irony"), Cue("mark", image=watermark)]
+
+    first = run_settings(tiny_model(), data, _args(tmp_path), MMEJDTrainingConfig(cues=cues()))
+    second = run_settings(tiny_model(), data, _args(tmp_path / "elsewhere"), MMEJDTrainingConfig(cues=cues()))
+    assert first == second and "0x" not in json.dumps(first)

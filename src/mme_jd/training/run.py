@@ -172,8 +172,11 @@ def run_settings(model, dataset, args, config: MMEJDTrainingConfig) -> dict[str,
                     if not k.startswith("_") and k not in _PROVENANCE_KEYS}
     digest = hashlib.sha256(json.dumps(model_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     splits = sorted({config.train_split, config.router_split, config.mid_split})
+    training = {k: v for k, v in asdict(config).items() if k not in _NOT_WEIGHT_SETTINGS}
+    if config.cues:  # as saved specs: a custom image function's repr holds its memory address
+        training["cues"] = [cue.to_spec() for cue in config.cues]
     settings = {
-        "training": {k: v for k, v in asdict(config).items() if k not in _NOT_WEIGHT_SETTINGS},
+        "training": training,
         "optimizer": {name: getattr(args, name, None) for name in WEIGHT_ARGUMENTS},
         "model_config_sha256": digest,
         "data_rows": {split: len(dataset[split]) for split in splits},
