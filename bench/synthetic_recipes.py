@@ -90,7 +90,7 @@ def main() -> None:
 
         folder = Path(cli.output) / "mme_jd" / "final"
         model = MMEJDModel.from_pretrained(folder).eval()
-        model.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        model.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=False)  # a standard class
         args = TrainingArguments(output_dir=f"{cli.output}/refit", report_to="none", use_cpu=True, seed=cli.seed,
                                  disable_tqdm=True, per_device_train_batch_size=64)
         log = refit_router(model, data, args, MMEJDTrainingConfig())

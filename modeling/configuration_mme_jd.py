@@ -16,6 +16,11 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+#: The version of this code (the `mme-jd` package's version; `mme_jd.__version__` is this
+#: constant). A saved folder records it as `mme_jd_version`, to tell on load whether the code
+#: that runs is the code that saved it.
+MME_JD_VERSION = "0.1.0"
+
 EXPERT_NAMES: tuple[str, ...] = ("general", "image_debias", "text_debias")
 ROUTER_STRATEGIES: tuple[str, ...] = ("none", "image", "text", "both")
 
@@ -193,6 +198,11 @@ class MMEJDConfig(PreTrainedConfig):
             is undefined and cannot be reversed.
         attention_layers: how many of the last layers' attention maps the `attention`
             builder averages.
+
+    Provenance
+        mme_jd_version: the version of the MME-JD code that saved the folder (written by
+            `MMEJDModel.save_pretrained`; None before a first save or for folders saved
+            before it was recorded).
     """
 
     model_type = "mme_jd"
@@ -249,6 +259,8 @@ class MMEJDConfig(PreTrainedConfig):
     swap_other_modality: str = "keep"
     attention_layers: int = 2
     cues: list[dict] | None = None
+    # provenance
+    mme_jd_version: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -392,5 +404,5 @@ class MMEJDConfig(PreTrainedConfig):
         return float((self.expert_temperatures or {}).get(expert, 1.0))
 
 
-__all__ = ["MMEJDConfig", "BASE_FAMILIES", "EXPERT_NAMES", "ROUTER_STRATEGIES", "base_family",
+__all__ = ["MMEJDConfig", "BASE_FAMILIES", "EXPERT_NAMES", "MME_JD_VERSION", "ROUTER_STRATEGIES", "base_family",
            "single_routed_expert"]

@@ -25,8 +25,17 @@ Modes (config.mode, or `mode=` per call):
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
+import json
 import os
+import re
+import secrets
+import shutil
+import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,15 +44,17 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
-from .configuration_mme_jd import EXPERT_NAMES, ROUTER_STRATEGIES, MMEJDConfig
+from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, ROUTER_STRATEGIES, MMEJDConfig
 from .counterfactual_mme_jd import image_token_grids, reversed_targets
 from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
 
 # Tensors aligned with the token sequence: padded when batches of different length are joined.
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 _NONE, _IMAGE, _TEXT, _BOTH = range(4)
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -691,50 +702,329 @@ class MMEJDModel(MMEJDPreTrainedModel):
         logits, maps = self._attention_maps(inputs)
         return maps[rows, positions] * inputs["attention_mask"], logits
 
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, refusing a checkpoint that would load half-broken.
+
+        transformers loads a checkpoint that lacks tensors (or holds ones the model does not
+        have) with the missing ones randomly initialised and only reports it; for MME-JD that
+        is a router or an expert silently replaced by noise. Raises a `ValueError` naming:
+        missing or unexpected tensors, tensors holding NaN or infinite values, and a weights
+        file that cannot be read (truncated)."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        source = os.fspath(pretrained_model_name_or_path)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            # safetensors' own error class, matched by name: this file imports only torch,
+            # transformers, peft and the standard library
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise ValueError(
+                f"cannot read the weights of {source!r} ({', '.join(_weight_files(source)) or 'its weights file'}: "
+                f"{error}): the file is damaged, e.g. cut short by an interrupted download or copy; download or "
+                "copy it again."
+            ) from None
+        check_loaded_checkpoint(model, loading_info, source)
+        warn_about_the_code_that_runs(model, source)
+        return (model, loading_info) if output_loading_info else model
+
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
         """Save weights (safetensors), config with `auto_map` and `custom_pipelines` (the
         `multimodal-debias` pipeline), the modeling and pipeline files and the processor.
-        Files are written into a temporary folder beside the target and then moved
-        into place one by one with `os.replace`, so an interrupted save never leaves a
-        half-written file where a good one was; other files in the folder are kept."""
+
+        The folder is replaced as one unit (`save_folder_atomically`): a save killed at any
+        moment leaves it wholly old or wholly new. Other entries of the folder (a training
+        report, Trainer checkpoints, notes) are kept; weight shards of an earlier save that
+        this one does not write are dropped, as transformers' own save drops them."""
         processor = processor if processor is not None else self.processor
         # keep this model's own key layout: transformers would otherwise store the base's keys in
         # its legacy layout, which the Trainer's checkpoint reload (load_state_dict) cannot match
         kwargs.setdefault("save_original_format", False)
         pipelines = getattr(self.config, "custom_pipelines", None) or {}
         self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
+        self.config.mme_jd_version = MME_JD_VERSION  # which code saved the folder (see warn_about_the_code_that_runs)
         target = os.path.abspath(os.fspath(save_directory))
         if kwargs.get("push_to_hub"):
             super().save_pretrained(target, *args, **kwargs)
             if processor is not None:
                 processor.save_pretrained(target)
+                strip_loading_environment(target)
             return
-        os.makedirs(target, exist_ok=True)
-        staging = os.path.join(target, f".mme-jd-save-{os.getpid()}-{id(self):x}")
-        try:
-            super().save_pretrained(staging, *args, **kwargs)
+
+        def write(staging: str) -> None:
+            super(MMEJDModel, self).save_pretrained(staging, *args, **kwargs)
             if processor is not None:
                 processor.save_pretrained(staging)
-            for root, _, files in os.walk(staging):
-                destination = os.path.join(target, os.path.relpath(root, staging))
-                os.makedirs(destination, exist_ok=True)
-                for name in files:
-                    os.replace(os.path.join(root, name), os.path.join(destination, name))
-        finally:
-            _remove_tree(staging)
+                strip_loading_environment(staging)
+
+        save_folder_atomically(target, write)
 
 
-def _remove_tree(path: str) -> None:
-    """Remove a folder and its content (what is left of a staging folder)."""
-    if not os.path.isdir(path):
+# ---------------------------------------------------------------------- checking a loaded checkpoint
+
+
+def _part_of(tensor_name: str) -> str:
+    """The part of MME-JD a tensor belongs to: the router, an expert's head or LoRA, the base."""
+    if tensor_name.startswith("router."):
+        return "the router"
+    for expert in EXPERT_NAMES:
+        if tensor_name.startswith(f"heads.{expert}."):
+            return f"the {expert} head"
+        if ".lora_" in tensor_name and f".{expert}." in tensor_name:
+            return f"the {expert} expert"
+    return "the base model"
+
+
+def _named(names, limit: int = 4) -> str:
+    """How many of `names` belong to each part of the model, and the first few of them."""
+    names = sorted(names)
+    parts: dict[str, int] = {}
+    for name in names:
+        parts[_part_of(name)] = parts.get(_part_of(name), 0) + 1
+    counts = ", ".join(f"{count} of {part}" for part, count in parts.items())
+    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    return f"{counts}: {shown}"
+
+
+def _weight_files(source: str) -> list[str]:
+    """The weight files of a local folder (empty for a hub id)."""
+    if not os.path.isdir(source):
+        return []
+    return sorted(entry for entry in os.listdir(source) if _WEIGHT_FILE.fullmatch(entry))
+
+
+def check_loaded_checkpoint(model: nn.Module, loading_info: dict, source: str) -> None:
+    """Raise a `ValueError` when the checkpoint `model` was loaded from lacked tensors, held
+    tensors the model does not have (`loading_info` of transformers' `from_pretrained`), or
+    when a loaded tensor holds NaN or infinite values."""
+    missing = set(loading_info.get("missing_keys") or ())
+    unexpected = set(loading_info.get("unexpected_keys") or ())
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"tensors the model needs are missing and would be randomly initialised "
+                            f"({_named(missing)})")
+        if unexpected:
+            problems.append(f"it holds unexpected tensors the model does not have ({_named(unexpected)})")
+        raise ValueError(
+            f"refusing the MME-JD checkpoint {source!r}: {'; '.join(problems)}. The weights file is damaged or was "
+            "saved by a different model: save, download or copy it again, or retrain."
+        )
+    non_finite = [
+        name for name, param in model.named_parameters()
+        if param.is_floating_point() and param.device.type != "meta" and not bool(torch.isfinite(param).all())
+    ]
+    if non_finite:
+        raise ValueError(
+            f"refusing the MME-JD checkpoint {source!r}: tensors hold non-finite values, NaN or infinity "
+            f"({_named(non_finite)}). The weights are damaged or come from a diverged training run: use an "
+            "earlier checkpoint or retrain."
+        )
+
+
+def warn_about_the_code_that_runs(model: nn.Module, source: str) -> None:
+    """Warn when the code that runs a loaded folder is not the code that saved it.
+
+    With the `mme_jd` package imported, transformers builds a folder's model from the package's
+    registered classes, even with `trust_remote_code=True`; without it, from the folder's own
+    files. So a folder saved by another version runs with this version's code (warned here),
+    and a folder that lacks its code files loads only where the package is imported (warned
+    here too: it would not load from the Hub)."""
+    from_package = not type(model).__module__.startswith("transformers_modules")
+    which = ("the installed mme_jd package (with mme_jd imported, transformers uses its registered classes, even "
+             "with trust_remote_code=True)" if from_package else "the folder's own files")
+    saved = getattr(model.config, "mme_jd_version", None)
+    if saved != MME_JD_VERSION:
+        warnings.warn(
+            f"{source!r} was saved by mme-jd {saved or 'an earlier version (none recorded)'}; it runs with the "
+            f"code of mme-jd {MME_JD_VERSION}, from {which}. Check its outputs, or re-save it with this version. To "
+            "run a folder's own code, load it with trust_remote_code=True in a process that does not import mme_jd.",
+            UserWarning, stacklevel=3,
+        )
+    if from_package and os.path.isdir(source):
+        code_folder = os.path.dirname(os.path.abspath(__file__))
+        code_files = sorted(f for f in os.listdir(code_folder) if f.endswith("_mme_jd.py"))
+        missing = [f for f in code_files if not os.path.isfile(os.path.join(source, f))]
+        if missing:
+            warnings.warn(
+                f"{source!r} lacks {', '.join(missing)}: it loads here only because the mme_jd package is imported; "
+                "without it (from the Hub, with trust_remote_code=True) it cannot load. Re-save it with "
+                "model.save_pretrained(folder) to write them.",
+                UserWarning, stacklevel=3,
+            )
+
+
+# ---------------------------------------------------------------------- saving a folder as one unit
+
+#: Name tags of what a save writes beside the target folder: the new folder while it is written
+#: (then the old one until it is removed), and the old folder where no atomic exchange exists.
+SAVE_STAGING_TAG = ".mme-jd-save-"
+SAVE_OLD_TAG = ".mme-jd-old-"
+#: Keys that transformers writes into saved tokenizer/processor configs about the machine the
+#: processor was loaded on; they mean nothing to whoever loads the folder next.
+LOADING_ENVIRONMENT_KEYS = ("is_local", "local_files_only")
+#: Weight files of an earlier save: not carried into the new folder (the new save writes its own).
+_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
+
+
+def save_folder_atomically(target: str, write: Callable[[str], None]) -> None:
+    """Replace the folder `target` as one unit: `write(folder)` fills a new folder beside it,
+    the entries of `target` that `write` did not produce are carried over as hard links (no
+    copy of the data), and one atomic exchange of two directory entries (Linux `renameat2`)
+    puts the new folder in place. A process killed at any moment leaves `target` wholly old
+    or wholly new; what it left beside the folder is removed by the next save.
+
+    Where no atomic exchange exists (other systems), the old folder is renamed aside and the
+    new one into place; a kill between the two renames leaves the old folder beside the target
+    and the next save puts it back first. Where the folder is a mount point or its parent is
+    not writable, files are moved into the folder one by one (atomic per file only).
+
+    One save per folder at a time: a save removes the leftovers of any other.
+    """
+    target = os.path.realpath(target)  # a symbolic link to the folder stays a link to it
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"cannot save a model into {target!r}: it is a file, not a folder.")
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    _recover_killed_save(target)
+    exists = os.path.isdir(target)
+    if exists and not _can_stage_beside(target):
+        _save_file_by_file(target, write)
         return
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.remove(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    os.rmdir(path)
+    staging = os.path.join(parent, f".{name}{SAVE_STAGING_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(staging)
+    try:
+        write(staging)
+        if not exists:
+            os.rename(staging, target)
+            return
+        shutil.copymode(target, staging)
+        _carry_over_entries(target, staging)
+        if not _exchange_entries(staging, target):
+            old = os.path.join(parent, f".{name}{SAVE_OLD_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+            os.rename(target, old)  # a kill here: the next save renames `old` back first
+            os.rename(staging, target)
+            staging = old
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the new folder on failure, else the old one
+
+
+def _recover_killed_save(target: str) -> None:
+    """Undo what a killed save left: put an old folder renamed aside back when the target is
+    missing, and remove staging and old folders beside the target and the staging folders of
+    the earlier per-file save inside it."""
+    parent, name = os.path.split(target)
+    prefixes = (f".{name}{SAVE_STAGING_TAG}", f".{name}{SAVE_OLD_TAG}")
+    beside = [entry for entry in os.listdir(parent) if entry.startswith(prefixes)]
+    if not os.path.exists(target):
+        aside = [os.path.join(parent, entry) for entry in beside if entry.startswith(prefixes[1])]
+        if aside:  # the newest old folder is the last complete save
+            os.rename(max(aside, key=os.path.getmtime), target)
+    for entry in beside:
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    if os.path.isdir(target):
+        for entry in os.listdir(target):
+            if entry.startswith(SAVE_STAGING_TAG):
+                shutil.rmtree(os.path.join(target, entry), ignore_errors=True)
+
+
+def _can_stage_beside(target: str) -> bool:
+    """Whether a new folder can be written beside `target` and exchanged with it: the parent is
+    writable and on the same file system (`target` is no mount point)."""
+    parent = os.path.dirname(target)
+    return os.access(parent, os.W_OK | os.X_OK) and os.stat(parent).st_dev == os.stat(target).st_dev
+
+
+def _carry_over_entries(source: str, destination: str) -> None:
+    """Hard-link every entry of `source` that `destination` lacks into it (folders recursively,
+    symbolic links as links), except weight files of an earlier save. A file that cannot be
+    linked (a file system without hard links) is copied."""
+    for entry in os.listdir(source):
+        written_anew = os.path.lexists(os.path.join(destination, entry)) or _WEIGHT_FILE.fullmatch(entry)
+        if written_anew or entry.startswith(SAVE_STAGING_TAG):
+            continue
+        origin, copy = os.path.join(source, entry), os.path.join(destination, entry)
+        if os.path.islink(origin):
+            os.symlink(os.readlink(origin), copy)
+        elif os.path.isdir(origin):
+            shutil.copytree(origin, copy, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(origin, copy)
+
+
+def _link_or_copy(origin: str, copy: str) -> None:
+    try:
+        os.link(origin, copy)
+    except OSError:
+        shutil.copy2(origin, copy)
+
+
+def _exchange_entries(first: str, second: str) -> bool:
+    """Swap two directory entries atomically (Linux `renameat2(RENAME_EXCHANGE)`). False where
+    the system or its file system cannot; other failures raise."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_current_directory, rename_exchange = -100, 2
+    if renameat2(at_current_directory, os.fsencode(first), at_current_directory, os.fsencode(second),
+                 rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), first, None, second)
+
+
+def _save_file_by_file(target: str, write: Callable[[str], None]) -> None:
+    """The fallback save: write into a staging folder inside `target`, then move each file into
+    place with `os.replace` (atomic per file, not per folder)."""
+    logger.warning("saving %s file by file: its parent folder is not writable or it is a mount point, so a save "
+                   "killed midway can leave new files next to old ones", target)
+    staging = os.path.join(target, f"{SAVE_STAGING_TAG}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        write(staging)
+        for root, _, files in os.walk(staging):
+            destination = os.path.join(target, os.path.relpath(root, staging))
+            os.makedirs(destination, exist_ok=True)
+            for file_name in files:
+                os.replace(os.path.join(root, file_name), os.path.join(destination, file_name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def strip_loading_environment(folder: str) -> None:
+    """Remove `LOADING_ENVIRONMENT_KEYS` from the JSON configs a processor saved in `folder`
+    (at any depth of each file's objects)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in LOADING_ENVIRONMENT_KEYS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if not entry.endswith(".json") or entry == "config.json" or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            try:
+                content = json.load(handle)
+            except ValueError:
+                continue  # not ours to judge
+        stripped = strip(content)
+        if stripped != content:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(stripped, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 MMEJDConfig.register_for_auto_class()

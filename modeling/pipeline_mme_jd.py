@@ -131,7 +131,10 @@ class MultimodalDebiasPipeline(Pipeline):
         model: an `MMEJDModel` (from `mme_jd.from_base`, `AutoModel.from_pretrained` or
             `pipeline(...)`).
         processor: the base model's processor (default: `model.processor`, else loaded from
-            the model's folder with `AutoProcessor.from_pretrained(folder, trust_remote_code=True)`).
+            the model's folder with `AutoProcessor.from_pretrained(folder)`).
+        trust_remote_code: when the processor is loaded from the model's folder, let the folder
+            run a processor class of its own (`auto_map`). Off by default: an MME-JD folder's
+            processor is a standard transformers class.
         mode, top_k, return_experts, explain, errors, batch_size: call defaults.
     """
 
@@ -141,11 +144,11 @@ class MultimodalDebiasPipeline(Pipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
-    def __init__(self, model, processor: Any = None, **kwargs: Any):
+    def __init__(self, model, processor: Any = None, trust_remote_code: bool = False, **kwargs: Any):
         if processor is None:
             processor = getattr(model, "processor", None)
         if processor is None:
-            processor = _load_model_processor(model)
+            processor = _load_model_processor(model, trust_remote_code=trust_remote_code)
         super().__init__(model=model, processor=processor, **kwargs)
         self.model.eval()
         if getattr(self.model, "processor", None) is None:
@@ -531,8 +534,9 @@ def _image_builder(config) -> str:
     return config.image_counterfactual if config.image_counterfactual in ("attention", "gradient") else "attention"
 
 
-def _load_model_processor(model) -> Any:
-    """The processor saved beside a model loaded from a folder or the Hub."""
+def _load_model_processor(model, trust_remote_code: bool = False) -> Any:
+    """The processor saved beside a model loaded from a folder or the Hub. The folder's own
+    processor code (`auto_map`) runs only with `trust_remote_code=True`: the caller's consent."""
     source = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
     if not source:
         raise ValueError(
@@ -540,10 +544,14 @@ def _load_model_processor(model) -> Any:
             "mme_jd.from_base, which attaches it."
         )
     try:
-        return AutoProcessor.from_pretrained(source, trust_remote_code=True)
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load the processor saved with the model at {source!r} ({error}); "
-                         "pass processor=.") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "custom code" in str(error) and not trust_remote_code:
+            reason = ("its processor is Python code shipped in that folder (auto_map), which runs only with the "
+                      "caller's consent: inspect it and pass trust_remote_code=True to run it")
+        raise ValueError(f"cannot load the processor saved with the model at {source!r}: {reason}; "
+                         "or pass processor=.") from None
 
 
 def _gather(inputs: Any, images: Any, text: Any) -> tuple[list[Any], bool]:

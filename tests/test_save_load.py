@@ -4,6 +4,7 @@ is imported."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,9 +23,15 @@ inputs = torch.load(folder + "/../inputs.pt")
 model = AutoModel.from_pretrained(folder, trust_remote_code=True if remote else None).eval()
 with torch.no_grad():
     out_model = model(**inputs, mode="mme_jd", return_experts=True)
+without_code = None
+if remote:  # the folder's own code is what runs: a copy without modeling_mme_jd.py cannot load
+    try:
+        AutoModel.from_pretrained(folder + "/../without-code", trust_remote_code=True)
+    except Exception as error:
+        without_code = type(error).__name__
 torch.save({"logits": out_model.logits, "general": out_model.general_logits,
             "text": out_model.text_debias_logits, "router": out_model.router_logits,
-            "module": type(model).__module__}, out)
+            "module": type(model).__module__, "without_code": without_code}, out)
 """
 
 
@@ -59,6 +66,8 @@ def test_round_trip_in_a_fresh_offline_process(tiny_llava_model, images, tmp_pat
     assert config["auto_map"] == {"AutoConfig": "configuration_mme_jd.MMEJDConfig",
                                   "AutoModel": "modeling_mme_jd.MMEJDModel"}
     assert not any(name.startswith(".mme-jd-save") for name in files)
+    shutil.copytree(folder, tmp_path / "without-code")
+    os.remove(tmp_path / "without-code" / "modeling_mme_jd.py")
 
     for remote in (True, False):
         got = _run_fresh(folder, tmp_path / f"out_{remote}.pt", remote)
@@ -67,6 +76,8 @@ def test_round_trip_in_a_fresh_offline_process(tiny_llava_model, images, tmp_pat
         assert torch.equal(got["text"], expected.text_debias_logits)
         assert torch.equal(got["router"], expected.router_logits)
         assert got["module"].startswith("transformers_modules") == remote
+        if remote:
+            assert got["without_code"] is not None
 
 
 def test_save_keeps_other_files_and_replaces_the_model(tiny_llava_model, tmp_path):
@@ -80,3 +91,44 @@ def test_save_keeps_other_files_and_replaces_the_model(tiny_llava_model, tmp_pat
     assert (folder / "notes.txt").read_text() == "mine"
     assert (folder / "model.safetensors").read_bytes() != first
     assert not [n for n in os.listdir(folder) if n.startswith(".mme-jd-save")]
+
+
+# ---------------------------------------------------------------------------- which code runs
+
+
+def test_the_version_is_one_and_a_saved_folder_records_it(tiny_llava_model, tmp_path):
+    import re
+    from pathlib import Path
+
+    import mme_jd
+    from mme_jd.modeling.configuration_mme_jd import MME_JD_VERSION
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1) == MME_JD_VERSION == mme_jd.__version__
+    tiny_llava_model.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["mme_jd_version"] == MME_JD_VERSION
+
+
+def test_a_folder_saved_by_another_version_warns_which_code_runs(tiny_llava_model, tmp_path):
+    import pytest
+    from transformers import AutoModel
+
+    folder = tmp_path / "model"
+    tiny_llava_model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["mme_jd_version"] = "0.0.1"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"saved by mme-jd 0\.0\.1.*installed mme_jd package"):
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__ == "mme_jd.modeling.modeling_mme_jd"
+
+
+def test_a_folder_without_its_remote_code_warns_that_it_needs_the_package(tiny_llava_model, tmp_path):
+    import pytest
+    from transformers import AutoModel
+
+    folder = tmp_path / "model"
+    tiny_llava_model.save_pretrained(folder)
+    os.remove(folder / "modeling_mme_jd.py")
+    with pytest.warns(UserWarning, match=r"lacks modeling_mme_jd\.py.*only because"):
+        AutoModel.from_pretrained(folder)

@@ -159,23 +159,83 @@ class _StopAt(TrainerCallback):
             raise _Interrupt()
 
 
-def test_resume_reaches_the_same_weights(tmp_path, data):
-    config = MMEJDTrainingConfig(recipe="general")
-    args = dict(max_steps=6, save_steps=3)
-    uninterrupted = tiny_model()
-    train(uninterrupted, data, _args(tmp_path / "a", **args), config)
+RESUME_STEPS = dict(max_steps=6, save_steps=3)
 
+
+@pytest.fixture(scope="module")
+def uninterrupted_general(tmp_path_factory, data):
+    """The LoRA weights of an uninterrupted 6-step general run (checkpoints at steps 3 and 6)."""
+    model = tiny_model()
+    train(model, data, _args(tmp_path_factory.mktemp("uninterrupted"), **RESUME_STEPS),
+          MMEJDTrainingConfig(recipe="general"))
+    return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def _assert_same_lora(expected, model):
+    got = model.state_dict()
+    assert any(not torch.equal(expected[k], tiny_model().state_dict()[k]) for k in expected)
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-6), key
+
+
+def test_resume_reaches_the_same_weights(tmp_path, data, uninterrupted_general):
+    config = MMEJDTrainingConfig(recipe="general")
     interrupted = tiny_model()
     with pytest.raises(_Interrupt):
-        train(interrupted, data, _args(tmp_path / "b", **args), config, callbacks=[_StopAt(4)])
-    assert (tmp_path / "b" / "stages" / "general" / "checkpoint-3").is_dir()
+        train(interrupted, data, _args(tmp_path, **RESUME_STEPS), config, callbacks=[_StopAt(4)])
+    assert (tmp_path / "stages" / "general" / "checkpoint-3").is_dir()
     resumed = tiny_model()
-    train(resumed, data, _args(tmp_path / "b", **args), config, resume_from_checkpoint=True)
-    expected, got = uninterrupted.state_dict(), resumed.state_dict()
-    lora = [k for k in expected if ".lora_" in k]
-    assert any(not torch.equal(expected[k], tiny_model().state_dict()[k]) for k in lora)
-    for key in lora:
-        assert torch.allclose(expected[key], got[key], atol=1e-6), key
+    train(resumed, data, _args(tmp_path, **RESUME_STEPS), config, resume_from_checkpoint=True)
+    _assert_same_lora(uninterrupted_general, resumed)
+
+
+def test_resume_ignores_a_checkpoint_the_trainer_was_killed_writing(tmp_path, data, uninterrupted_general,
+                                                                    monkeypatch):
+    """A kill while the Trainer writes checkpoint-6 leaves it without trainer_state.json (written
+    last); resuming must fall back to checkpoint-3, not fail on the partial one."""
+    from transformers import Trainer
+
+    config = MMEJDTrainingConfig(recipe="general")
+    write_rng_state = Trainer._save_rng_state
+
+    def killed_at_step_6(self, output_dir):
+        if output_dir.endswith("checkpoint-6"):
+            raise _Interrupt()
+        return write_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", killed_at_step_6)
+    with pytest.raises(_Interrupt):
+        train(tiny_model(), data, _args(tmp_path, **RESUME_STEPS), config)
+    monkeypatch.undo()
+    partial = tmp_path / "stages" / "general" / "checkpoint-6"
+    assert (partial / "model.safetensors").is_file() and not (partial / "trainer_state.json").exists()
+    resumed = tiny_model()
+    report = train(resumed, data, _args(tmp_path, **RESUME_STEPS), config, resume_from_checkpoint=True)
+    assert report["stages"][0]["steps"] == 6
+    _assert_same_lora(uninterrupted_general, resumed)
+
+
+def test_resume_refuses_other_settings_and_force_restart_starts_over(tmp_path, data):
+    config = MMEJDTrainingConfig(recipe="general")
+    train(tiny_model(), data, _args(tmp_path, max_steps=1), config)
+    changes = {
+        "learning_rate": (_args(tmp_path, max_steps=1, learning_rate=1e-2), config),
+        "seed": (_args(tmp_path, max_steps=1, seed=1), config),
+        "text_counterfactual": (_args(tmp_path, max_steps=1), MMEJDTrainingConfig(recipe="general",
+                                                                                text_counterfactual="lexical")),
+    }
+    for name, (args, changed_config) in changes.items():
+        with pytest.raises(ValueError, match=rf"{name}.*--force-restart"):
+            train(tiny_model(), data, args, changed_config, resume_from_checkpoint=True)
+    # the same settings resume (the finished stage is reused)
+    report = train(tiny_model(), data, _args(tmp_path, max_steps=1), config, resume_from_checkpoint=True)
+    assert report["stages"][0]["resumed"]
+    # starting over trains again and the report records the settings the weights were trained with
+    args, changed_config = changes["learning_rate"]
+    report = train(tiny_model(), data, args, changed_config, resume_from_checkpoint=True, force_restart=True)
+    assert "resumed" not in report["stages"][0]
+    written = json.loads((tmp_path / "final" / "training_report.json").read_text())
+    assert written["run_settings"]["optimizer"]["learning_rate"] == 1e-2
 
 
 def test_two_process_distributed_run_gives_a_usable_checkpoint(tmp_path):
@@ -205,6 +265,12 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
     report = json.loads((tmp_path / "final" / "training_report.json").read_text())
     assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
     assert json.loads((tmp_path / "final" / "config.json").read_text())["router_cost_tolerance"] == 0.02
+    capsys.readouterr()
+    assert main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
+                 "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02", "--learning-rate",
+                 "0.01", "--resume"]) == 1
+    error = capsys.readouterr().err
+    assert "learning_rate: 0.001 then, 0.01 now" in error and "--force-restart" in error
     assert main(["train", "--output-dir", str(tmp_path), "--dataset", "nope"]) == 1
     assert main(["train", "--output-dir", str(tmp_path / "bad"), "--router-max-routed-share", "1.5"]) == 1
     assert "router_max_routed_share" in capsys.readouterr().err
@@ -231,3 +297,19 @@ def test_cli_evaluate_writes_a_report_for_a_trained_checkpoint(mme_jd_run, tmp_p
     report = json.loads((tmp_path / "report.json").read_text())
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
     assert "worst_group_accuracy" in report["groups"] and (tmp_path / "report.md").is_file()
+
+
+def test_run_settings_are_the_same_in_another_process(data, tmp_path):
+    """What resume compares must not hold anything process-specific (a custom image cue's
+    function is recorded by name, not by its repr with a memory address)."""
+    from mme_jd.cues import Cue
+    from mme_jd.training.run import run_settings
+
+    def cues():
+        def watermark(image):
+            return False
+        return [Cue("irony", pattern="#irony"), Cue("mark", image=watermark)]
+
+    first = run_settings(tiny_model(), data, _args(tmp_path), MMEJDTrainingConfig(cues=cues()))
+    second = run_settings(tiny_model(), data, _args(tmp_path / "elsewhere"), MMEJDTrainingConfig(cues=cues()))
+    assert first == second and "0x" not in json.dumps(first)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from .modeling.configuration_mme_jd import MME_JD_VERSION as __version__  # one version: the code's own
 
 _LAZY = {
     "MMEJDConfig": "mme_jd.modeling.configuration_mme_jd",

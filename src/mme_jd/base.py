@@ -39,6 +39,7 @@ def from_base(
     label_words: list[str] | tuple[str, ...] = ("no", "yes"),
     labels: list[str] | tuple[str, ...] = SARCASM_LABELS,
     question: str = "is it sarcastic ?",
+    trust_remote_code: bool = False,
     **config_overrides: Any,
 ) -> MMEJDModel:
     """Build an `MMEJDModel` around a base VLM and its processor.
@@ -50,6 +51,8 @@ def from_base(
         label_words: one verbalizer word per class ("no"/"yes" for sarcasm).
         labels: the class names, in label-id order.
         question: the task question of the prompt.
+        trust_remote_code: when `base` or `processor` is a folder / hub id, let it run Python
+            code of its own (a base architecture outside transformers). Off by default.
         **config_overrides: any `MMEJDConfig` field (lora_rank, mode, prompt_template, ...).
 
     The processor is attached to the model (`model.processor`) and saved beside the weights.
@@ -58,12 +61,12 @@ def from_base(
 
     if isinstance(base, (str, os.PathLike)):
         source = os.fspath(base)
-        base = AutoModelForImageTextToText.from_pretrained(source)
+        base = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=trust_remote_code)
         processor = processor if processor is not None else source
     if processor is None:
         raise ValueError("from_base needs the base model's processor (an object, folder or hub id).")
     if isinstance(processor, (str, os.PathLike)):
-        processor = AutoProcessor.from_pretrained(os.fspath(processor))
+        processor = AutoProcessor.from_pretrained(os.fspath(processor), trust_remote_code=trust_remote_code)
     if len(label_words) != len(labels):
         raise ValueError(f"got {len(label_words)} label_words for {len(labels)} labels; give one word per label.")
     tokenizer = getattr(processor, "tokenizer", processor)

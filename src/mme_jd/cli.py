@@ -42,6 +42,28 @@ def _quiet_transformers() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+def _add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
+    """The `--trust-remote-code` flag of a command that loads a model folder (off by default)."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the model folder run Python code it ships (its own auto_map classes); off by "
+                             "default: a saved MME-JD folder needs none. Inspect the code before allowing it")
+
+
+@contextlib.contextmanager
+def _remote_code_needs_consent(model: str) -> Iterator[None]:
+    """Turn transformers' refusal to run a folder's own code without `trust_remote_code=True`
+    into one line that names the CLI's flag."""
+    try:
+        yield
+    except ValueError as error:
+        if "contains custom code" not in str(error):
+            raise
+        raise ValueError(
+            f"{model!r} ships Python code of its own (auto_map) that loading it would run; inspect that code, then "
+            "pass --trust-remote-code to allow it"
+        ) from None
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -227,9 +249,11 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else 'no details'}"
 
 
-def load_model(model: str):
+def load_model(model: str, trust_remote_code: bool = False):
     """An MME-JD model from a saved folder (or Hub id); every expected failure is one short
-    line naming the problem and the fix (FileNotFoundError, ValueError, RuntimeError).
+    line naming the problem and the fix (FileNotFoundError, ValueError, RuntimeError). The
+    package's registered classes load it; the folder's own code runs only with
+    `trust_remote_code=True`.
 
     The config is checked before anything is built: a foreign config (a plain LLaVA or BERT
     folder) would build the wrong model, and one without `base_config` would build the
@@ -260,24 +284,26 @@ def load_model(model: str):
         raise ValueError(f"the config.json of {model!r} has no base_config (the base model's config): it is "
                          "damaged; save or download the model again.")
     try:
-        config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         raise ValueError(f"the config.json of {model!r} is damaged ({_first_line(error)}); save or download "
                          "the model again.") from None
     try:
-        return AutoModel.from_pretrained(model, config=config)
+        return AutoModel.from_pretrained(model, config=config, trust_remote_code=trust_remote_code)
     except (OSError, SafetensorError, ValueError, RuntimeError, KeyError) as error:
         raise RuntimeError(f"cannot load the weights of {model!r} ({_first_line(error)}): missing or damaged; "
                            "save or download the model again.") from None
 
 
-def load_pipeline(model: str, device: str | None = None):
+def load_pipeline(model: str, device: str | None = None, trust_remote_code: bool = False):
     """The `multimodal-debias` pipeline of a saved model folder (or Hub id), on `device`
-    (default: the first GPU, else cpu); failures as in `check_device` and `load_model`."""
+    (default: the first GPU, else cpu); failures as in `check_device` and `load_model`. The
+    folder's own Python code (`auto_map`) runs only with `trust_remote_code=True`."""
     from transformers import pipeline
 
     check_device(device)
-    return pipeline("multimodal-debias", model=load_model(model), device=device)
+    return pipeline("multimodal-debias", model=load_model(model, trust_remote_code=trust_remote_code),
+                    device=device, trust_remote_code=trust_remote_code)
 
 
 def predict_file(
@@ -297,13 +323,15 @@ def predict_file(
     label_column: str = "label",
     input_format: str | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Predict every row of a JSONL/CSV file with the `multimodal-debias` pipeline (the
     `mme-jd predict` command). Each output line: {"index", "input": the row as read, "label",
     "score", "strategy", "scores", ...} or, for a bad row with on_error="report",
     {"index", "input", "error", ...} (the input of a line that is not a JSON object is its
     text). The rows, the output path and the device are checked before the model is loaded.
-    Returns a summary (rows, predicted, failed, first_error, strategies, output)."""
+    Returns a summary (rows, predicted, failed, first_error, strategies, output).
+    trust_remote_code: let the model folder run Python code of its own (off by default)."""
     from tqdm.auto import tqdm
 
     rows = read_rows(input_path, input_format, keep_unreadable=on_error == "report")
@@ -315,7 +343,7 @@ def predict_file(
     # an unreadable line is given as {} (a bad input in its place) and its own problem reported below
     items = [{} if isinstance(row, UnreadableRow) else
              _pipeline_input(row, folder, image_column, text_column, label_column) for row in rows]
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, trust_remote_code=trust_remote_code)
     options = {"mode": mode, "top_k": top_k, "explain": explain, "return_experts": return_experts,
                "errors": on_error}
     with tqdm(total=len(items), desc="predict", unit="row", file=sys.stderr, disable=not progress) as bar:
@@ -337,12 +365,12 @@ def predict_file(
 
 
 def _predict(args: argparse.Namespace) -> None:
-    with _quiet_transformers():
+    with _quiet_transformers(), _remote_code_needs_consent(args.model):
         summary = predict_file(
             args.model, args.input, args.output, mode=args.mode, batch_size=args.batch_size, top_k=args.top_k,
             explain=args.explain, return_experts=args.return_experts, on_error=args.on_error, device=args.device,
             image_column=args.image_column, text_column=args.text_column, label_column=args.label_column,
-            input_format=args.format, progress=not args.no_progress,
+            input_format=args.format, progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
         )
     counts = ", ".join(f"{name} {count}" for name, count in summary["strategies"].items())
     print(f"predicted {summary['predicted']} of {summary['rows']} rows → {summary['output']}"
@@ -400,6 +428,7 @@ def _add_predict(commands) -> None:
     predict.add_argument("--device", default=None,
                          help="where the model runs: cpu, cuda, cuda:1, mps ... (default: the first GPU, else cpu)")
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    _add_trust_remote_code(predict)
     predict.set_defaults(handler=_predict)
 
 
@@ -410,12 +439,13 @@ def _publish(args: argparse.Namespace) -> None:
     from .hub import publish
 
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(), _remote_code_needs_consent(args.model):
             result = publish(
                 args.model, args.repo_id, report=args.report, output_dir=args.output_dir, license=args.license,
                 base_model=args.base_model, datasets=args.dataset, dataset_split=args.dataset_split, tags=args.tag,
                 pipeline_tag=args.pipeline_tag, private=args.private or None, token=args.token,
                 revision=args.revision, commit_message=args.commit_message, dry_run=args.dry_run,
+                trust_remote_code=args.trust_remote_code,
             )
     except OSError as error:  # Hub errors (HTTP, missing token) are OSErrors; keep the one-line contract
         if isinstance(error, FileNotFoundError):
@@ -464,6 +494,7 @@ def _add_publish(commands) -> None:
     publish.add_argument("--revision", default=None, help="the branch to upload to (default: main)")
     publish.add_argument("--commit-message", default=None, help="the message of the model files' commit")
     publish.add_argument("--dry-run", action="store_true", help="write the upload folder and card, upload nothing")
+    _add_trust_remote_code(publish)
     publish.set_defaults(handler=_publish)
 
 
@@ -475,7 +506,8 @@ def _add_publish(commands) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .training.__main__ import run
 
-    report = run(args)
+    with _remote_code_needs_consent(args.model):
+        report = run(args)
     print(f"checkpoint: {report['checkpoint']} ({report['seconds']} s)")
 
 
@@ -511,8 +543,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .cues import parse_cues
 
     cues = parse_cues(args.cue)
-    result = evaluate_model(args.model, dataset, args.output_dir, mode=args.mode, batch_size=args.batch_size,
-                            split=args.split, formats=tuple(args.formats.split(",")), cues=cues or None)
+    with _remote_code_needs_consent(args.model):
+        result = evaluate_model(args.model, dataset, args.output_dir, mode=args.mode, batch_size=args.batch_size,
+                                split=args.split, formats=tuple(args.formats.split(",")), cues=cues or None,
+                                trust_remote_code=args.trust_remote_code)
     print(f"report written to {args.output_dir}: " + ", ".join(sorted(str(k) for k in result.get("files", {}))))
 
 
@@ -541,6 +575,7 @@ def _add_evaluate(commands) -> None:
                                "watermark'), NAME:LABEL=... to say which label it points to (else estimated on "
                                "the evaluated rows, wrong on a split that reverses it), or a .json/.yaml file of "
                                "cues; repeat for several")
+    _add_trust_remote_code(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
 

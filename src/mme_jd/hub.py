@@ -248,8 +248,9 @@ def build_model_card(
 # ---------------------------------------------------------------------------- folder
 
 
-def _load_model(model_or_folder: Any):
-    """(model, processor, source folder or None) from a folder or an `MMEJDModel`."""
+def _load_model(model_or_folder: Any, trust_remote_code: bool = False):
+    """(model, processor, source folder or None) from a folder or an `MMEJDModel`. The
+    folder's own Python code (`auto_map`) runs only with `trust_remote_code=True`."""
     if isinstance(model_or_folder, (str, os.PathLike)):
         folder = Path(model_or_folder)
         if not (folder / "config.json").is_file():
@@ -259,12 +260,17 @@ def _load_model(model_or_folder: Any):
         from . import register_auto_classes
 
         register_auto_classes()
-        model = AutoModel.from_pretrained(str(folder))
+        model = AutoModel.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         if getattr(model.config, "model_type", None) != "mme_jd":
             raise ValueError(f"{str(folder)!r} holds a {model.config.model_type!r} model, not an MME-JD model.")
         try:
-            processor = AutoProcessor.from_pretrained(str(folder))
+            processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
+            if "custom code" in str(error) and not trust_remote_code:
+                raise ValueError(
+                    f"the processor saved in {str(folder)!r} is Python code of that folder (auto_map), which runs "
+                    "only with your consent: inspect it, then pass trust_remote_code=True (--trust-remote-code)."
+                ) from None
             raise ValueError(
                 f"no processor saved in {str(folder)!r} ({error}); save the model with its processor "
                 "(model.save_pretrained(folder, processor=processor))."
@@ -291,11 +297,13 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def prepare_folder(model_or_folder: Any, folder: str | os.PathLike, repo_id: str, **card_options: Any) -> PublishResult:
+def prepare_folder(model_or_folder: Any, folder: str | os.PathLike, repo_id: str, trust_remote_code: bool = False,
+                   **card_options: Any) -> PublishResult:
     """Write the upload folder: model files (see the module docstring) and README.md.
 
-    `folder` must not exist, be empty, or be an earlier publish's folder (it is replaced)."""
-    model, processor, _ = _load_model(model_or_folder)
+    `folder` must not exist, be empty, or be an earlier publish's folder (it is replaced).
+    trust_remote_code: let a model folder run Python code of its own (off by default)."""
+    model, processor, _ = _load_model(model_or_folder, trust_remote_code=trust_remote_code)
     card = build_model_card(model.config, repo_id, **card_options)
     target = Path(folder).resolve()
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MARKER_NAME).is_file())):
@@ -347,6 +355,7 @@ def publish(
     commit_message: str | None = None,
     dry_run: bool = False,
     api: Any = None,
+    trust_remote_code: bool = False,
 ) -> PublishResult:
     """Save an MME-JD model with its processor, remote code, pipeline config and model card into
     an upload folder, and upload it to `repo_id` (see the module docstring).
@@ -363,6 +372,8 @@ def publish(
         private, token, revision, commit_message: passed to the Hub calls.
         dry_run: write the folder and card, upload nothing.
         api: an `HfApi`-like object (default `HfApi(token=token)`); tests pass a fake.
+        trust_remote_code: let the model folder run Python code of its own (`auto_map`); off
+            by default, an MME-JD folder needs none.
     """
     if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/") or " " in repo_id:
         raise ValueError(f"repo_id {repo_id!r} must look like 'user/name'.")
@@ -374,8 +385,8 @@ def publish(
         else:
             output_dir = Path("hub_upload") / repo_id.split("/")[-1]
     result = prepare_folder(
-        model_folder, output_dir, repo_id, report=report, license=license, base_model=base_model,
-        datasets=datasets, dataset_split=dataset_split, tags=tags, pipeline_tag=pipeline_tag,
+        model_folder, output_dir, repo_id, trust_remote_code=trust_remote_code, report=report, license=license,
+        base_model=base_model, datasets=datasets, dataset_split=dataset_split, tags=tags, pipeline_tag=pipeline_tag,
     )
     if dry_run:
         return result

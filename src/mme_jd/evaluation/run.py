@@ -43,15 +43,20 @@ __all__ = ["evaluate_model", "headline_figures", "load_model", "per_cue_figures"
 INFERENCE_TEXT_COUNTERFACTUALS = ("lexical", "saliency")
 
 
-def load_model(model_folder_or_model):
-    """(model, processor): a folder (or hub id) through `AutoModel` / `AutoProcessor` with
-    `trust_remote_code=True`, or a model object with its `processor` attached."""
+def load_model(model_folder_or_model, trust_remote_code: bool = False):
+    """(model, processor): a folder (or hub id) through `AutoModel` / `AutoProcessor`, or a
+    model object with its `processor` attached.
+
+    trust_remote_code: run Python code the folder ships (its own `auto_map` classes). Off by
+        default: a saved MME-JD folder needs none, its model class is registered by `mme_jd`
+        and its processor is a standard transformers class.
+    """
     if isinstance(model_folder_or_model, (str, os.PathLike)):
         from transformers import AutoModel, AutoProcessor
 
         folder = os.fspath(model_folder_or_model)
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
-        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
         model.processor = processor
         return model.eval(), processor
     processor = getattr(model_folder_or_model, "processor", None)
@@ -197,12 +202,13 @@ def evaluate_model(
     image_counterfactual: str | None = None,
     title: str | None = None,
     cues: Sequence[Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run a model over a dataset and write its evaluation report (see the module docstring).
 
     Args:
         model_folder_or_model: a saved MME-JD folder (loaded with `AutoModel` /
-            `AutoProcessor`, `trust_remote_code=True`) or an `MMEJDModel` with `.processor`.
+            `AutoProcessor`) or an `MMEJDModel` with `.processor`.
         dataset: a `datasets.Dataset`, a `DatasetDict` (with `split=`, default its only split
             or "test") or a `save_to_disk` folder; rows have `text`, `image`, `label` and
             optionally `group` (for per-group accuracy).
@@ -217,6 +223,7 @@ def evaluate_model(
             `image_counterfactual_mask` columns use those.
         cues: declared cues (`mme_jd.cues.Cue`) for the per-cue figures (see the module
             docstring); their flags are computed once (`add_cue_columns`).
+        trust_remote_code: let the folder run Python code of its own (see `load_model`).
     Returns the results dict written to `report.json`, plus `"files"`: {kind: path}.
     """
     from ..inference import collect_outputs
@@ -224,7 +231,7 @@ def evaluate_model(
     from .diagnostics import Evaluator
     from .report import write_report
 
-    model, processor = load_model(model_folder_or_model)
+    model, processor = load_model(model_folder_or_model, trust_remote_code=trust_remote_code)
     rows, split = _resolve_dataset(dataset, split)
     if "label" not in rows.column_names:
         raise ValueError(f"the rows need a `label` column to be evaluated; they have {rows.column_names}.")

@@ -47,7 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "NAME=image:FUNCTION or a .json/.yaml file; repeat for several (without any: the "
                              "synthetic group column, else macro F1 on validation)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--resume", action="store_true", help="skip finished stages, resume the interrupted one")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip finished stages, resume the interrupted one from its last complete checkpoint; "
+                             "refused when the run was started with other settings")
+    parser.add_argument("--force-restart", action="store_true",
+                        help="remove the stages of an earlier run in --output-dir and start over")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a --model folder / hub id run Python code of its own (a base architecture "
+                             "outside transformers); off by default")
     return parser
 
 
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         from ..base import from_base
 
-        model = from_base(args.model)
+        model = from_base(args.model, trust_remote_code=args.trust_remote_code)
     # routing choices are model config fields (validated there), saved with the checkpoint
     for name in ("router_cost_tolerance", "router_max_routed_share"):
         if getattr(args, name) is not None:
@@ -100,7 +107,8 @@ def run(args: argparse.Namespace) -> dict:
                                  image_counterfactual=args.image_counterfactual,
                                  router_split=split_names["validation_balanced"],
                                  mid_split=split_names["validation_balanced"])
-    return train(model, dataset, training_args, config, resume_from_checkpoint=args.resume)
+    return train(model, dataset, training_args, config, resume_from_checkpoint=args.resume,
+                 force_restart=args.force_restart)
 
 
 def main(argv: list[str] | None = None) -> int:

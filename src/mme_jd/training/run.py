@@ -7,21 +7,30 @@
 
 Each finished stage saves its weights under `output_dir/stages/<stage>/` with a `done.json`
 marker; a rerun with `resume_from_checkpoint=True` skips finished stages and resumes the
-interrupted one from its last Trainer checkpoint, reaching the same weights as an
+interrupted one from its last complete Trainer checkpoint, reaching the same weights as an
 uninterrupted run with the same seed.
+
+Resuming is refused when the settings the weights depend on differ from those the run was
+started with (`run_settings`: the training config, the optimiser's arguments, the model's
+config, the data sizes; recorded in `output_dir/run_settings.json` and in every `done.json`):
+finished stages trained with other settings would otherwise be reused silently.
+`force_restart=True` removes the earlier run's stages and starts over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..evaluation.report import _atomic_write_text
 
 from .mid import fit_lambdas
 from .router_labels import strategy_labels, train_router
@@ -142,6 +151,109 @@ def _vocabulary(processor, enabled: bool) -> set[str] | None:
     return None
 
 
+#: TrainingArguments the trained weights depend on (a resumed run must use the same).
+WEIGHT_ARGUMENTS = (
+    "learning_rate", "seed", "data_seed", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "optim", "bf16", "fp16", "world_size",
+)
+#: MMEJDTrainingConfig fields that change no weight (left out of the resume check).
+_NOT_WEIGHT_SETTINGS = ("inference_batch_size",)
+#: Model config keys that describe where or by what a config was saved, not the model.
+_PROVENANCE_KEYS = ("transformers_version", "mme_jd_version", "architectures", "auto_map", "custom_pipelines")
+RUN_SETTINGS_NAME = "run_settings.json"
+
+
+def run_settings(model, dataset, args, config: MMEJDTrainingConfig) -> dict[str, Any]:
+    """What the weights of a run depend on, as JSON values: the training config, the
+    optimiser's arguments (`WEIGHT_ARGUMENTS`), a digest of the model's config and the sizes
+    of the splits used. Compared field by field when a run is resumed."""
+    model_config = {k: v for k, v in model.config.to_dict().items()
+                    if not k.startswith("_") and k not in _PROVENANCE_KEYS}
+    digest = hashlib.sha256(json.dumps(model_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    splits = sorted({config.train_split, config.router_split, config.mid_split})
+    training = {k: v for k, v in asdict(config).items() if k not in _NOT_WEIGHT_SETTINGS}
+    if config.cues:  # as saved specs: a custom image function's repr holds its memory address
+        training["cues"] = [cue.to_spec() for cue in config.cues]
+    settings = {
+        "training": training,
+        "optimizer": {name: getattr(args, name, None) for name in WEIGHT_ARGUMENTS},
+        "model_config_sha256": digest,
+        "data_rows": {split: len(dataset[split]) for split in splits},
+    }
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key != "extra":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _setting_differences(before: dict, now: dict) -> list[str]:
+    """'name: before → now' for every setting that differs."""
+    before, now = _flatten(before), _flatten(now)
+    return [f"{key.rsplit('.', 1)[-1]}: {before.get(key)!r} then, {now.get(key)!r} now"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+
+
+def _check_resumable(output_dir: Path, settings: dict, stages: tuple[str, ...]) -> None:
+    """Raise a `ValueError` when the run in `output_dir`, or one of its finished stages, was
+    trained with settings other than `settings`."""
+    recorded = []
+    started = output_dir / RUN_SETTINGS_NAME
+    if started.is_file():
+        recorded.append(("the run", json.loads(started.read_text())))
+    for stage in stages:
+        marker = _done_marker(output_dir, stage)
+        if not marker.is_file():
+            continue
+        stage_settings = json.loads(marker.read_text()).get("settings")
+        if stage_settings is None:
+            logger.warning("stage %s in %s records no settings (finished by an earlier version): resuming without "
+                           "checking them", stage, output_dir)
+        else:
+            recorded.append((f"its finished stage {stage!r}", stage_settings))
+    for what, before in recorded:
+        differences = _setting_differences(before, settings)
+        if differences:
+            raise ValueError(
+                f"cannot resume the run in {str(output_dir)!r}: {what} was trained with other settings "
+                f"({'; '.join(differences)}). Resume with the settings it was started with, or start over: "
+                "--force-restart (train(..., force_restart=True)) or another --output-dir."
+            )
+
+
+def _last_complete_checkpoint(stage_dir: Path) -> Path | None:
+    """The Trainer checkpoint to resume from: the highest-numbered `checkpoint-N` whose
+    `trainer_state.json`, which the Trainer writes last, reads as JSON. A newer one without it
+    was being written when the process was killed: resuming from it fails."""
+    numbered = [p for p in stage_dir.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+    for checkpoint in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return checkpoint
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _remove_checkpoints(stage_dir: Path, keep: Path | None, why: str) -> None:
+    """Remove the `checkpoint-N` folders of a stage other than `keep` (main process only)."""
+
+    def remove() -> None:
+        for checkpoint in stage_dir.glob("checkpoint-*"):
+            if checkpoint.is_dir() and checkpoint != keep:
+                logger.warning("removing %s: %s", checkpoint, why)
+                shutil.rmtree(checkpoint, ignore_errors=True)
+
+    _on_main_process(remove)
+
+
 def _done_marker(output_dir: Path, stage: str) -> Path:
     return output_dir / "stages" / stage / "done.json"
 
@@ -156,13 +268,12 @@ def _on_main_process(write) -> None:
     state.wait_for_everyone()
 
 
-def _save_stage(model, output_dir: Path, stage: str, log: dict) -> None:
+def _save_stage(model, output_dir: Path, stage: str, log: dict, settings: dict) -> None:
     def write() -> None:
         folder = output_dir / "stages" / stage
         model.save_pretrained(folder)
-        temporary = folder / "done.json.tmp"
-        temporary.write_text(json.dumps({**log, "config": model.config.to_diff_dict()}, indent=2, default=str))
-        os.replace(temporary, folder / "done.json")
+        marker = {**log, "config": model.config.to_diff_dict(), "settings": settings}
+        _atomic_write_text(folder / "done.json", json.dumps(marker, indent=2, default=str))
 
     _on_main_process(write)
 
@@ -188,6 +299,7 @@ def train(
     processor: Any = None,
     resume_from_checkpoint: bool = False,
     callbacks: list | None = None,
+    force_restart: bool = False,
 ) -> dict:
     """Run a recipe's stages on `dataset` (a DatasetDict) and save `args.output_dir/final`.
 
@@ -198,8 +310,12 @@ def train(
             `args.output_dir/stages/<stage>/`).
         config: the MME-JD settings (`MMEJDTrainingConfig`).
         processor: the base's processor (default: `model.processor`).
-        resume_from_checkpoint: skip finished stages and resume the interrupted one.
-    Returns a report: per-stage logs (steps, loss, seconds), router shares, fitted λs.
+        resume_from_checkpoint: skip finished stages and resume the interrupted one from its
+            last complete Trainer checkpoint; refused (`ValueError`) when the run was started
+            with other settings (`run_settings`).
+        force_restart: remove the stages of an earlier run in `args.output_dir` and start over.
+    Returns a report: per-stage logs (steps, loss, seconds), router shares, fitted λs, and the
+    `run_settings` the weights were trained with.
     """
     from transformers import set_seed
 
@@ -212,6 +328,19 @@ def train(
             raise ValueError(f"dataset has no split {split!r}; it has {list(dataset)}. Set the split names in "
                              "MMEJDTrainingConfig (train_split, router_split, mid_split).")
     output_dir = Path(args.output_dir)
+    settings = run_settings(model, dataset, args, config)  # before this run changes the model's config
+    stages = RECIPES[config.recipe]
+    if force_restart:
+        _on_main_process(lambda: shutil.rmtree(output_dir / "stages", ignore_errors=True))
+        resume_from_checkpoint = False
+    elif resume_from_checkpoint:
+        _check_resumable(output_dir, settings, stages)
+
+    def record_settings() -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(output_dir / RUN_SETTINGS_NAME, json.dumps(settings, indent=2))
+
+    _on_main_process(record_settings)
     # the MCTD weights belong to the mctd recipe: the debias experts' reversed objective uses the
     # model's own weights (w_v = 0 there would train image_debias on originals only)
     if config.recipe == "mctd" and config.mctd_text_weight is not None:
@@ -229,9 +358,8 @@ def train(
         model.config.validate_fields()
     warned: dict[str, bool] = {}
     vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
-    stages = RECIPES[config.recipe]
-    report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "stages": [],
-                              "world_size": args.world_size}
+    report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "run_settings": settings,
+                              "stages": [], "world_size": args.world_size}
     started = time.perf_counter()
     for index, stage in enumerate(stages):
         print(f"[mme-jd] stage {index + 1}/{len(stages)}: {stage}", flush=True)
@@ -249,13 +377,15 @@ def train(
             if "image" in stage_parts(stage, model.config) and config.image_counterfactual in ("attention", "gradient"):
                 train_rows = precompute_image_masks(model, processor, train_rows, config)
             stage_dir = output_dir / "stages" / stage
-            resume = None
-            if resume_from_checkpoint and any(stage_dir.glob("checkpoint-*")):
-                resume = True
+            resume = _last_complete_checkpoint(stage_dir) if resume_from_checkpoint else None
+            # checkpoints that are not resumed from belong to an earlier run (or were being written
+            # when it was killed): the Trainer's rotation and a later resume would pick them up
+            _remove_checkpoints(stage_dir, keep=resume, why="a checkpoint this run does not resume from (an "
+                                "earlier run's, or one its Trainer was killed while writing)")
             log = run_expert_stage(
                 model, stage, train_rows, stage_arguments(args, stage, str(stage_dir)), processor,
                 config.text_counterfactual, config.image_counterfactual, vocabulary=vocabulary,
-                resume_from_checkpoint=resume, callbacks=callbacks,
+                resume_from_checkpoint=str(resume) if resume is not None else None, callbacks=callbacks,
             )
         elif stage == "router":
             log = _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, callbacks,
@@ -266,7 +396,7 @@ def train(
         print(f"[mme-jd] stage {stage} done in {log['seconds_total']} s: "
               + ", ".join(f"{k}={v}" for k, v in log.items() if k in ("train_loss", "threshold", "routed_shares",
                                                                       "lambda_text", "lambda_image")), flush=True)
-        _save_stage(model, output_dir, stage, log)
+        _save_stage(model, output_dir, stage, log, settings)
         report["stages"].append(log)
     model.config.mode = {"general": "general", "mid": "mid", "mctd": "mctd", "mme_jd": "mme_jd"}[config.recipe]
     final = output_dir / "final"
@@ -275,9 +405,7 @@ def train(
 
     def write() -> None:
         model.save_pretrained(final, processor=processor)
-        temporary = final / "training_report.json.tmp"
-        temporary.write_text(json.dumps(report, indent=2, default=str))
-        os.replace(temporary, final / "training_report.json")
+        _atomic_write_text(final / "training_report.json", json.dumps(report, indent=2, default=str))
 
     _on_main_process(write)
     return report
