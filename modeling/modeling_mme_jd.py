@@ -780,7 +780,7 @@ def _part_of(tensor_name: str) -> str:
     return "the base model"
 
 
-def _named(names, limit: int = 4) -> str:
+def _named(names, limit: int = 2) -> str:
     """How many of `names` belong to each part of the model, and the first few of them."""
     names = sorted(names)
     parts: dict[str, int] = {}
@@ -821,9 +821,8 @@ def check_loaded_checkpoint(model: nn.Module, loading_info: dict, source: str) -
     ]
     if non_finite:
         raise ValueError(
-            f"refusing the MME-JD checkpoint {source!r}: tensors hold non-finite values, NaN or infinity "
-            f"({_named(non_finite)}). The weights are damaged or come from a diverged training run: use an "
-            "earlier checkpoint or retrain."
+            f"refusing the MME-JD checkpoint {source!r}: tensors hold NaN or infinity ({_named(non_finite)}), "
+            "damaged or from a diverged run: use an earlier checkpoint or retrain."
         )
 
 

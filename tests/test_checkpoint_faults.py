@@ -237,8 +237,8 @@ CORRUPTIONS = {
     "router missing": (_drop("router."), r"missing.*router\.0\.weight"),
     "text expert missing": (_drop(".text_debias."), r"missing.*text_debias"),
     "unexpected tensor": (_add_unexpected, r"unexpected.*router\.3\.weight"),
-    "NaN in the router": (_poison("router.2.weight", float("nan")), r"non-finite.*router\.2\.weight"),
-    "inf in an expert": (_poison(".lora_B.image_debias.", float("inf")), r"non-finite.*lora_B\.image_debias"),
+    "NaN in the router": (_poison("router.2.weight", float("nan")), r"NaN or infinity.*router\.2\.weight"),
+    "inf in an expert": (_poison(".lora_B.image_debias.", float("inf")), r"NaN or infinity.*lora_B\.image_debias"),
 }
 
 

@@ -97,9 +97,9 @@ def _config(folder: Path, change) -> None:
 
 
 CORRUPTIONS = {
-    "truncated_weights": (_truncated, ["cannot load the weights", "SafetensorError", "save or download"]),
+    "truncated_weights": (_truncated, ["cannot read the weights", "model.safetensors", "download or copy it again"]),
     "missing_weights": (_missing_weights, ["cannot load the weights", "no file named model.safetensors"]),
-    "nan_weights": (_nan_weights, ["input 0: the model's logits are not finite", "weights are corrupt"]),
+    "nan_weights": (_nan_weights, ["refusing the MME-JD checkpoint", "NaN or infinity", "retrain"]),
     "foreign_llava_config": (lambda f: _config(f, lambda c: c["base_config"]),
                              ["holds a 'llava' model, not an MME-JD model", "mme_jd.from_base"]),
     "foreign_bert_config": (lambda f: _config(f, lambda c: {"model_type": "bert", "hidden_size": 32}),
@@ -126,16 +126,17 @@ def test_corrupted_checkpoint_is_one_line(workspace, tmp_path, capfd, corruption
     assert not output.exists()
 
 
-def test_nan_weights_give_no_made_up_label(workspace, tmp_path, capfd):
+def test_nan_weights_are_refused_before_any_row_is_predicted(workspace, tmp_path, capfd):
+    """NaN weights never reach a prediction: the loader refuses them (a NaN logit from finite
+    weights is reported per row instead: test_bad_input.py::test_nan_logits_are_reported_not_labelled)."""
     model = tmp_path / "model"
     shutil.copytree(workspace / "model", model)
     _nan_weights(model)
     output = tmp_path / "out.jsonl"
     code, _, err = _run(["predict", model, workspace / "data" / "good.jsonl", "-o", output, "--no-progress",
                          "--on-error", "report"], capfd)
-    assert code == 1 and "1 of 1 rows failed" in err and "Traceback" not in err
-    record = json.loads(output.read_text())
-    assert record["label"] is None and record["score"] is None and "not finite" in record["error"]
+    _assert_one_line_error(code, err, "NaN or infinity")
+    assert not output.exists()
 
 
 # ---------------------------------------------------------------------------- output path and device

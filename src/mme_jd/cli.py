@@ -290,6 +290,13 @@ def load_model(model: str, trust_remote_code: bool = False):
                          "the model again.") from None
     try:
         return AutoModel.from_pretrained(model, config=config, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # the loader's own refusals already name the folder, what is wrong and the fix
+        if message.startswith(("refusing the MME-JD checkpoint", "cannot read the weights of")):
+            raise ValueError(message) from None
+        raise RuntimeError(f"cannot load the weights of {model!r} ({_first_line(error)}): missing or damaged; "
+                           "save or download the model again.") from None
     except (OSError, SafetensorError, ValueError, RuntimeError, KeyError) as error:
         raise RuntimeError(f"cannot load the weights of {model!r} ({_first_line(error)}): missing or damaged; "
                            "save or download the model again.") from None
