@@ -49,6 +49,10 @@ def test_bench_writes_every_method_and_figure(tmp_path):
         if "expert" not in name:
             assert entry["training_ratio"] > 0, name
     assert seed["methods"]["ERM"]["training_ratio"] == 1.0
+    environment = seed["environment"]  # what made the figures, recorded in every results file
+    assert environment["packages"]["transformers"] and environment["torch_threads"] == 1
+    assert len(environment["base_weights_sha256"]) == 64
+    assert environment["lock_sha256"] is None or len(environment["lock_sha256"]) == 64
     assert seed["methods"]["MME-JD all experts"]["identical_predictions_to_routed"] is True
     assert seed["methods"]["JTT"]["knobs"]["upweight"] in (2, 3)
     assert seed["methods"]["Group DRO"]["knobs"]["step_size"] in (0.1, 1.0)
@@ -187,3 +191,43 @@ def test_group_dro_keeps_weighting_an_absent_worst_group(tmp_path, absent):
         assert q2[1] > q1[1] and q2.argmax() == 1
     else:  # the literal update: an absent group falls behind
         assert q2[1] < q1[1]
+
+
+TRAIN_AND_PREDICT = """
+import sys, torch
+torch.set_num_threads(1)
+from transformers import TrainingArguments
+from mme_jd.data.synthetic import make_synthetic_benchmark
+from mme_jd.inference import collect_outputs
+from mme_jd.provenance import base_weights_sha256
+from mme_jd.tiny import pretrained_tiny_model
+from mme_jd.training import MMEJDTrainingConfig, train
+torch.manual_seed(0)
+model = pretrained_tiny_model()
+data = make_synthetic_benchmark(num_train=96, num_validation_balanced=32, num_test=32, p_cue=0.97, seed=0,
+                                splits=["train", "validation_balanced", "test_balanced"])
+args = TrainingArguments(output_dir=sys.argv[1], per_device_train_batch_size=32, max_steps=3, learning_rate=2e-3,
+                         save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+train(model, data, args, MMEJDTrainingConfig(recipe="mme_jd", router_epochs=2))
+outputs = collect_outputs(model.eval(), model.processor, data["test_balanced"], mode="mme_jd")
+torch.save({"logits": outputs["logits"], "base": base_weights_sha256(model)}, sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_training_from_the_shipped_base_is_identical_in_two_processes(tmp_path):
+    """The bench's figures reproduce because what they rest on does: the shipped base (no
+    per-machine pretraining) and, at one torch thread, training and inference that give the
+    same logits bit for bit in a fresh process."""
+    import subprocess
+    import sys
+
+    results = []
+    for run in ("first", "second"):
+        path = tmp_path / f"{run}.pt"
+        done = subprocess.run([sys.executable, "-c", TRAIN_AND_PREDICT, str(tmp_path / run), str(path)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(torch.load(path))
+    assert results[0]["base"] == results[1]["base"]
+    assert torch.equal(results[0]["logits"], results[1]["logits"])

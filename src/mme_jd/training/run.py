@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation.report import _atomic_write_text
+from ..files import atomic_write_text
 
 from .mid import fit_lambdas
 from .router_labels import strategy_labels, train_router
@@ -273,7 +273,7 @@ def _save_stage(model, output_dir: Path, stage: str, log: dict, settings: dict) 
         folder = output_dir / "stages" / stage
         model.save_pretrained(folder)
         marker = {**log, "config": model.config.to_diff_dict(), "settings": settings}
-        _atomic_write_text(folder / "done.json", json.dumps(marker, indent=2, default=str))
+        atomic_write_text(folder / "done.json", json.dumps(marker, indent=2, default=str))
 
     _on_main_process(write)
 
@@ -338,7 +338,7 @@ def train(
 
     def record_settings() -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(output_dir / RUN_SETTINGS_NAME, json.dumps(settings, indent=2))
+        atomic_write_text(output_dir / RUN_SETTINGS_NAME, json.dumps(settings, indent=2))
 
     _on_main_process(record_settings)
     # the MCTD weights belong to the mctd recipe: the debias experts' reversed objective uses the
@@ -405,7 +405,7 @@ def train(
 
     def write() -> None:
         model.save_pretrained(final, processor=processor)
-        _atomic_write_text(final / "training_report.json", json.dumps(report, indent=2, default=str))
+        atomic_write_text(final / "training_report.json", json.dumps(report, indent=2, default=str))
 
     _on_main_process(write)
     return report
