@@ -252,8 +252,8 @@ def _first_line(error: BaseException) -> str:
 def load_model(model: str, trust_remote_code: bool = False):
     """An MME-JD model from a saved folder (or Hub id); every expected failure is one short
     line naming the problem and the fix (FileNotFoundError, ValueError, RuntimeError). The
-    package's registered classes load it; the folder's own code runs only with
-    `trust_remote_code=True`.
+    package's registered classes load it; the folder's own code runs only when the caller
+    passes `trust_remote_code` as true (the user's `--trust-remote-code`).
 
     The config is checked before anything is built: a foreign config (a plain LLaVA or BERT
     folder) would build the wrong model, and one without `base_config` would build the
@@ -305,7 +305,8 @@ def load_model(model: str, trust_remote_code: bool = False):
 def load_pipeline(model: str, device: str | None = None, trust_remote_code: bool = False):
     """The `multimodal-debias` pipeline of a saved model folder (or Hub id), on `device`
     (default: the first GPU, else cpu); failures as in `check_device` and `load_model`. The
-    folder's own Python code (`auto_map`) runs only with `trust_remote_code=True`."""
+    folder's own Python code (`auto_map`) runs only when `trust_remote_code` is true (the
+    user's `--trust-remote-code`)."""
     from transformers import pipeline
 
     check_device(device)

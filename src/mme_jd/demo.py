@@ -9,8 +9,9 @@
 3. on `test_balanced` (cues independent of the label) print ERM's and MME-JD's accuracy and
    worst-group accuracy, and, side by side, a few cue-conflicting rows (the cue points the wrong
    way) with both predictions and MME-JD's routing strategy;
-4. reload the saved checkpoint in a fresh offline process through
-   `AutoModel.from_pretrained(..., trust_remote_code=True)` and check the logits are identical;
+4. reload the saved checkpoint in a fresh offline process through `AutoModel.from_pretrained`
+   with the folder's own remote code (the code this demo has just written; a Hub user's path)
+   and check the logits are identical;
 5. run `pipeline("multimodal-debias", model=<saved folder>)` on a few rows.
 
 Every figure printed is computed in the run; `demo_summary.json` keeps them.
