@@ -25,7 +25,8 @@ def collect_outputs(
     description: str = "predict",
     cues: Any = None,
     group_column: str = "group",
-) -> dict[str, torch.Tensor]:
+    keep_metadata: bool = False,
+) -> dict[str, Any]:
     """Batched inference over `dataset` rows; returns the concatenated outputs.
 
     Keys: labels, groups (when the rows have them), logits, strategy, router_logits,
@@ -34,6 +35,9 @@ def collect_outputs(
     Image counterfactual masks come from the model's own saliency (`saliency_model=model`).
     `cues`: the declared cues of the `cue_only` / `cue_removed` builders (None: the model
     config's); `group_column`: the column `groups` come from ("cue_group" for declared cues).
+    `keep_metadata`: also return "metadata", the collator's per-row lists concatenated over the
+    batches (e.g. text_mask_positions, text_counterfactual, image_mask, image_grid: what each
+    counterfactual changed, for the gallery).
     """
     from tqdm.auto import tqdm
 
@@ -46,11 +50,15 @@ def collect_outputs(
     model.eval()
     device = next(model.parameters()).device
     collected: dict[str, list[torch.Tensor]] = {}
+    metadata_rows: dict[str, list] = {}
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc=description, disable=not progress, leave=False):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collator(rows)
         metadata = batch.pop("metadata")
+        if keep_metadata:
+            for key, values in metadata.items():
+                metadata_rows.setdefault(key, []).extend(values)
         labels = batch.pop("labels", None)
         batch.pop("counterfactual_targets", None)
         batch.pop("text_counterfactual_valid", None)
@@ -68,4 +76,7 @@ def collect_outputs(
         for key, value in values.items():
             if value is not None:
                 collected.setdefault(key, []).append(value.detach().cpu())
-    return {key: torch.cat(values) for key, values in collected.items()}
+    outputs: dict[str, Any] = {key: torch.cat(values) for key, values in collected.items()}
+    if keep_metadata:
+        outputs["metadata"] = metadata_rows
+    return outputs

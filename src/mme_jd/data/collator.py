@@ -12,7 +12,8 @@
     {input_ids, attention_mask, pixel_values, ...,              (originals)
      labels, counterfactual_targets, text_counterfactual_valid,
      text_counterfactual: {...}, image_counterfactual: {...},   (same length, one forward)
-     metadata: {group, text_mask_positions, image_mask, ...}}   (ignored by the model)
+     metadata: {group, text_mask_positions, text_counterfactual, image_mask, image_grid, ...}}
+                                                                (ignored by the model)
 
 Works with `transformers.Trainer` given `remove_unused_columns=False` and
 `label_names=["labels"]`. Rows without an image (MMSD's stand-in) get a flat grey image and
@@ -238,12 +239,14 @@ class CounterfactualTripleCollator:
             # a text counterfactual that changed no word is the original: no reversed target for it
             batch["text_counterfactual_valid"] = torch.tensor([len(p) > 0 for _, p in built])
             metadata["text_mask_positions"] = [p for _, p in built]
+            metadata["text_counterfactual"] = [cf for cf, _ in built]
         if "image" in parts:
             masks = self._image_masks(rows, triple["original"])
             image_cf = triple["image_counterfactual"]
             image_cf["pixel_values"] = mask_image_tokens(self.config, image_cf, masks)
             batch["image_counterfactual"] = image_cf
             metadata["image_mask"] = [m.tolist() for m in masks]
+            metadata["image_grid"] = [list(grid) for grid in image_token_grids(self.config, triple["original"])]
         if "labels" in batch:
             batch["counterfactual_targets"] = reversed_targets(
                 batch["labels"], self.config.num_labels, self.config.cf_target

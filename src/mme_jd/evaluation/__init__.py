@@ -28,6 +28,7 @@ _LAZY_EXPORTS = {
     "mask_quality": "diagnostics",
     "reliance": "diagnostics",
     "router_report": "diagnostics",
+    "wrong_way_rows": "diagnostics",
     "write_report": "report",
     "evaluate_model": "run",
     "counterfactual_quality": "quality",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
         mask_quality,
         reliance,
         router_report,
+        wrong_way_rows,
     )
     from .metrics import METRIC_MODULE_PATH, classification_metrics, load_metric
     from .report import write_report

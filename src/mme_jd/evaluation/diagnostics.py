@@ -37,6 +37,7 @@ __all__ = [
     "reliance",
     "router_report",
     "to_builtin",
+    "wrong_way_rows",
 ]
 
 DEFAULT_STRATEGY_NAMES: tuple[str, ...] = ("none", "image", "text", "both")
@@ -255,6 +256,14 @@ def cue_label(labels, flags, num_labels: int | None = None) -> int | None:
     return int(np.argmax(np.where(base > 0, present / np.maximum(base, 1e-12), 0.0)))
 
 
+def wrong_way_rows(labels, flags, points_to: int) -> np.ndarray:
+    """Rows where a cue points the wrong way (cue-conflicting rows): the cue is present and
+    the label is not `points_to`, or the cue is absent and the label is `points_to`."""
+    labels = _as_1d(labels, "labels").astype(np.int64)
+    flags = _as_1d(flags, "flags").astype(bool)
+    return (flags & (labels != points_to)) | (~flags & (labels == points_to))
+
+
 def cue_figures(
     predictions,
     labels,
@@ -293,7 +302,7 @@ def cue_figures(
         "wrong_way_count": 0,
     }
     if points_to is not None:
-        wrong_way = (flags & (labels != points_to)) | (~flags & (labels == points_to))
+        wrong_way = wrong_way_rows(labels, flags, points_to)
         out["wrong_way_count"] = int(wrong_way.sum())
         if wrong_way.any():
             out["wrong_way_accuracy"] = float((predictions[wrong_way] == labels[wrong_way]).mean())

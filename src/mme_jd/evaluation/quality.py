@@ -39,6 +39,7 @@ from .diagnostics import mask_quality, to_builtin
 
 __all__ = [
     "TEXT_BUILDERS",
+    "attention_word_scores",
     "IMAGE_BUILDERS",
     "counterfactual_quality",
     "format_quality",
@@ -112,6 +113,15 @@ def token_word_scores(
     """One score per word of `text.split()`: the sum of its tokens' scores in one prompt."""
     scores = np.asarray(token_scores, dtype=np.float64)
     return [float(scores[span].sum()) if span else 0.0 for span in word_token_spans(input_ids, text, tokenizer)]
+
+
+def attention_word_scores(model: Any, inputs: dict, texts: Sequence[str], tokenizer: Any) -> list[list[float]]:
+    """The `saliency` text builder's word scores: the general expert's attention from the answer
+    position (`MMEJDModel.text_token_saliency`) summed over each word's tokens, for the prompts
+    `inputs` made of `texts` (on the model's device)."""
+    token_scores, _ = model.text_token_saliency(inputs)
+    return [token_word_scores(inputs["input_ids"][i].tolist(), token_scores[i].float().cpu().tolist(), text, tokenizer)
+            for i, text in enumerate(texts)]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -334,11 +344,7 @@ def counterfactual_quality(
                 word_counts += sizes
                 scores: dict[str, list[list[float]]] = {}
                 if "saliency" in text_builders:
-                    token_scores, _ = model.text_token_saliency(inputs)
-                    scores["saliency"] = [
-                        token_word_scores(inputs["input_ids"][i].tolist(), token_scores[i].float().cpu().tolist(),
-                                          text, tokenizer) for i, text in enumerate(texts)
-                    ]
+                    scores["saliency"] = attention_word_scores(model, inputs, texts, tokenizer)
                 if "saliency_gradient" in text_builders:
                     token_scores = _text_gradient_scores(model, inputs)
                     scores["saliency_gradient"] = [

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["evaluate_model", "headline_figures", "load_model", "per_cue_figures", "prediction_figures",
+__all__ = ["cue_points_to", "evaluate_model", "headline_figures", "load_model", "per_cue_figures", "prediction_figures",
            "synthetic_group_names"]
 
 #: Text builders the general expert can run on any input; the others are training-only
@@ -104,6 +104,22 @@ def synthetic_group_names(rows, num_labels: int) -> list[str] | None:
     return [synthetic.group_description(g, num_labels) for g in range(synthetic.num_groups(num_labels))]
 
 
+def cue_points_to(cue: Any, config: Any, labels, flags) -> tuple[int | None, str]:
+    """(the class id a cue points to, where it comes from): the cue's declared label, checked
+    against the model's labels (`config.label2id`, or a class id), else the class whose rate the
+    cue raises most on these rows (`diagnostics.cue_label`; None when no row has the cue)."""
+    from .diagnostics import cue_label
+
+    num_labels = int(config.num_labels)
+    if cue.label is None:
+        return cue_label(labels, flags, num_labels), "estimated on these rows"
+    known = {**{str(k): int(v) for k, v in (config.label2id or {}).items()}, **{str(i): i for i in range(num_labels)}}
+    if str(cue.label) not in known:
+        raise ValueError(f"cue {cue.name!r} points to label {cue.label!r}, which the model does not have; "
+                         f"use one of {sorted(known)} (e.g. --cue {cue.name}:{next(iter(known))}=...).")
+    return known[str(cue.label)], "declared"
+
+
 def per_cue_figures(model, processor, rows, cues: Sequence[Any], predictions: dict[str, np.ndarray],
                     batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
     """{cue name: figures} for declared cues (`diagnostics.cue_figures`), each with the figures of
@@ -112,7 +128,7 @@ def per_cue_figures(model, processor, rows, cues: Sequence[Any], predictions: di
     `cue_only` text (the image per `other_modality`), of an image cue its `cue_only` image."""
     from ..cues import add_cue_columns, cue_column
     from ..inference import collect_outputs
-    from .diagnostics import cue_figures, cue_label
+    from .diagnostics import cue_figures
 
     rows = add_cue_columns(rows, cues)
     labels = np.asarray(rows["label"], dtype=np.int64)
@@ -121,15 +137,7 @@ def per_cue_figures(model, processor, rows, cues: Sequence[Any], predictions: di
     figures: dict[str, Any] = {}
     for cue in cues:
         flags = np.asarray(rows[cue_column(cue)], dtype=bool)
-        if cue.label is None:
-            points_to, source = cue_label(labels, flags, num_labels), "estimated on these rows"
-        else:
-            known = {**{str(k): int(v) for k, v in (model.config.label2id or {}).items()},
-                     **{str(i): i for i in range(num_labels)}}
-            if str(cue.label) not in known:
-                raise ValueError(f"cue {cue.name!r} points to label {cue.label!r}, which the model does not have; "
-                                 f"use one of {sorted(known)} (e.g. --cue {cue.name}:{next(iter(known))}=...).")
-            points_to, source = known[str(cue.label)], "declared"
+        points_to, source = cue_points_to(cue, model.config, labels, flags)
         part = "text" if cue.kind == "text" else "image"
         cue_only = collect_outputs(
             model, processor, rows, batch_size=batch_size, mode="general", counterfactual_parts=(part,),
