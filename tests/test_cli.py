@@ -55,6 +55,8 @@ def _run(argv, capsys):
     ("publish", ["--report", "--output-dir", "--license", "--base-model", "--dataset", "--dataset-split", "--tag",
                  "--pipeline-tag", "--private", "--token", "--revision", "--commit-message", "--dry-run"]),
     ("demo", ["--output-dir", "--samples"]),
+    ("inspect", ["--rows", "--output-dir", "--split", "--mode", "--text-counterfactual", "--image-counterfactual",
+                 "--cue", "--batch-size", "--data-dir", "--seed", "--no-progress"]),
 ])
 def test_help_explains_every_option(command, options, capsys):
     with pytest.raises(SystemExit) as exit_info:

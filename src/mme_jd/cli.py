@@ -1,7 +1,8 @@
 """The `mme-jd` command line. Each command has `--help`; failures exit non-zero with one line.
 
-Commands: demo, train, evaluate, predict, publish, cues, bench. A command is a `_<name>(args)` handler plus an
-`_add_<name>(commands)` function that declares its parser; `build_parser` calls each adder.
+Commands: demo, train, evaluate, predict, publish, cues, inspect, bench. A command is a
+`_<name>(args)` handler plus an `_add_<name>(commands)` function that declares its parser;
+`build_parser` calls each adder.
 """
 
 from __future__ import annotations
@@ -663,6 +664,77 @@ def _add_cues(commands) -> None:
     cues.set_defaults(handler=_cues)
 
 
+# ---------------------------------------------------------------------------- inspect
+
+_TEXT_BUILDERS = ("lexical", "saliency", "given", "swap", "cue_only", "cue_removed")
+_IMAGE_BUILDERS = ("attention", "gradient", "given", "cue_only")
+
+
+def _add_builder_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("general", "mid", "mctd", "mme_jd"), default=None,
+                        help="the debiasing mode (default: the model's config.mode)")
+    parser.add_argument("--text-counterfactual", choices=_TEXT_BUILDERS, default=None,
+                        help="the text counterfactual builder to look at (default: the model's; swap and given "
+                             "become lexical, as in evaluate)")
+    parser.add_argument("--image-counterfactual", choices=_IMAGE_BUILDERS, default=None,
+                        help="the image counterfactual builder (default: the model's, attention)")
+    parser.add_argument("--cue", action="append", default=None, metavar="NAME=REGEX",
+                        help="a declared cue: its words are marked and its cue-conflicting rows shown first; "
+                             "NAME=REGEX, NAME=image:FUNCTION, NAME:LABEL=... or a .json/.yaml file (repeat)")
+
+
+def load_inspected_data(data: str, split: str | None = None, data_dir: str | None = None, rows: int = 60,
+                        seed: int = 0) -> tuple[Any, str | None]:
+    """(dataset, split) of `mme-jd inspect DATA`: a named dataset's `split` (default: test_balanced
+    for synthetic, else test); a folder or file as it is (`split` of a folder's DatasetDict, else
+    its only split or "test")."""
+    named = data == "synthetic" or data.replace("-", "_") in ("mmsd2", "mmsd", "mvsa_single")
+    split = split or (("test_balanced" if data == "synthetic" else "test") if named else None)
+    return load_data_argument(data, split, data_dir, rows=rows, seed=seed), split
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .cues import parse_cues
+    from .evaluation.gallery import write_gallery
+
+    with _quiet_transformers():
+        dataset, split = load_inspected_data(args.data, args.split, args.data_dir, args.rows, args.seed)
+        result = write_gallery(args.model, dataset, args.output_dir, rows=args.rows, split=split, mode=args.mode,
+                               text_counterfactual=args.text_counterfactual,
+                               image_counterfactual=args.image_counterfactual, cues=parse_cues(args.cue) or None,
+                               batch_size=args.batch_size, progress=not args.no_progress)
+    summary = result["summary"]
+    sections = ", ".join(f"{key} {count}" for key, count in summary["sections"].items())
+    accuracy = f", accuracy {summary['accuracy']:.3f}" if "accuracy" in summary else ""
+    print(f"gallery of {summary['rows']} rows ({sections}{accuracy}) written to {result['html']}")
+
+
+def _add_inspect(commands) -> None:
+    inspect = commands.add_parser(
+        "inspect", help="write a gallery: each row's counterfactuals, scores and routing, in one HTML file",
+        description="Run a model over the first rows of a dataset and write OUTPUT_DIR/gallery.html (one "
+                    "self-contained page: images embedded, no script, no network) and gallery.json. Per row: the "
+                    "image with the image counterfactual's masked patches shaded, the text with its changed, kept "
+                    "and cue words marked, the label, each expert's and each counterfactual's class scores, the "
+                    "router's strategy and whether the prediction is right. Cue-conflicting rows come first, "
+                    "then routed rows, then errors; a summary on top.",
+        epilog="example: mme-jd inspect my-mme-jd mvsa_single --rows 60 --output-dir gallery --cue url=url",
+    )
+    inspect.add_argument("model", help="a saved MME-JD model folder")
+    inspect.add_argument("data", help="'synthetic', 'mmsd2', 'mmsd', 'mvsa_single', a datasets.save_to_disk folder "
+                                      "or a .jsonl/.csv file with text, image (and label) columns")
+    inspect.add_argument("--rows", type=int, default=60, help="rows to show, from the split's start "
+                                                              "(default: %(default)s)")
+    inspect.add_argument("--output-dir", required=True, help="where gallery.html and gallery.json go")
+    inspect.add_argument("--split", default=None, help="split (default: test_balanced for synthetic, else test)")
+    _add_builder_options(inspect)
+    inspect.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
+    inspect.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
+    inspect.add_argument("--seed", type=int, default=0, help="synthetic data seed (default: %(default)s)")
+    inspect.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    inspect.set_defaults(handler=_inspect)
+
+
 # ---------------------------------------------------------------------------- bench
 
 
@@ -684,7 +756,7 @@ def _add_bench(commands) -> None:
     bench.set_defaults(handler=_bench)
 
 
-_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_cues, _add_bench)
+_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_cues, _add_inspect, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
