@@ -57,6 +57,7 @@ def _run(argv, capsys):
     ("demo", ["--output-dir", "--samples"]),
     ("inspect", ["--rows", "--output-dir", "--split", "--mode", "--text-counterfactual", "--image-counterfactual",
                  "--cue", "--batch-size", "--data-dir", "--seed", "--no-progress"]),
+    ("app", ["--host", "--port", "--mode", "--text-counterfactual", "--image-counterfactual", "--cue"]),
 ])
 def test_help_explains_every_option(command, options, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,13 +1,16 @@
-"""The gallery (`mme-jd inspect`).
+"""The gallery (`mme-jd inspect`) and the local app (`mme-jd app`).
 
 A tiny random model whose experts differ and whose router sends some rows away, on synthetic
 rows (one of them without an image): the gallery's structure (one card per row, sections in
-order, images embedded, nothing loaded from the network), every counterfactual builder and the
-command line."""
+order, images embedded, nothing loaded from the network), every counterfactual builder, the
+command line and the app's form round trip."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
+import uuid
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -172,6 +175,71 @@ def test_inspect_command(setup, tmp_path, capsys):
     code = cli.main(["inspect", str(folder), "synthetic", "--rows", "2", "--output-dir", str(tmp_path),
                      "--cue", "irony:funny=#irony", "--no-progress"])
     assert code == 1 and "not_sarcastic" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[str, bytes]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, data in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="x.png"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts)
+
+
+def _request(port, method="GET", body=None, content_type=None, host=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": content_type} if content_type else {}
+    if host:
+        headers["Host"] = host
+    connection.request(method, "/", body=body, headers=headers)
+    response = connection.getresponse()
+    return response.status, response.read().decode("utf-8")
+
+
+def test_app_round_trip(setup):
+    import io
+
+    from mme_jd.app import make_server
+
+    model, _, rows = setup
+    server = make_server(model, port=0)
+    assert server.server_address[0] == "127.0.0.1", "the app binds to this machine only by default"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        status, text = _request(port)
+        assert status == 200 and len(_Page(text).cards) == 0 and 'name="image"' in text
+        image = io.BytesIO()
+        rows[1]["image"].save(image, format="PNG")
+        content_type, body = _multipart({"text": rows[1]["text"], "mode": "mme_jd", "label": "sarcastic"},
+                                        {"image": image.getvalue()})
+        status, text = _request(port, "POST", body, content_type)
+        page = _Page(text)
+        assert status == 200 and len(page.cards) == 1 and len(page.images) == 2
+        assert "strategy: " in text and "label: sarcastic" in text
+        token = text.split('name="upload" value="', 1)[1].split('"', 1)[0]
+        # the mode switch re-uses the uploaded image
+        content_type, body = _multipart({"text": rows[1]["text"], "mode": "general", "upload": token}, {})
+        status, text = _request(port, "POST", body, content_type)
+        assert status == 200 and len(_Page(text).images) == 2 and "strategy: general" in text
+        # no image: the grey stand-in; a bad input: the form again, saying what is wrong
+        content_type, body = _multipart({"text": "a text alone", "mode": "mid"}, {})
+        status, text = _request(port, "POST", body, content_type)
+        assert status == 200 and _Page(text).no_image == 1
+        content_type, body = _multipart({"text": "   ", "mode": "general"}, {})
+        status, text = _request(port, "POST", body, content_type)
+        assert status == 400 and "text" in text and len(_Page(text).cards) == 0
+        assert _request(port, host="attacker.example")[0] == 403
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_gallery_needs_rows(setup, tmp_path):

@@ -1,6 +1,6 @@
 """The `mme-jd` command line. Each command has `--help`; failures exit non-zero with one line.
 
-Commands: demo, train, evaluate, predict, publish, cues, inspect, bench. A command is a
+Commands: demo, train, evaluate, predict, publish, cues, inspect, app, bench. A command is a
 `_<name>(args)` handler plus an `_add_<name>(commands)` function that declares its parser;
 `build_parser` calls each adder.
 """
@@ -664,7 +664,7 @@ def _add_cues(commands) -> None:
     cues.set_defaults(handler=_cues)
 
 
-# ---------------------------------------------------------------------------- inspect
+# ---------------------------------------------------------------------------- inspect and app
 
 _TEXT_BUILDERS = ("lexical", "saliency", "given", "swap", "cue_only", "cue_removed")
 _IMAGE_BUILDERS = ("attention", "gradient", "given", "cue_only")
@@ -735,6 +735,32 @@ def _add_inspect(commands) -> None:
     inspect.set_defaults(handler=_inspect)
 
 
+def _app(args: argparse.Namespace) -> None:
+    from .app import serve
+    from .cues import parse_cues
+
+    with _quiet_transformers():
+        serve(args.model, host=args.host, port=args.port, mode=args.mode, text_counterfactual=args.text_counterfactual,
+              image_counterfactual=args.image_counterfactual, cues=parse_cues(args.cue) or None)
+
+
+def _add_app(commands) -> None:
+    from .app import DEFAULT_HOST, DEFAULT_PORT
+
+    app = commands.add_parser(
+        "app", help="a local page: upload an image, type a text, see what the model sees",
+        description="Serve a small page (standard library only) where you upload an image, type a text and pick "
+                    "a mode, and see the gallery's card for that input. Binds to 127.0.0.1 by default.",
+        epilog="example: mme-jd app my-mme-jd --port 7860",
+    )
+    app.add_argument("model", help="a saved MME-JD model folder")
+    app.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s, this machine "
+                                                          "only; 0.0.0.0 exposes the app to the network)")
+    app.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s; 0: any free port)")
+    _add_builder_options(app)
+    app.set_defaults(handler=_app)
+
+
 # ---------------------------------------------------------------------------- bench
 
 
@@ -756,7 +782,8 @@ def _add_bench(commands) -> None:
     bench.set_defaults(handler=_bench)
 
 
-_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_cues, _add_inspect, _add_bench)
+_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_cues, _add_inspect, _add_app,
+             _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
