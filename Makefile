@@ -15,7 +15,7 @@ LATEST_PY := $(LATEST_VENV)/bin/python
 TORCH_HOLD := torch==2.13.0
 QUICK ?=
 
-.PHONY: install demo test test-latest lock bench bench-quick distributed clean
+.PHONY: install demo test test-latest lock bench bench-quick distributed inspect-check clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,5 +68,15 @@ distributed: $(STAMP)
 	$(VENV)/bin/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
 		--dynamo_backend no -m mme_jd.training --output-dir outputs/distributed --num-train 256 --max-steps 4
 
+# The gallery and the local app as a person sees them: both opened in headless Chromium (from the
+# system packages: apt-get install chromium), each checked for console errors and its number of
+# example cards, and screenshotted into inspect_check/ (SCREENSHOTS=docs refreshes the README's).
+# Default: the tiny random model on synthetic rows; MODEL=folder DATA=mvsa_single ROWS=60 (and
+# CUE=NAME=REGEX) checks a trained model's gallery on real data.
+inspect-check: $(STAMP)
+	$(PY) -m mme_jd.evaluation.browser_check --output-dir inspect_check $(if $(MODEL),--model $(MODEL),) \
+		$(if $(DATA),--data $(DATA),) $(if $(ROWS),--rows $(ROWS),) $(if $(CUE),--cue '$(CUE)',) \
+		$(if $(SCREENSHOTS),--screenshots $(SCREENSHOTS),)
+
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) build dist *.egg-info src/*.egg-info .pytest_cache demo_output
+	rm -rf $(VENV) $(LATEST_VENV) build dist *.egg-info src/*.egg-info .pytest_cache demo_output inspect_check

@@ -1,9 +1,9 @@
-"""The gallery (`mme-jd inspect`) and the local app (`mme-jd app`).
+"""The gallery (`mme-jd inspect`), the local app (`mme-jd app`) and their check in a browser.
 
 A tiny random model whose experts differ and whose router sends some rows away, on synthetic
 rows (one of them without an image): the gallery's structure (one card per row, sections in
 order, images embedded, nothing loaded from the network), every counterfactual builder, the
-command line and the app's form round trip."""
+command line, the app's form round trip, and headless Chromium where it is installed."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from conftest import nudge_experts
 from mme_jd import cli
 from mme_jd.cues import Cue
 from mme_jd.data.synthetic import make_synthetic_benchmark
+from mme_jd.evaluation.browser_check import find_chromium
 from mme_jd.evaluation.gallery import SECTIONS, inspect_examples, write_gallery
 from mme_jd.inference import collect_outputs
 from mme_jd.tiny import tiny_model
@@ -240,6 +241,18 @@ def test_app_round_trip(setup):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed (apt-get install chromium): "
+                                                    "the browser check runs where it is")
+def test_browser_check(setup, tmp_path):
+    from mme_jd.evaluation.browser_check import run_check
+
+    summary = run_check(tmp_path, model=setup[0], rows=4)
+    assert summary["gallery"]["cards"] == 4 and not summary["problems"]
+    assert [c["cards"] for c in summary["app"]] == [0, 1, 1]
+    for name in ("gallery.png", "app.png"):
+        assert 0 < (tmp_path / name).stat().st_size < 300_000
 
 
 def test_gallery_needs_rows(setup, tmp_path):
