@@ -56,8 +56,9 @@ def _run(argv, capsys):
                  "--pipeline-tag", "--private", "--token", "--revision", "--commit-message", "--dry-run"]),
     ("demo", ["--output-dir", "--samples"]),
     ("inspect", ["--rows", "--output-dir", "--split", "--mode", "--text-counterfactual", "--image-counterfactual",
-                 "--cue", "--batch-size", "--data-dir", "--seed", "--no-progress"]),
-    ("app", ["--host", "--port", "--mode", "--text-counterfactual", "--image-counterfactual", "--cue"]),
+                 "--cue", "--batch-size", "--data-dir", "--seed", "--no-progress", "--trust-remote-code"]),
+    ("app", ["--host", "--port", "--mode", "--text-counterfactual", "--image-counterfactual", "--cue",
+             "--trust-remote-code"]),
 ])
 def test_help_explains_every_option(command, options, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -124,7 +124,8 @@ def test_every_model_loading_command_has_a_trust_remote_code_flag_off_by_default
 
     parser = build_parser()
     for command in (["evaluate", "folder", "--output-dir", "out"], ["predict", "folder", "rows.jsonl"],
-                    ["publish", "folder", "me/model"], ["train", "--output-dir", "out"]):
+                    ["publish", "folder", "me/model"], ["train", "--output-dir", "out"],
+                    ["inspect", "folder", "synthetic", "--output-dir", "out"], ["app", "folder"]):
         assert parser.parse_args(command).trust_remote_code is False
         assert parser.parse_args([*command, "--trust-remote-code"]).trust_remote_code is True
 

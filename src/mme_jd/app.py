@@ -60,13 +60,16 @@ class InspectorApp:
         model: an `MMEJDModel` with `.processor`, or a saved folder.
         mode: the mode preselected in the form (default: the model's `config.mode`).
         text_counterfactual / image_counterfactual / cues: as for `gallery.inspect_examples`.
+        trust_remote_code: let a model folder run Python code of its own (off: an MME-JD
+            folder needs none).
     """
 
     def __init__(self, model: Any, mode: str | None = None, text_counterfactual: str | None = None,
-                 image_counterfactual: str | None = None, cues: Sequence[Any] | None = None):
+                 image_counterfactual: str | None = None, cues: Sequence[Any] | None = None,
+                 trust_remote_code: bool = False):
         from .evaluation.run import load_model
 
-        self.model, self.processor = load_model(model)
+        self.model, self.processor = load_model(model, trust_remote_code=trust_remote_code)
         config = self.model.config
         self.mode = mode or config.mode
         self.text_counterfactual = text_counterfactual
@@ -254,11 +257,12 @@ class _InspectorServer(ThreadingHTTPServer):
 
 def make_server(model: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, mode: str | None = None,
                 text_counterfactual: str | None = None, image_counterfactual: str | None = None,
-                cues: Sequence[Any] | None = None, verbose: bool = False) -> ThreadingHTTPServer:
+                cues: Sequence[Any] | None = None, verbose: bool = False,
+                trust_remote_code: bool = False) -> ThreadingHTTPServer:
     """The app's HTTP server, bound and not yet serving (`serve_forever()` serves it; port 0
     picks a free port: see `server.server_address`)."""
     app = InspectorApp(model, mode=mode, text_counterfactual=text_counterfactual,
-                       image_counterfactual=image_counterfactual, cues=cues)
+                       image_counterfactual=image_counterfactual, cues=cues, trust_remote_code=trust_remote_code)
     try:
         return _InspectorServer((host, port), app, verbose=verbose)
     except OSError as error:

@@ -699,10 +699,12 @@ def _inspect(args: argparse.Namespace) -> None:
 
     with _quiet_transformers():
         dataset, split = load_inspected_data(args.data, args.split, args.data_dir, args.rows, args.seed)
-        result = write_gallery(args.model, dataset, args.output_dir, rows=args.rows, split=split, mode=args.mode,
-                               text_counterfactual=args.text_counterfactual,
-                               image_counterfactual=args.image_counterfactual, cues=parse_cues(args.cue) or None,
-                               batch_size=args.batch_size, progress=not args.no_progress)
+        with _remote_code_needs_consent(args.model):
+            result = write_gallery(args.model, dataset, args.output_dir, rows=args.rows, split=split, mode=args.mode,
+                                   text_counterfactual=args.text_counterfactual,
+                                   image_counterfactual=args.image_counterfactual, cues=parse_cues(args.cue) or None,
+                                   batch_size=args.batch_size, progress=not args.no_progress,
+                                   trust_remote_code=args.trust_remote_code)
     summary = result["summary"]
     sections = ", ".join(f"{key} {count}" for key, count in summary["sections"].items())
     accuracy = f", accuracy {summary['accuracy']:.3f}" if "accuracy" in summary else ""
@@ -732,6 +734,7 @@ def _add_inspect(commands) -> None:
     inspect.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
     inspect.add_argument("--seed", type=int, default=0, help="synthetic data seed (default: %(default)s)")
     inspect.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    _add_trust_remote_code(inspect)
     inspect.set_defaults(handler=_inspect)
 
 
@@ -739,9 +742,10 @@ def _app(args: argparse.Namespace) -> None:
     from .app import serve
     from .cues import parse_cues
 
-    with _quiet_transformers():
+    with _quiet_transformers(), _remote_code_needs_consent(args.model):
         serve(args.model, host=args.host, port=args.port, mode=args.mode, text_counterfactual=args.text_counterfactual,
-              image_counterfactual=args.image_counterfactual, cues=parse_cues(args.cue) or None)
+              image_counterfactual=args.image_counterfactual, cues=parse_cues(args.cue) or None,
+              trust_remote_code=args.trust_remote_code)
 
 
 def _add_app(commands) -> None:
@@ -758,6 +762,7 @@ def _add_app(commands) -> None:
                                                           "only; 0.0.0.0 exposes the app to the network)")
     app.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s; 0: any free port)")
     _add_builder_options(app)
+    _add_trust_remote_code(app)
     app.set_defaults(handler=_app)
 
 

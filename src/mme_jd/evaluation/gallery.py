@@ -617,6 +617,7 @@ def write_gallery(
     batch_size: int = 16,
     title: str | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Write `gallery.html` and `gallery.json` for the first `rows` rows of a dataset.
 
@@ -626,16 +627,19 @@ def write_gallery(
             or "test") or a `save_to_disk` folder (as `evaluate_model`).
         rows: how many rows, from the start of the split (None: all).
         mode, text_counterfactual, image_counterfactual, cues: see `inspect_examples`.
+        trust_remote_code: let the model folder run Python code of its own (see
+            `evaluation.run.load_model`; a saved MME-JD folder needs none).
     Returns {"html": path, "json": path, "summary": the summary dict}.
     """
     import json
 
-    from .report import _atomic_write_text, _json_default
+    from ..files import atomic_write_text
+    from .report import _json_default
     from .run import _resolve_dataset, load_model
 
     if rows is not None and rows < 1:
         raise ValueError(f"rows={rows}: inspect at least one row (or None for all).")
-    model, processor = load_model(model_folder_or_model)
+    model, processor = load_model(model_folder_or_model, trust_remote_code=trust_remote_code)
     data, split = _resolve_dataset(dataset, split)
     if rows is not None and rows < len(data):
         data = data.select(range(rows))
@@ -654,8 +658,8 @@ def write_gallery(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     html_path, json_path = output_dir / GALLERY_FILE, output_dir / "gallery.json"
-    _atomic_write_text(html_path, render_gallery(examples, label_names, title or "MME-JD gallery: what the model sees",
+    atomic_write_text(html_path, render_gallery(examples, label_names, title or "MME-JD gallery: what the model sees",
                                                  settings, summary))
     payload = {"settings": settings, "summary": summary, "examples": [e.to_dict() for e in examples]}
-    _atomic_write_text(json_path, json.dumps(payload, indent=1, default=_json_default) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=1, default=_json_default) + "\n")
     return {"html": str(html_path), "json": str(json_path), "summary": summary}
