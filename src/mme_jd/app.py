@@ -163,7 +163,7 @@ class InspectorApp:
             example = inspect_examples(self.model, self.processor, rows, mode=mode,
                                        text_counterfactual=self.text_counterfactual,
                                        image_counterfactual=self.image_counterfactual, cues=self.cues)[0]
-        return HTTPStatus.OK, self.page(form + render_card(example, self.label_names))
+        return HTTPStatus.OK, self.page(form + render_card(example, self.label_names, show_row=False))
 
 
 def _parse_form(content_type: str, body: bytes) -> dict[str, Any]:

@@ -274,25 +274,26 @@ def save_screenshot(png: bytes, path: str | os.PathLike, max_colours: int = 256)
 
 def check_app(browser: HeadlessChromium, url: str, image_path: str, text: str, modes: tuple[str, ...],
               screenshot: str | os.PathLike | None) -> list[PageCheck]:
-    """Open the app, expect its empty form (no card), upload `image_path` with `text`, expect
-    one card, then switch to each other mode (same upload) and expect one card in that mode."""
+    """Open the app, expect its empty form (no card), upload `image_path` with `text` in the
+    first mode, expect one card, then switch to each other mode (same upload) and expect one
+    card in that mode (its strategy badge: the mode's name, or the router's choice in "mme_jd");
+    the screenshot is of the last."""
     checks = [browser.open(url)]
     checks[-1].details["expected_cards"] = 0
     browser.set_file_input("input[name=image]", image_path)
-    start = browser.submit_and_wait(
-        f"document.querySelector('textarea[name=text]').value = {json.dumps(text)};"
-        f"document.querySelector('select[name=mode]').value = {json.dumps(modes[0])};"
-        "document.querySelector('form').submit()")
-    checks.append(browser.check(start, screenshot if len(modes) == 1 else None))
-    checks[-1].details.update(expected_cards=1, mode=modes[0])
-    for position, mode in enumerate(modes[1:], start=1):
-        start = browser.submit_and_wait(f"document.querySelector('select[name=mode]').value = {json.dumps(mode)};"
+    fill_text = f"document.querySelector('textarea[name=text]').value = {json.dumps(text)};"
+    for position, mode in enumerate(modes):
+        start = browser.submit_and_wait((fill_text if position == 0 else "")
+                                        + f"document.querySelector('select[name=mode]').value = {json.dumps(mode)};"
                                         "document.querySelector('form').submit()")
         checks.append(browser.check(start, screenshot if position == len(modes) - 1 else None))
         shown = browser.evaluate("(document.querySelector('.badge.strategy') || {}).textContent || ''")
         checks[-1].details.update(expected_cards=1, mode=mode, strategy_badge=shown)
-        if mode != "mme_jd" and mode not in shown:
-            checks[-1].errors.append(f"the mode switch to {mode!r} shows {shown!r}")
+        expected = "router:" if mode == "mme_jd" else f"strategy: {mode}"
+        if expected not in shown:
+            checks[-1].errors.append(f"in mode {mode!r} the card's strategy reads {shown!r}")
+        if position > 0 and browser.evaluate("document.querySelectorAll('figure img').length") != 2:
+            checks[-1].errors.append(f"the switch to mode {mode!r} lost the uploaded image")
     return checks
 
 
@@ -350,7 +351,7 @@ def run_check(output_dir: str | os.PathLike, model: Any = None, data: str = "syn
             gallery_check = browser.open(Path(gallery["html"]).resolve().as_uri(), screenshots / "gallery.png")
             problems += gallery_check.problems(expected)
             app_checks = check_app(browser, f"http://{host}:{port}/", str(upload), first["text"],
-                                   ("mme_jd", "general"), screenshots / "app.png")
+                                   ("general", "mme_jd"), screenshots / "app.png")
             for check in app_checks:
                 problems += check.problems(check.details["expected_cards"])
     finally:

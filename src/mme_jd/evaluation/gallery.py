@@ -487,12 +487,15 @@ def _scores_table(example: InspectedExample, label_names: Sequence[str]) -> str:
     return "".join(lines)
 
 
-def render_card(example: InspectedExample, label_names: Sequence[str]) -> str:
-    """One example as an `<article class="example">` (see the module docstring)."""
+def render_card(example: InspectedExample, label_names: Sequence[str], show_row: bool = True) -> str:
+    """One example as an `<article class="example">` (see the module docstring); `show_row`:
+    name its row (not for a single input of the app)."""
     correct = example.correct
     verdict = "" if correct is None else ("right" if correct else "wrong")
-    badges = [f'<span class="badge">row {example.row}{f" (id {_escape(example.row_id)})" if example.row_id else ""}'
-              "</span>"]
+    badges = []
+    if show_row:
+        badges.append(f'<span class="badge">row {example.row}'
+                      f'{f" (id {_escape(example.row_id)})" if example.row_id else ""}</span>')
     if example.label is not None:
         badges.append(f'<span class="badge">label: {_escape(example.label)}</span>')
     mark = {True: " ✓", False: " ✗", None: ""}[correct]
@@ -648,7 +651,7 @@ def write_gallery(
                                 progress=progress)
     label_names = [str(model.config.id2label[i]) for i in range(int(model.config.num_labels))]
     source = (os.fspath(model_folder_or_model) if isinstance(model_folder_or_model, (str, os.PathLike))
-              else type(model).__name__)
+              else getattr(model.config, "_name_or_path", "") or type(model).__name__)
     first = examples[0]
     settings = {"model": source, "split": split or "—", "rows": len(examples),
                 "mode": mode or model.config.mode, "text counterfactual": first.text_builder,
