@@ -266,7 +266,8 @@ def make_server(model: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
     try:
         return _InspectorServer((host, port), app, verbose=verbose)
     except OSError as error:
-        raise RuntimeError(f"cannot serve on {host}:{port} ({error.strerror or error}); choose another --port.") from None
+        raise RuntimeError(f"cannot serve on {host}:{port} ({error.strerror or error}); "
+                           "choose another --port.") from None
 
 
 def serve(model: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **options: Any) -> None:

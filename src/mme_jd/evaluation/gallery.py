@@ -396,13 +396,15 @@ article header { grid-column: 1 / -1; font-size: 0.95rem; }
 figure { margin: 0; text-align: center; font-size: 0.8rem; color: #555; max-width: 224px; }
 figure img { display: block; image-rendering: pixelated; border: 1px solid #ddd; }
 .noimage { width: 160px; height: 120px; display: flex; align-items: center; justify-content: center; padding: 0.3rem;
-  background: repeating-linear-gradient(45deg, #f4f4f4, #f4f4f4 8px, #e8e8e8 8px, #e8e8e8 16px); border: 1px solid #ddd; }
+  background: repeating-linear-gradient(45deg, #f4f4f4, #f4f4f4 8px, #e8e8e8 8px, #e8e8e8 16px);
+  border: 1px solid #ddd; }
 .words { font-size: 1.05rem; line-height: 1.9; margin: 0.2rem 0; overflow-wrap: anywhere; }
 .w { padding: 0.05rem 0.15rem; border-radius: 3px; }
 .w.changed { background: #ffcdd2; text-decoration: line-through; text-decoration-color: #c62828; }
 .w.kept { background: #e8f5e9; }
 .w.cue { outline: 2px solid #ef6c00; outline-offset: -1px; font-weight: 600; }
-.cf { font-family: ui-monospace, monospace; font-size: 0.85rem; color: #444; margin: 0.2rem 0; overflow-wrap: anywhere; }
+.cf { font-family: ui-monospace, monospace; font-size: 0.85rem; color: #444; margin: 0.2rem 0;
+  overflow-wrap: anywhere; }
 td.p { text-align: right; font-variant-numeric: tabular-nums; min-width: 4.5rem; }
 td.top { font-weight: 700; }
 """
@@ -516,10 +518,11 @@ def render_card(example: InspectedExample, label_names: Sequence[str], show_row:
                f"({_escape(example.image_builder)})")
     if example.image is not None:
         view = example.model_view if example.model_view is not None else example.image
+        shaded = shade_patches(view, example.masked_patches, example.grid)
         figures = (f'<figure><img src="{_data_uri(_display_size(example.image))}" alt="original image">'
                    f"<figcaption>original</figcaption></figure>"
-                   f'<figure><img class="masked" src="{_data_uri(shade_patches(view, example.masked_patches, example.grid))}"'
-                   f' alt="model input, masked patches shaded"><figcaption>model input: {patches}</figcaption></figure>')
+                   f'<figure><img class="masked" src="{_data_uri(shaded)}" alt="model input, masked patches shaded">'
+                   f"<figcaption>model input: {patches}</figcaption></figure>")
     else:
         stand_in = (f"; stand-in words: {_escape(example.image_description)}" if example.image_description else "")
         figures = (f'<figure><div class="noimage">no image: the model sees a flat grey stand-in{stand_in}</div>'
