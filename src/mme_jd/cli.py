@@ -68,7 +68,8 @@ def _remote_code_needs_consent(model: str) -> Iterator[None]:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.output_dir, num_samples=args.samples)
+    with _quiet_transformers():
+        run_demo(args.output_dir, num_samples=args.samples)
 
 
 def _add_demo(commands) -> None:

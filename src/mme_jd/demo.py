@@ -93,7 +93,7 @@ def run_demo(output_dir: str | Path = "demo_output", num_samples: int = 6, threa
         output_dir=str(output_dir / "run"), per_device_train_batch_size=settings["batch_size"],
         num_train_epochs=settings["epochs"], learning_rate=settings["learning_rate"], warmup_steps=10,
         save_strategy="no", report_to="none", use_cpu=True, seed=settings["seed"], disable_tqdm=True,
-        logging_steps=100)
+        logging_strategy="no")  # the demo prints its own summary, not the Trainer's per-step logs
     print("[2/5] fine-tuning (recipe mme_jd: the general stage is plain fine-tuning, i.e. ERM; then the "
           "image and text debias experts and the router)", flush=True)
     training_started = time.perf_counter()
