@@ -6,7 +6,9 @@ benchmark's vocabulary and the prompt's words). `tiny_model()` wraps it into an 
 
 `pretrained_tiny_base()` / `pretrained_tiny_model()` give the same base pretrained on unimodal
 yes/no questions of the synthetic world ("is text positive ?", "is image happy ?") on a
-cue-free pool, cached on disk (`$MME_JD_CACHE` or `~/.cache/mme_jd`); a random tiny base
+cue-free pool. The default one ships inside the package (`SHIPPED_DIR`: pretraining is not
+bit-identical across thread counts, so a per-machine build gave other figures); other settings
+are pretrained once and cached on disk (`$MME_JD_CACHE` or `~/.cache/mme_jd`); a random tiny base
 cannot learn the synthetic incongruity task, the pretrained one reads both modalities.
 """
 
