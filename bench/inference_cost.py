@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mme_jd.files import atomic_write_text
 from mme_jd.provenance import run_environment
 
 SHARES = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -148,20 +149,14 @@ def main() -> None:
     settings = {"rows": cli.rows, "batch_size": cli.batch_size, "repeats": cli.repeats, "threads": cli.threads}
     payload = {"settings": settings, "threads": cli.threads, "load_average": os.getloadavg(),
                "environment": run_environment(), "results": results}
-    _write(path, json.dumps(payload, indent=2))
+    atomic_write_text(path, json.dumps(payload, indent=2), make_parents=True)
     write_tables(path, results, cli, settings)
     print(f"wrote {path}")
 
 
-def _write(target: Path, text: str) -> None:
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, target)
-
-
 def write_tables(path: Path, results: list[dict], cli: argparse.Namespace, settings: dict) -> None:
     """The .md beside the JSON, and the README table (only for a full run: 512 rows or more)."""
-    _write(path.with_suffix(".md"), "# Routed inference cost\n\n" + markdown(results) + "\n")
+    atomic_write_text(path.with_suffix(".md"), "# Routed inference cost\n\n" + markdown(results) + "\n")
     rows = settings.get("rows", results[0]["rows"] if results else 0)
     if cli.readme and rows >= 512 and results:
         from mme_jd.bench import update_readme

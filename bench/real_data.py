@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from mme_jd.files import atomic_write_text
 from mme_jd.provenance import run_environment
 
 DATASETS = ("mvsa_single", "mmsd2", "mmsd-to-mmsd2")
@@ -158,16 +159,8 @@ def majority_baseline(data, task: str) -> dict[str, dict]:
     return out
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: a temporary name beside `path`, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_json(path: Path, payload: dict) -> None:
-    write_text(path, json.dumps(payload, indent=2, default=str))
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str), make_parents=True)
 
 
 def print_table(results: dict, task: str) -> None:
@@ -228,7 +221,7 @@ def write_tables(results_dir: Path, readme: Path | None, suffix: str = "") -> st
     if not table:
         return ""
     header = ("Base: MiniLM-LLaVA (`mme_jd.minilm`): " + NOTE + "\n\n")
-    write_text(results_dir / f"real{suffix}.md", "# Real data\n\n" + header + table + "\n")
+    atomic_write_text(results_dir / f"real{suffix}.md", "# Real data\n\n" + header + table + "\n", make_parents=True)
     if readme is not None:
         from mme_jd.bench import update_readme
 

@@ -69,6 +69,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .files import atomic_write_text
 from .provenance import describe_environment, run_environment
 
 TEST_SPLITS = ("test_id", "test_ood", "test_balanced")
@@ -172,15 +173,8 @@ class BenchSettings:
 # ---------------------------------------------------------------------------- small helpers
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, json.dumps(value, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n", make_parents=True)
 
 
 def _say(message: str) -> None:
@@ -964,7 +958,7 @@ def update_readme(readme: Path, section: str, start: str = README_START, end: st
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    _atomic_write(readme, text)
+    atomic_write_text(readme, text)
 
 
 def readme_section(summary: dict, settings: BenchSettings, markdown_name: str) -> str:
@@ -1061,7 +1055,7 @@ def run_bench(
                    model_factory=getattr(model_factory, "__name__", type(model_factory).__name__))
     _write_json(output / f"{name}.json", summary)
     markdown = markdown_report(summary, settings, seconds)
-    _atomic_write(output / f"{name}.md", markdown)
+    atomic_write_text(output / f"{name}.md", markdown, make_parents=True)
     if readme is not None and (not quick or not (output / "synthetic.json").exists()):
         update_readme(Path(readme), readme_section(summary, settings, f"{name}.md"))
     if not keep_work_dir:

@@ -1,7 +1,7 @@
 """Write a file so that no reader ever sees half of it, and an overwrite changes only its text.
 
 `atomic_write_text` is the package's one writer of result files (evaluation reports,
-`mme-jd predict` output).
+`mme-jd predict` output, bench results, training logs, publish folders).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import stat
 from pathlib import Path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", make_parents: bool = False) -> None:
     """Write `text` to `path` atomically: a temporary file in the same folder, flushed to disk,
-    then `os.replace`.
+    then `os.replace`. `make_parents` creates missing parent folders first (results files).
 
     An existing file keeps its permission bits (a 600 file stays 600: `os.replace` would give
     it the temporary file's); a new file gets the umask's, as `open()` would. A symlink is
@@ -22,6 +22,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     failure. Raises OSError (no permission, disk full ...) and UnicodeEncodeError.
     """
     path = Path(os.path.realpath(path))
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:

@@ -35,6 +35,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .evaluation.report import METRIC_LABELS
+from .files import atomic_write_text
 
 __all__ = ["PublishResult", "build_model_card", "eval_results_from_report", "load_report", "publish",
            "template_path"]
@@ -291,12 +292,6 @@ def _files(folder: Path) -> list[str]:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def prepare_folder(model_or_folder: Any, folder: str | os.PathLike, repo_id: str, trust_remote_code: bool = False,
                    **card_options: Any) -> PublishResult:
     """Write the upload folder: model files (see the module docstring) and README.md.
@@ -319,8 +314,8 @@ def prepare_folder(model_or_folder: Any, folder: str | os.PathLike, repo_id: str
         staging.mkdir()
         model.save_pretrained(staging, processor=processor)
         files = _files(staging)
-        _write_atomic(staging / CARD_NAME, str(card))
-        _write_atomic(staging / MARKER_NAME, json.dumps({"repo_id": repo_id, "files": files}, indent=2))
+        atomic_write_text(staging / CARD_NAME, str(card))
+        atomic_write_text(staging / MARKER_NAME, json.dumps({"repo_id": repo_id, "files": files}, indent=2))
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
