@@ -313,3 +313,71 @@ def test_run_settings_are_the_same_in_another_process(data, tmp_path):
     first = run_settings(tiny_model(), data, _args(tmp_path), MMEJDTrainingConfig(cues=cues()))
     second = run_settings(tiny_model(), data, _args(tmp_path / "elsewhere"), MMEJDTrainingConfig(cues=cues()))
     assert first == second and "0x" not in json.dumps(first)
+
+
+def test_bf16_training_lowers_the_loss(tmp_path, data):
+    """from_base(dtype=torch.bfloat16) puts the whole model (base, experts, router) in bf16, and
+    a few bf16 steps through TrainingArguments(bf16=True) learn the one-token task on CPU."""
+    from mme_jd.base import from_base
+    from mme_jd.data.collator import CounterfactualTripleCollator
+    from mme_jd.tiny import build_tiny_base
+
+    rows = data["train"].map(lambda row: {"label": row["text_cue"]})
+    base, processor = build_tiny_base()
+    model = from_base(base, processor, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    batch = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)(
+        [rows[i] for i in range(len(rows))])
+    batch.pop("metadata")
+
+    def loss() -> float:
+        with torch.no_grad():
+            return model(**batch, expert="general").loss.item()
+
+    before = loss()
+    train(model, {"train": rows, "validation_balanced": data["validation_balanced"]},
+          _args(tmp_path, max_steps=30, learning_rate=1e-2, save_steps=1000, bf16=True),
+          MMEJDTrainingConfig(recipe="general"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert loss() < 0.8 * before
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_weights(tmp_path, data):
+    """Checkpointing recomputes activations instead of storing them: the expert's gradients are
+    the same as without it, and a stage trained with TrainingArguments(gradient_checkpointing=True)
+    ends at the same weights."""
+    from mme_jd.data.collator import CounterfactualTripleCollator
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    with torch.no_grad():  # a non-zero B, so that A's gradients are not zero
+        for name, param in model.named_parameters():
+            if ".lora_B.general." in name:
+                param.normal_(0, 0.02)
+    batch = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)(
+        [data["train"][i] for i in range(32)])
+    batch.pop("metadata")
+
+    def gradients() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        params = model.set_trainable("general")
+        model.train()
+        model(**batch, expert="general").loss.backward()
+        return [p.grad.clone() for p in params]
+
+    plain = gradients()
+    model.gradient_checkpointing_enable()
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    checkpointed = gradients()
+    assert sum(g.abs().sum().item() for g in plain) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+
+    weights = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        fresh = tiny_model()
+        train(fresh, data, _args(tmp_path / str(checkpointing), max_steps=3, save_steps=1000,
+                                 gradient_checkpointing=checkpointing), MMEJDTrainingConfig(recipe="general"))
+        assert any(getattr(m, "gradient_checkpointing", False) for m in fresh.modules()) == checkpointing
+        weights.append({n: p.detach().clone() for n, p in fresh.named_parameters() if ".lora_" in n})
+    assert all(torch.allclose(weights[0][n], weights[1][n], atol=1e-6) for n in weights[0])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+
 from .modeling.configuration_mme_jd import MMEJDConfig
 from .modeling.modeling_mme_jd import MMEJDModel
 
@@ -40,6 +42,7 @@ def from_base(
     labels: list[str] | tuple[str, ...] = SARCASM_LABELS,
     question: str = "is it sarcastic ?",
     trust_remote_code: bool = False,
+    dtype: Any = None,
     **config_overrides: Any,
 ) -> MMEJDModel:
     """Build an `MMEJDModel` around a base VLM and its processor.
@@ -53,6 +56,9 @@ def from_base(
         question: the task question of the prompt.
         trust_remote_code: when `base` or `processor` is a folder / hub id, let it run Python
             code of its own (a base architecture outside transformers). Off by default.
+        dtype: the precision of the whole model, base, LoRA experts, heads and router alike
+            (`torch.bfloat16`, `torch.float16` where the base supports it, or its name); None
+            keeps the base's. Train it with `TrainingArguments(bf16=True)` / `fp16=True`.
         **config_overrides: any `MMEJDConfig` field (lora_rank, mode, prompt_template, ...).
 
     The processor is attached to the model (`model.processor`) and saved beside the weights.
@@ -61,7 +67,8 @@ def from_base(
 
     if isinstance(base, (str, os.PathLike)):
         source = os.fspath(base)
-        base = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=trust_remote_code)
+        base = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                           dtype=dtype)
         processor = processor if processor is not None else source
     if processor is None:
         raise ValueError("from_base needs the base model's processor (an object, folder or hub id).")
@@ -81,5 +88,7 @@ def from_base(
     if config.text_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         config.text_config.pad_token_id = tokenizer.pad_token_id
     model = MMEJDModel(config, base_model=base)
+    if dtype is not None:  # the experts and the router are built in float32: one precision for all
+        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     model.processor = processor
     return model
