@@ -830,7 +830,7 @@ def warn_about_the_code_that_runs(model: nn.Module, source: str) -> None:
     """Warn when the code that runs a loaded folder is not the code that saved it.
 
     With the `mme_jd` package imported, transformers builds a folder's model from the package's
-    registered classes, even with `trust_remote_code=True`; without it, from the folder's own
+    registered classes, even when `trust_remote_code` is set; without it, from the folder's own
     files. So a folder saved by another version runs with this version's code (warned here),
     and a folder that lacks its code files loads only where the package is imported (warned
     here too: it would not load from the Hub)."""

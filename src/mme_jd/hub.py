@@ -251,7 +251,8 @@ def build_model_card(
 
 def _load_model(model_or_folder: Any, trust_remote_code: bool = False):
     """(model, processor, source folder or None) from a folder or an `MMEJDModel`. The
-    folder's own Python code (`auto_map`) runs only with `trust_remote_code=True`."""
+    folder's own Python code (`auto_map`) runs only when the caller sets `trust_remote_code`
+    (the user's opt-in)."""
     if isinstance(model_or_folder, (str, os.PathLike)):
         folder = Path(model_or_folder)
         if not (folder / "config.json").is_file():
