@@ -1,0 +1,51 @@
+"""A checkpoint saved by the code before issue 13 (config fields since moved or dropped, the router
+as a positional nn.Sequential) still loads with today's code and gives the same logits."""
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from conftest import TEXTS, random_images
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def old_model():
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    from transformers import AutoProcessor
+
+    model = MMEJDModel.from_pretrained(FIXTURES / "checkpoint_v0").eval()
+    model.processor = AutoProcessor.from_pretrained(FIXTURES / "checkpoint_v0")
+    return model
+
+
+@pytest.mark.parametrize("mode", ["general", "mid", "mme_jd"])
+def test_checkpoint_saved_by_the_old_code_gives_the_same_logits(old_model, mode):
+    from mme_jd.inference import collect_outputs
+
+    expected = json.loads((FIXTURES / "checkpoint_v0_expected.json").read_text())[mode]
+    rows = datasets.Dataset.from_dict({"text": TEXTS, "image": random_images(len(TEXTS)), "label": [1, 0, 0, 1]})
+    kwargs = {"counterfactual_parts": ("text", "image"), "text_counterfactual": "lexical"} if mode == "mid" else {}
+    outputs = collect_outputs(old_model, old_model.processor, rows, mode=mode,
+                              return_experts=mode == "mme_jd", **kwargs)
+    for key, values in expected.items():
+        torch.testing.assert_close(outputs[key].float(), torch.tensor(values).float(), rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, key=key: f"{mode} {key}: {m}")
+    if mode == "mme_jd":  # the fixture routes rows both to the image and to the text expert
+        assert set(expected["strategy"]) == {1, 2}
+
+
+def test_old_checkpoint_saves_again_in_todays_format_and_reloads(old_model, tmp_path):
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    old_model.save_pretrained(tmp_path / "again")
+    again = MMEJDModel.from_pretrained(tmp_path / "again").eval()
+    for (name, param), (again_name, again_param) in zip(old_model.state_dict().items(), again.state_dict().items()):
+        assert name == again_name
+        torch.testing.assert_close(param, again_param)
+    assert again.config.router_threshold == pytest.approx(0.3)
+    assert again.config.lambda_text == pytest.approx(0.4)
