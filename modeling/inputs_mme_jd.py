@@ -36,6 +36,7 @@ the error, and `_too_large` the one message, stating the limit it applies.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from typing import Any
@@ -46,45 +47,6 @@ from transformers.utils import is_vision_available
 MAX_IMAGE_SIDE = 2048  # larger images are shrunk first: the processor resizes anyway
 STAND_IN_SIZE = 64
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError)
-
-
-class _BytesReader:
-    """A read-only binary file over bytes: what `PIL.Image.open` needs from a file object (the
-    remote code keeps to a short list of standard modules, without `io`)."""
-
-    def __init__(self, data: bytes):
-        self._data = bytes(data)
-        self._position = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        end = len(self._data) if size is None or size < 0 else min(len(self._data), self._position + size)
-        chunk = self._data[self._position : end]
-        self._position = max(self._position, end)
-        return chunk
-
-    def readline(self, size: int | None = -1) -> bytes:
-        newline = self._data.find(b"\n", self._position)
-        end = len(self._data) if newline < 0 else newline + 1
-        if size is not None and size >= 0:
-            end = min(end, self._position + size)
-        return self.read(end - self._position)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = (0, self._position, len(self._data))[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 def _pil():
@@ -285,7 +247,7 @@ def load_image(value: Any, index: int | None = None):
     if isinstance(value, dict):
         value = _unwrap_dict(value, where)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        image = _open(_BytesReader(value), where, "the image bytes")
+        image = _open(io.BytesIO(value), where, "the image bytes")
     elif isinstance(value, (str, os.PathLike)):
         path = _path_of(value, where)
         image = _open(path, where, f"image {short_repr(path)}")

@@ -341,8 +341,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
     def _encode(self, inputs: dict, output_attentions: bool = False, image_features=None):
         """Final hidden states of the active expert. Returns (hidden [B,L,H], attentions).
 
-        image_features: the vision tower's and projector's output for these rows (see
-        `_capture_image_features`); given, the pixels are not encoded again."""
+        image_features: the vision tower's and projector's output for these rows (captured by
+        `_ImageFeatureCapture`); given, the pixels are not encoded again."""
         inner = self.base_model_with_experts.model
         if image_features is not None:
             inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
@@ -356,12 +356,6 @@ class MMEJDModel(MMEJDPreTrainedModel):
         # projector are then the same for every expert
         scope = self.config.lora_scope
         return self.config.reuse_image_features and scope in (None, self.config.family.language_model)
-
-    def _capture_image_features(self, store: list) -> "_ImageFeatureCapture":
-        """A `with` block that records what the base's `get_image_features` returns into `store`
-        (one call per forward with pixels), so a later expert pass over some of the rows can
-        reuse it."""
-        return _ImageFeatureCapture(self.base_model_with_experts.model, store)
 
     @staticmethod
     def _select_image_features(captured: list, rows: torch.Tensor, batch: int):
@@ -383,10 +377,10 @@ class MMEJDModel(MMEJDPreTrainedModel):
         return type(output)(pooler_output=selected)
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.config.router_pooling == "mean":
-            weights = attention_mask.to(hidden.dtype)[..., None]
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), answer_positions(attention_mask)]
+        """The mean hidden state over non-pad tokens (`router_pooling="mean"`; "last" is the
+        answer position's state, which `expert_forward` has already)."""
+        weights = attention_mask.to(hidden.dtype)[..., None]
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def _class_logits(self, name: str, answer_hidden: torch.Tensor) -> torch.Tensor:
         if self.config.head == "linear":

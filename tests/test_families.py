@@ -88,9 +88,11 @@ def test_routed_experts_reuse_the_general_pass_image_features(family):
         assert torch.allclose(getattr(results[True], name), getattr(results[False], name), atol=1e-5), name
     assert not torch.allclose(results[True].image_debias_logits, results[True].general_logits)
     # an expert pass without the pixels but with the features gives the same rows
+    from mme_jd.modeling.modeling_mme_jd import _ImageFeatureCapture
+
     rows = torch.tensor([2, 0])
     captured: list = []
-    with torch.no_grad(), model._capture_image_features(captured):
+    with torch.no_grad(), _ImageFeatureCapture(model.base_model_with_experts.model, captured):
         model.expert_forward("general", inputs)
     features = model._select_image_features(captured, rows, len(TEXTS))
     assert features is not None

@@ -15,6 +15,7 @@ cannot learn the synthetic incongruity task, the pretrained one reads both modal
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -435,12 +436,6 @@ def _is_complete(folder: str) -> bool:
     return all(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", _REPORT_NAME))
 
 
-def _remove_tree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _publish(staging: str, folder: str, replace: bool = False) -> bool:
     """Move a complete staging folder to `folder` with one `os.rename`. Returns False (and
     removes the staging folder) when another process published `folder` first; with
@@ -454,15 +449,15 @@ def _publish(staging: str, folder: str, replace: bool = False) -> bool:
         except OSError:
             aside = None
         if aside:
-            _remove_tree(aside)
+            shutil.rmtree(aside, ignore_errors=True)
     try:
         os.rename(staging, folder)
         return True
     except OSError:
         if not _is_complete(folder):
-            _remove_tree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
             raise
-        _remove_tree(staging)  # another process won the race: use theirs
+        shutil.rmtree(staging, ignore_errors=True)  # another process won the race: use theirs
         return False
 
 
@@ -540,8 +535,6 @@ def ship_pretrained_tiny_base(settings: TinySettings | None = None, **hyper: Any
     """Copy the cached pretrained tiny base (pretraining it first if needed) into the package
     (`SHIPPED_DIR`), with the sha256 of its weights file in `SHA256SUMS`. Maintainers run it
     (`python -m mme_jd.tiny --ship`) when the pretraining recipe or the vocabulary changes."""
-    import shutil
-
     from .provenance import file_sha256
 
     pretrained_tiny_base(settings, progress=True, use_shipped=False, **hyper)
@@ -619,7 +612,7 @@ def pretrained_tiny_base(
                 json.dump(report, handle, indent=2, sort_keys=True)
             _publish(staging, folder, replace=rebuild)
         finally:
-            _remove_tree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
     return load_pretrained_tiny_base(folder, settings)
 
 

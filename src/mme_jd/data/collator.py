@@ -199,7 +199,7 @@ class CounterfactualTripleCollator:
             raise ValueError(
                 f"image_counterfactual='{self.image_counterfactual}' needs the general expert's saliency: pass "
                 "saliency_model= to the collator, or precompute an `image_counterfactual_mask` column with "
-                "mme_jd.training.precompute_counterfactuals."
+                "mme_jd.training.precompute_image_masks."
             )
         with torch.no_grad():
             device = next(self.saliency_model.parameters()).device
