@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .data.sources import DATA_HELP, UnreadableRow, load_split, read_rows
 from .files import atomic_write_text
+from .modeling.configuration_mme_jd import IMAGE_COUNTERFACTUALS, MODES, TEXT_COUNTERFACTUALS
 
 
 @contextlib.contextmanager
@@ -81,66 +81,6 @@ def _add_demo(commands) -> None:
 
 
 # ---------------------------------------------------------------------------- predict
-
-
-_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-
-
-@dataclass(frozen=True)
-class UnreadableRow:
-    """A JSONL line that is not a JSON object (invalid JSON, an array, a number ...), kept in
-    its place by `read_rows(..., keep_unreadable=True)` so that `--on-error report` predicts the
-    other rows and reports this one as a bad row."""
-
-    text: str
-    problem: str
-
-
-def read_rows(path: str | os.PathLike, input_format: str | None = None, *,
-              keep_unreadable: bool = False) -> list[dict | UnreadableRow]:
-    """The rows of a JSONL file (one JSON object per line, blank lines skipped) or a CSV file
-    with a header; a UTF-8 byte order mark at the start is skipped. Raises FileNotFoundError /
-    ValueError with the line at fault; with `keep_unreadable`, a JSONL line that is not a JSON
-    object becomes an `UnreadableRow` instead (CSV errors still raise: the reader cannot resync)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {str(path)!r}")
-    fmt = input_format or ("csv" if path.suffix.lower() == ".csv" else
-                           "jsonl" if path.suffix.lower() in _JSONL_SUFFIXES else None)
-    if fmt is None:
-        raise ValueError(
-            f"cannot tell the format of {str(path)!r} from its extension; use .jsonl or .csv, or --format."
-        )
-    try:
-        if fmt == "csv":
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                return [dict(row) for row in csv.DictReader(handle)]
-        rows: list[dict | UnreadableRow] = []
-        with path.open(encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                problem = None
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    problem = f"{path.name} line {number}: invalid JSON ({error.msg})."
-                except (ValueError, RecursionError) as error:  # a 5000-digit number, nesting 10^5 deep
-                    problem = f"{path.name} line {number}: unreadable JSON ({type(error).__name__}: {error})."
-                else:
-                    if not isinstance(row, dict):
-                        problem = f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}."
-                if problem is None:
-                    rows.append(row)
-                elif keep_unreadable:
-                    rows.append(UnreadableRow(line.rstrip("\r\n"), problem))
-                else:
-                    raise ValueError(problem)
-        return rows
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{str(path)!r} is not UTF-8 text ({error.reason}).") from None
-    except csv.Error as error:
-        raise ValueError(f"{str(path)!r} is not a valid CSV file ({error}).") from None
 
 
 def _pipeline_input(row: dict, folder: Path, image_column: str, text_column: str, label_column: str) -> dict:
@@ -538,24 +478,14 @@ def _add_train(commands) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .cues import parse_cues
     from .evaluation.run import evaluate_model
 
-    if args.dataset == "synthetic":
-        from .data.synthetic import make_synthetic_benchmark
-
-        dataset = make_synthetic_benchmark(num_test=args.rows, splits=[args.split or "test_balanced"], seed=args.seed)
-    elif args.dataset in ("mmsd2", "mmsd", "mvsa_single"):
-        from .data.real import load_dataset_by_name
-
-        dataset = load_dataset_by_name(args.dataset, data_dir=args.data_dir)
-    else:
-        dataset = args.dataset  # a datasets.save_to_disk folder
-    from .cues import parse_cues
-
+    dataset, split = load_split(args.dataset, args.split, args.data_dir, rows=args.rows, seed=args.seed)
     cues = parse_cues(args.cue)
     with _remote_code_needs_consent(args.model):
         result = evaluate_model(args.model, dataset, args.output_dir, mode=args.mode, batch_size=args.batch_size,
-                                split=args.split, formats=tuple(args.formats.split(",")), cues=cues or None,
+                                split=split, formats=tuple(args.formats.split(",")), cues=cues or None,
                                 trust_remote_code=args.trust_remote_code)
     print(f"report written to {args.output_dir}: " + ", ".join(sorted(str(k) for k in result.get("files", {}))))
 
@@ -567,14 +497,12 @@ def _add_evaluate(commands) -> None:
                     "(and plots: per-group accuracy, routing shares, reliability diagram).",
     )
     evaluate.add_argument("model", help="a saved MME-JD model folder")
-    evaluate.add_argument("--dataset", default="synthetic",
-                          help="'synthetic', 'mmsd2', 'mmsd', 'mvsa_single' or a datasets.save_to_disk folder "
-                               "(default: %(default)s)")
+    evaluate.add_argument("--dataset", default="synthetic", help=f"{DATA_HELP} (default: %(default)s)")
     evaluate.add_argument("--split", default=None, help="split name (default: test_balanced for synthetic, else test)")
     evaluate.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
     evaluate.add_argument("--rows", type=int, default=1000, help="synthetic rows to generate (default: %(default)s)")
     evaluate.add_argument("--seed", type=int, default=0, help="synthetic data seed (default: %(default)s)")
-    evaluate.add_argument("--mode", default=None, choices=["general", "mid", "mctd", "mme_jd"],
+    evaluate.add_argument("--mode", default=None, choices=MODES,
                           help="debiasing mode (default: the model's)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
     evaluate.add_argument("--formats", default="json,md", help="comma-separated: json, md, html (default: %(default)s)")
@@ -592,45 +520,10 @@ def _add_evaluate(commands) -> None:
 # ---------------------------------------------------------------------------- cues
 
 
-def load_data_argument(data: str, split: str | None = None, data_dir: str | None = None, rows: int = 6000,
-                       seed: int = 0, p_cue: float = 0.9):
-    """A dataset named on the command line: 'synthetic' (the benchmark's `split`, generated),
-    'mmsd2', 'mmsd', 'mvsa_single' (the real loaders), a `datasets.save_to_disk` folder, or a
-    JSONL / CSV file of text / image / label rows (image paths relative to the file)."""
-    import datasets
-
-    if data == "synthetic":
-        from .data.synthetic import make_synthetic_benchmark
-
-        split = split or "train"
-        return make_synthetic_benchmark(num_train=rows, num_test=rows, num_validation=rows, p_cue=p_cue, seed=seed,
-                                        splits=[split])
-    if data.replace("-", "_") in ("mmsd2", "mmsd", "mvsa_single"):
-        from .data.real import load_dataset_by_name
-
-        return load_dataset_by_name(data, data_dir=data_dir, splits=[split] if split else None)
-    path = Path(data)
-    if path.is_file():
-        records = read_rows(path)
-        if not records:
-            raise ValueError(f"{data!r} holds no rows.")
-        for record in records:
-            image = record.get("image")
-            if isinstance(image, str) and image.strip() and not os.path.isabs(image):
-                record["image"] = str(path.resolve().parent / image)
-            if isinstance(record.get("label"), str) and record["label"].strip().lstrip("-").isdigit():
-                record["label"] = int(record["label"])
-        return datasets.Dataset.from_list(records)
-    if path.is_dir():
-        return datasets.load_from_disk(str(path))
-    raise FileNotFoundError(f"dataset {data!r}: not 'synthetic', 'mmsd2', 'mmsd', 'mvsa_single', a save_to_disk "
-                            "folder or a .jsonl/.csv file.")
-
-
 def _cues(args: argparse.Namespace) -> None:
     from .cues import find_cues, format_cue_table, write_cue_report
 
-    data = load_data_argument(args.data, args.split, args.data_dir, args.rows, args.seed, args.p_cue)
+    data, _ = load_split(args.data, args.split, args.data_dir, rows=args.rows, seed=args.seed, p_cue=args.p_cue)
     report = find_cues(data, split=args.split, top=args.top, probe=not args.no_probe, max_images=args.max_images,
                        progress=not args.no_progress)
     report["dataset"] = args.data
@@ -649,8 +542,7 @@ def _add_cues(commands) -> None:
                     "tokens. Prints the top of each list and writes cues.json, cues.md and the plot cues.png.",
         epilog="example: mme-jd cues mmsd --split train --top 15",
     )
-    cues.add_argument("data", help="'synthetic', 'mmsd2', 'mmsd', 'mvsa_single', a datasets.save_to_disk folder or a "
-                                   ".jsonl/.csv file with text, image and label columns")
+    cues.add_argument("data", help=DATA_HELP)
     cues.add_argument("--split", default="train", help="the split to look at (default: %(default)s)")
     cues.add_argument("--top", type=int, default=20, help="how many tokens and statistics to show (default: %(default)s)")
     cues.add_argument("--output-dir", default=None, help="where the report goes (default: cues-<DATA>)")
@@ -667,31 +559,17 @@ def _add_cues(commands) -> None:
 
 # ---------------------------------------------------------------------------- inspect and app
 
-_TEXT_BUILDERS = ("lexical", "saliency", "given", "swap", "cue_only", "cue_removed")
-_IMAGE_BUILDERS = ("attention", "gradient", "given", "cue_only")
-
-
 def _add_builder_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("general", "mid", "mctd", "mme_jd"), default=None,
+    parser.add_argument("--mode", choices=MODES, default=None,
                         help="the debiasing mode (default: the model's config.mode)")
-    parser.add_argument("--text-counterfactual", choices=_TEXT_BUILDERS, default=None,
+    parser.add_argument("--text-counterfactual", choices=TEXT_COUNTERFACTUALS, default=None,
                         help="the text counterfactual builder to look at (default: the model's; swap and given "
                              "become lexical, as in evaluate)")
-    parser.add_argument("--image-counterfactual", choices=_IMAGE_BUILDERS, default=None,
+    parser.add_argument("--image-counterfactual", choices=IMAGE_COUNTERFACTUALS, default=None,
                         help="the image counterfactual builder (default: the model's, attention)")
     parser.add_argument("--cue", action="append", default=None, metavar="NAME=REGEX",
                         help="a declared cue: its words are marked and its cue-conflicting rows shown first; "
                              "NAME=REGEX, NAME=image:FUNCTION, NAME:LABEL=... or a .json/.yaml file (repeat)")
-
-
-def load_inspected_data(data: str, split: str | None = None, data_dir: str | None = None, rows: int = 60,
-                        seed: int = 0) -> tuple[Any, str | None]:
-    """(dataset, split) of `mme-jd inspect DATA`: a named dataset's `split` (default: test_balanced
-    for synthetic, else test); a folder or file as it is (`split` of a folder's DatasetDict, else
-    its only split or "test")."""
-    named = data == "synthetic" or data.replace("-", "_") in ("mmsd2", "mmsd", "mvsa_single")
-    split = split or (("test_balanced" if data == "synthetic" else "test") if named else None)
-    return load_data_argument(data, split, data_dir, rows=rows, seed=seed), split
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -699,7 +577,7 @@ def _inspect(args: argparse.Namespace) -> None:
     from .evaluation.gallery import write_gallery
 
     with _quiet_transformers():
-        dataset, split = load_inspected_data(args.data, args.split, args.data_dir, args.rows, args.seed)
+        dataset, split = load_split(args.data, args.split, args.data_dir, rows=args.rows, seed=args.seed)
         with _remote_code_needs_consent(args.model):
             result = write_gallery(args.model, dataset, args.output_dir, rows=args.rows, split=split, mode=args.mode,
                                    text_counterfactual=args.text_counterfactual,
@@ -724,8 +602,7 @@ def _add_inspect(commands) -> None:
         epilog="example: mme-jd inspect my-mme-jd mvsa_single --rows 60 --output-dir gallery --cue url=url",
     )
     inspect.add_argument("model", help="a saved MME-JD model folder")
-    inspect.add_argument("data", help="'synthetic', 'mmsd2', 'mmsd', 'mvsa_single', a datasets.save_to_disk folder "
-                                      "or a .jsonl/.csv file with text, image (and label) columns")
+    inspect.add_argument("data", help=DATA_HELP)
     inspect.add_argument("--rows", type=int, default=60, help="rows to show, from the split's start "
                                                               "(default: %(default)s)")
     inspect.add_argument("--output-dir", required=True, help="where gallery.html and gallery.json go")

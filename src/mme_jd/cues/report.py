@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.report import (_Document, _Heading, _Image, _json_default, _Paragraph, _render_html,
-                                 _render_markdown, _save_figure, _Table)
+from ..evaluation.report import (_Document, _Heading, _Image, _json_default, _Paragraph, _save_figure, _Table,
+                                 _write_document)
 from ..files import atomic_write_text
 
 __all__ = ["format_cue_table", "write_cue_report"]
@@ -127,10 +127,5 @@ def write_cue_report(report: Mapping[str, Any], out_dir: str | os.PathLike, titl
                                f"{probe['majority_accuracy']:.3f}."))
     else:
         doc.add(_Paragraph(f"None: {report.get('image_note', 'no images')}."))
-    if "md" in formats:
-        written["md"] = out / "cues.md"
-        atomic_write_text(written["md"], _render_markdown(doc))
-    if "html" in formats:
-        written["html"] = out / "cues.html"
-        atomic_write_text(written["html"], _render_html(doc))
+    written.update(_write_document(doc, out, "cues", formats))
     return written

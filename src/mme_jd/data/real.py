@@ -53,6 +53,8 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, Value
 
+from .sources import DATASET_NAMES  # the names accepted by load_dataset_by_name
+
 __all__ = [
     "DATASET_NAMES",
     "DATA_DIR_ENV",
@@ -79,9 +81,6 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SARCASM_LABELS: tuple[str, ...] = ("not_sarcastic", "sarcastic")
 #: ``ClassLabel`` names of MVSA-Single.
 SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
-#: Names accepted by :func:`load_dataset_by_name`.
-DATASET_NAMES: tuple[str, ...] = ("mmsd2", "mmsd", "mvsa_single")
-
 #: Documentation of the stand-in used when the MMSD / MMSD2.0 images are not available.
 MMSD_IMAGE_STAND_IN = (
     "IMAGE STAND-IN: the tweet images of MMSD / MMSD2.0 are not available offline, so the "
@@ -280,15 +279,18 @@ def _image_attributes(path: Path) -> Mapping[str, str]:
     return _parse_image_attributes(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
-def _read_mmsd2_split(path: Path) -> tuple[list[str], list[str], list[int]]:
-    """``(ids, texts, labels)`` of one MMSD2.0 JSON file."""
+def _load_json(path: Path) -> Any:
+    """The JSON value in `path`; a `ValueError` naming the file, line and column when it is malformed."""
     try:
         with open(path, encoding="utf-8") as fh:
-            items = json.load(fh)
+            return json.load(fh)
     except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"malformed JSON in {path}: line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+        raise ValueError(f"malformed JSON in {path}: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def _read_mmsd2_split(path: Path) -> tuple[list[str], list[str], list[int]]:
+    """``(ids, texts, labels)`` of one MMSD2.0 JSON file."""
+    items = _load_json(path)
     if not isinstance(items, list):
         raise ValueError(
             f"malformed {path}: expected a JSON list of objects, got {type(items).__name__}"
@@ -652,13 +654,7 @@ def load_mvsa_single(
                 image,
             )
 
-    try:
-        with open(splits_path, encoding="utf-8") as fh:
-            split_ids = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"malformed JSON in {splits_path}: line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+    split_ids = _load_json(splits_path)
     if not isinstance(split_ids, dict):
         raise ValueError(f"malformed {splits_path}: expected a JSON object {{split: [ids]}}")
 

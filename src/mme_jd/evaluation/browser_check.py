@@ -305,8 +305,8 @@ def run_check(output_dir: str | os.PathLike, model: Any = None, data: str = "syn
     import threading
 
     from ..app import make_server
-    from ..cli import load_inspected_data
     from ..cues import parse_cues
+    from ..data.sources import load_split
     from .gallery import write_gallery
     from .run import load_model
 
@@ -319,7 +319,7 @@ def run_check(output_dir: str | os.PathLike, model: Any = None, data: str = "syn
         model_object = tiny_model().eval()
     else:
         model_object, _ = load_model(model)  # a folder, or a model object with its processor
-    dataset, split = load_inspected_data(data, split, data_dir, rows)
+    dataset, split = load_split(data, split, data_dir, rows=rows)
     parsed_cues = parse_cues(cues) or None
     started = time.perf_counter()
     gallery = write_gallery(model_object, dataset, output_dir, rows=rows, split=split, cues=parsed_cues,

@@ -171,6 +171,17 @@ def _render_html(document: _Document) -> str:
 # --------------------------------------------------------------------------- files
 
 
+def _write_document(document: _Document, out: Path, stem: str, formats: Sequence[str]) -> dict[str, Path]:
+    """Write `document` as `out/<stem>.md` and / or `out/<stem>.html`, as `formats` asks;
+    returns {format: path} of the files written."""
+    written: dict[str, Path] = {}
+    for fmt, render in (("md", _render_markdown), ("html", _render_html)):
+        if fmt in formats:
+            written[fmt] = out / f"{stem}.{fmt}"
+            atomic_write_text(written[fmt], render(document))
+    return written
+
+
 def _json_default(value: Any) -> Any:
     """numpy scalars/arrays (and torch tensors) → Python values, without importing numpy."""
     if hasattr(value, "tolist"):
@@ -518,11 +529,5 @@ def write_report(
         else:
             plots = _draw_plots(results, out)
         written.update(plots)
-        document = _build_document(results, title, plots, plot_note)
-        if "md" in formats:
-            written["md"] = out / "report.md"
-            atomic_write_text(written["md"], _render_markdown(document))
-        if "html" in formats:
-            written["html"] = out / "report.html"
-            atomic_write_text(written["html"], _render_html(document))
+        written.update(_write_document(_build_document(results, title, plots, plot_note), out, "report", formats))
     return written

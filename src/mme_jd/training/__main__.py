@@ -13,14 +13,19 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Declare the training options on `parser` (also `mme-jd train`'s)."""
+    from ..data.sources import DATA_HELP
+    from ..modeling.configuration_mme_jd import DEBIAS_OBJECTIVES, IMAGE_COUNTERFACTUALS, MODES, TEXT_COUNTERFACTUALS
+
     parser.add_argument("--output-dir", required=True, help="where stages and the final checkpoint go")
-    parser.add_argument("--recipe", default="mme_jd", choices=["general", "mid", "mctd", "mme_jd"],
+    parser.add_argument("--recipe", default="mme_jd", choices=MODES,
                         help="which stages to run (default: %(default)s)")
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (random tiny default), 'tiny-pretrained' (the cached pretrained tiny base), "
                              "or a folder / hub id of an image-text-to-text base model (default: %(default)s)")
     parser.add_argument("--dataset", default="synthetic",
-                        help="'synthetic', 'mmsd2', 'mmsd' or 'mvsa_single' (default: %(default)s)")
+                        help=f"{DATA_HELP}; training reads its train split and its validation_balanced (else "
+                             "validation) split (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
     parser.add_argument("--num-train", type=int, default=6000, help="synthetic training rows (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=-1, help="steps per expert stage; -1 uses --epochs")
@@ -28,12 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="expert stages' LR (default: %(default)s)")
     parser.add_argument("--text-counterfactual", default="swap",
-                        choices=["swap", "lexical", "given", "saliency", "cue_only", "cue_removed"],
+                        choices=TEXT_COUNTERFACTUALS,
                         help="text builder for training (default: %(default)s)")
     parser.add_argument("--image-counterfactual", default="attention",
-                        choices=["attention", "gradient", "given", "cue_only"],
+                        choices=IMAGE_COUNTERFACTUALS,
                         help="image builder (default: %(default)s)")
-    parser.add_argument("--text-debias-objective", default=None, choices=["reversed", "poe"],
+    parser.add_argument("--text-debias-objective", default=None, choices=DEBIAS_OBJECTIVES,
                         help="the text expert's objective (default: the model config's, reversed)")
     parser.add_argument("--router-cost-tolerance", type=float, default=None,
                         help="keep the cheapest routing within this of the best validation worst-group "
@@ -59,21 +64,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import datasets
     import torch
     from transformers import TrainingArguments
 
+    from ..data.sources import SYNTHETIC, load_data
     from . import MMEJDTrainingConfig, train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.dataset == "synthetic":
-        from ..data.synthetic import make_synthetic_benchmark
-
-        dataset = make_synthetic_benchmark(num_train=args.num_train, seed=args.seed,
-                                           splits=["train", "validation_balanced"])
-    else:
-        from ..data.real import load_dataset_by_name
-
-        dataset = load_dataset_by_name(args.dataset, data_dir=args.data_dir)
+    # the synthetic benchmark is generated: only the training split and the balanced validation split
+    splits = ["train", "validation_balanced"] if args.dataset == SYNTHETIC else None
+    dataset = load_data(args.dataset, splits, args.data_dir, seed=args.seed, num_train=args.num_train)
+    if not isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"--dataset {args.dataset!r} holds one split; training needs a train and a validation "
+                         "split: a named dataset or a datasets.save_to_disk folder of a DatasetDict.")
     if args.model == "tiny":
         from ..tiny import tiny_model
 
