@@ -16,6 +16,8 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .layouts_mme_jd import GRID, MERGED_ROWS, ImageLayout
+
 #: The version of this code (the `mme-jd` package's version; `mme_jd.__version__` is this
 #: constant). A saved folder records it as `mme_jd_version`, to tell on load whether the code
 #: that runs is the code that saved it.
@@ -49,29 +51,32 @@ ROUTER_POOLINGS = ("last", "mean")
 
 @dataclass(frozen=True)
 class BaseFamily:
-    """Prompt and processor quirks of one base-model family (the only model-specific code).
+    """What differs between base-model families (the only model-specific code): one row of
+    `BASE_FAMILIES`.
 
     image_placeholder: what the prompt's `{image}` becomes for this family's processor.
-    image_layout: how `pixel_values` hold the image tokens, for masking image patches:
-        "grid": pixel_values [..., C, H, W]; the image tokens of one image form a square
-                grid over H × W (LLaVA, PaliGemma, Idefics3 without splitting, Gemma 3).
-        "merged_rows": pixel_values [patches, C·T·P·P] in merge groups; one image token is
-                `merge_size²` consecutive rows (Qwen2-VL, Qwen2.5-VL); the grid comes from
-                `image_grid_thw`.
+    layout: how `pixel_values` hold the image tokens (layouts_mme_jd.py): `GRID` (one image
+        per sample, its tokens a square grid over H × W) or `MERGED_ROWS` (Qwen2-VL's rows of
+        merged patches with `image_grid_thw`). It computes the token grid, masks image tokens'
+        pixels, pools pixel scores per token and finds each sample's pixel rows.
     language_model: the name of the base's language-model sub-module (where LoRA goes).
+
+    A new family is one row in `BASE_FAMILIES`; a new way of laying out pixels is one more
+    `ImageLayout` subclass in layouts_mme_jd.py. Nothing is saved: a config finds its family by
+    the base config's `model_type` on every load.
     """
 
     image_placeholder: str
-    image_layout: str = "grid"
+    layout: ImageLayout = GRID
     language_model: str = "language_model"
 
 
-# Families tested end to end (tests/test_families.py). Any other image-text-to-text model
-# falls back to DEFAULT_FAMILY with the processor's own `image_token`.
+# Families tested end to end (tests/test_families.py: LLaVA, Qwen2-VL, Idefics3). Any other
+# image-text-to-text model falls back to DEFAULT_FAMILY with the processor's own `image_token`.
 BASE_FAMILIES: dict[str, BaseFamily] = {
     "llava": BaseFamily("<image>"),
-    "qwen2_vl": BaseFamily("<|vision_start|><|image_pad|><|vision_end|>", "merged_rows"),
-    "qwen2_5_vl": BaseFamily("<|vision_start|><|image_pad|><|vision_end|>", "merged_rows"),
+    "qwen2_vl": BaseFamily("<|vision_start|><|image_pad|><|vision_end|>", MERGED_ROWS),
+    "qwen2_5_vl": BaseFamily("<|vision_start|><|image_pad|><|vision_end|>", MERGED_ROWS),
     "idefics3": BaseFamily("<image>", language_model="text_model"),
     "smolvlm": BaseFamily("<image>", language_model="text_model"),
     "paligemma": BaseFamily("<image>"),
@@ -81,7 +86,7 @@ DEFAULT_FAMILY = BaseFamily("<image>")
 
 
 def base_family(model_type: str | None) -> BaseFamily:
-    """The quirks of a base family by its `model_type` (DEFAULT_FAMILY when unknown)."""
+    """The family of a base by its `model_type` (DEFAULT_FAMILY when unknown)."""
     return BASE_FAMILIES.get(model_type or "", DEFAULT_FAMILY)
 
 
@@ -376,7 +381,7 @@ class MMEJDConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ helpers
     @property
     def family(self) -> BaseFamily:
-        """Prompt/processor quirks of the base model's family."""
+        """The base model's family (its row of `BASE_FAMILIES`, by `base_config.model_type`)."""
         return base_family(getattr(self.base_config, "model_type", None))
 
     @property

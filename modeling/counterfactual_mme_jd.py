@@ -19,8 +19,9 @@ Text builders work on words (`text.split()`), so their masks compare with word-l
 
 Image builders work on image tokens (patches); `cue_only` keeps the declared image cues'
 regions (`image_cue_keep_boxes`) and fills every other patch: a boolean mask per image token, applied to the
-processor's `pixel_values` by `mask_image_tokens`, so the processor runs once per batch and the
-masked patches are exactly the model's patches. Scores come from `MMEJDModel.image_saliency`
+processor's `pixel_values` by `mask_image_tokens` (through the base family's layout,
+layouts_mme_jd.py), so the processor runs once per batch and the masked patches are exactly the
+model's patches. Scores come from `MMEJDModel.image_saliency`
 (`attention`, `gradient`) or from dataset boxes (`given`, via `boxes_to_token_masks`).
 
 `build_triple` makes the model inputs of originals and both counterfactuals in ONE processor
@@ -29,7 +30,6 @@ call, padded to one length, so a model can run all three in one batched forward.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -227,7 +227,7 @@ def text_counterfactuals(
         if word_scores is None:
             raise ValueError(
                 "text_counterfactual='saliency' needs per-word scores from the general expert "
-                "(MMEJDModel.text_saliency) or a precomputed `text_counterfactual` column."
+                "(MMEJDModel.text_token_saliency mapped to words) or a precomputed `text_counterfactual` column."
             )
         return [saliency_text_counterfactual(t, s, ratio, mask_word) for t, s in zip(texts, word_scores)]
     if strategy == "swap":
@@ -261,30 +261,9 @@ def reversed_targets(labels: torch.Tensor, num_labels: int, cf_target: str = "co
 
 
 def image_token_grids(config: MMEJDConfig, inputs: dict) -> list[tuple[int, int]]:
-    """The (rows, cols) grid of image tokens of each sample's image.
-
-    grid layout: the square root of the number of image tokens in the sample's input_ids.
-    merged_rows layout (Qwen2-VL): `image_grid_thw` divided by the spatial merge size.
-    """
-    if config.family.image_layout == "merged_rows":
-        merge = int(getattr(config.base_config.vision_config, "spatial_merge_size", 2))
-        grids = []
-        for t, h, w in inputs["image_grid_thw"].tolist():
-            if t != 1:
-                raise ValueError("image counterfactuals support single-frame images only (temporal grid 1).")
-            grids.append((h // merge, w // merge))
-        return grids
-    counts = (inputs["input_ids"] == config.image_token_id).sum(dim=1).tolist()
-    grids = []
-    for count in counts:
-        side = math.isqrt(int(count))
-        if side * side != count or count == 0:
-            raise ValueError(
-                f"a sample has {count} image tokens, not a square grid of one image; image counterfactuals "
-                "need one image per sample without tiling (for Idefics3/SmolVLM set do_image_splitting=False)."
-            )
-        grids.append((side, side))
-    return grids
+    """The (rows, cols) grid of image tokens of each sample's image (by the family's layout:
+    the square root of the sample's image-token count, or `image_grid_thw` over the merge size)."""
+    return config.family.layout.token_grids(config, inputs)
 
 
 def top_token_masks(scores: Sequence[torch.Tensor], ratio: float) -> list[torch.Tensor]:
@@ -369,36 +348,7 @@ def mask_image_tokens(
     `token_masks[i]` is a boolean vector over sample i's image tokens (row-major grid), or
     None to leave the image unchanged. `fill`: "mean" (the image's channel mean) or "zero".
     """
-    fill = fill or config.image_fill
-    pixels = inputs["pixel_values"].clone()
-    grids = image_token_grids(config, inputs)
-    if config.family.image_layout == "merged_rows":
-        merge = int(getattr(config.base_config.vision_config, "spatial_merge_size", 2))
-        channels = int(getattr(config.base_config.vision_config, "in_channels", 3))
-        start = 0
-        for mask, (rows, cols) in zip(token_masks, grids):
-            count = rows * cols * merge * merge
-            if mask is not None:
-                block = pixels[start : start + count]
-                value = 0.0
-                if fill == "mean":
-                    value = block.reshape(count, channels, -1).mean(dim=(0, 2))
-                    value = value[:, None].expand(channels, block.shape[1] // channels).reshape(-1)
-                token_rows = mask.to(pixels.device).repeat_interleave(merge * merge)
-                block[token_rows] = value
-            start += count
-        return pixels
-    for index, (mask, (rows, cols)) in enumerate(zip(token_masks, grids)):
-        if mask is None:
-            continue
-        image = pixels[index]  # [..., C, H, W]
-        height, width = image.shape[-2:]
-        value = image.mean(dim=(-2, -1), keepdim=True) if fill == "mean" else torch.zeros_like(image[..., :1, :1])
-        pixel_mask = mask.reshape(rows, cols).to(pixels.device)
-        pixel_mask = pixel_mask.repeat_interleave(math.ceil(height / rows), 0)[:height]
-        pixel_mask = pixel_mask.repeat_interleave(math.ceil(width / cols), 1)[:, :width]
-        pixels[index] = torch.where(pixel_mask, value.expand_as(image), image)
-    return pixels
+    return config.family.layout.mask_tokens(config, inputs, token_masks, fill or config.image_fill)
 
 
 # ---------------------------------------------------------------------------- model inputs
@@ -423,25 +373,19 @@ def call_processor(processor: Any, config: MMEJDConfig, texts: Sequence[str], im
 
 
 def _split_rows(config: MMEJDConfig, inputs: dict, parts: int) -> list[dict]:
-    """Split a batch of parts·B rows into `parts` batches of B rows (pixel rows included)."""
+    """Split a batch of parts·B rows into `parts` batches of B rows (pixel rows by the layout)."""
     batch = inputs["input_ids"].shape[0] // parts
     out = [dict() for _ in range(parts)]
-    pixel_rows = None
-    if "image_grid_thw" in inputs:
-        pixel_rows = inputs["image_grid_thw"].prod(dim=1)
     for key, value in inputs.items():
         if not torch.is_tensor(value):
             for part in out:
                 part[key] = value
-            continue
-        if key == "pixel_values" and pixel_rows is not None:
-            bounds = torch.cumsum(pixel_rows, 0).tolist()
-            starts = [0] + bounds
+        elif key == "pixel_values":
+            for part, pixels in zip(out, config.family.layout.split_pixels(inputs, parts)):
+                part[key] = pixels
+        else:
             for p in range(parts):
-                out[p][key] = value[starts[p * batch] : starts[(p + 1) * batch]]
-            continue
-        for p in range(parts):
-            out[p][key] = value[p * batch : (p + 1) * batch]
+                out[p][key] = value[p * batch : (p + 1) * batch]
     return out
 
 

@@ -47,7 +47,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, logging
 
 from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, ROUTER_STRATEGIES, MMEJDConfig
-from .counterfactual_mme_jd import image_token_grids, reversed_targets
+from .counterfactual_mme_jd import reversed_targets
+from .layouts_mme_jd import ImageLayout
 from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
 
 # Tensors aligned with the token sequence: padded when batches of different length are joined.
@@ -111,21 +112,15 @@ def concat_inputs(parts: list[dict], pad_token_id: int = 0) -> dict:
     return joined
 
 
-def select_rows(inputs: dict, rows: torch.Tensor) -> dict:
-    """The sub-batch of `inputs` at the sample indices `rows` (pixel rows of Qwen2-VL too)."""
+def select_rows(inputs: dict, rows: torch.Tensor, layout: ImageLayout) -> dict:
+    """The sub-batch of `inputs` at the sample indices `rows`; pixel_values by the family's
+    `layout` (`config.family.layout`: Qwen2-VL's pixel rows are not one per sample)."""
     batch = inputs["input_ids"].shape[0]
     rows = rows.to(inputs["input_ids"].device)
     selected = {}
-    pixel_index = None
-    if "image_grid_thw" in inputs:
-        counts = inputs["image_grid_thw"].prod(dim=1)
-        starts = torch.cumsum(counts, 0) - counts
-        pixel_index = torch.cat(
-            [torch.arange(int(starts[r]), int(starts[r] + counts[r]), device=rows.device) for r in rows.tolist()]
-        ) if len(rows) else torch.zeros(0, dtype=torch.long, device=rows.device)
     for key, value in inputs.items():
-        if key == "pixel_values" and pixel_index is not None:
-            selected[key] = value[pixel_index.to(value.device)]
+        if key == "pixel_values":
+            selected[key] = layout.select_pixels(inputs, rows)
         elif torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch:
             selected[key] = value[rows.to(value.device)]
         else:
@@ -589,7 +584,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
             full = torch.full_like(general, float("nan"))
             if len(rows):
                 features = self._select_image_features(captured, rows, batch) if reuse else None
-                full[rows] = self.expert_forward(name, select_rows(inputs, rows), image_features=features)[0]
+                subset = select_rows(inputs, rows, config.family.layout)
+                full[rows] = self.expert_forward(name, subset, image_features=features)[0]
             expert_logits[name] = full
         scaled = {
             "general": general / config.expert_temperature("general"),
@@ -665,27 +661,9 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 )
                 logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
             contribution = (pixels.grad * pixels).abs().detach()
-            return self._pool_pixels_per_token(inputs, contribution), logits.detach()
+            scores = self.config.family.layout.pool_per_token(self.config, inputs, contribution)
+            return scores, logits.detach()
         raise ValueError(f"image_saliency strategy {strategy!r} is not computed by the model; use attention or gradient.")
-
-    def _pool_pixels_per_token(self, inputs: dict, contribution: torch.Tensor) -> list[torch.Tensor]:
-        grids = image_token_grids(self.config, inputs)
-        scores = []
-        if self.config.family.image_layout == "merged_rows":
-            merge = int(getattr(self.config.base_config.vision_config, "spatial_merge_size", 2))
-            per_row = contribution.sum(dim=1)
-            start = 0
-            for rows, cols in grids:
-                count = rows * cols * merge * merge
-                scores.append(per_row[start : start + count].reshape(rows * cols, merge * merge).sum(1))
-                start += count
-            return scores
-        for index, (rows, cols) in enumerate(grids):
-            image = contribution[index].reshape(-1, *contribution.shape[-2:]).sum(0)  # [H, W]
-            height, width = image.shape
-            pooled = F.adaptive_avg_pool2d(image[None, None], (rows, cols))[0, 0]
-            scores.append(pooled.flatten() * height * width / (rows * cols))
-        return scores
 
     def text_token_saliency(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of the answer position over every token (mean over heads of the last

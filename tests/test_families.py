@@ -98,7 +98,7 @@ def test_routed_experts_reuse_the_general_pass_image_features(family):
     assert features is not None
     with torch.no_grad():
         from mme_jd.modeling.modeling_mme_jd import select_rows
-        subset = select_rows(inputs, rows)
+        subset = select_rows(inputs, rows, model.config.family.layout)
         with_features = model.expert_forward("text_debias", subset, image_features=features)[0]
         with_pixels = model.expert_forward("text_debias", subset)[0]
     assert torch.allclose(with_features, with_pixels, atol=1e-5)

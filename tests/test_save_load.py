@@ -61,7 +61,7 @@ def test_round_trip_in_a_fresh_offline_process(tiny_llava_model, images, tmp_pat
 
     files = set(os.listdir(folder))
     assert {"model.safetensors", "config.json", "configuration_mme_jd.py", "modeling_mme_jd.py",
-            "counterfactual_mme_jd.py", "processor_config.json", "tokenizer.json"} <= files
+            "counterfactual_mme_jd.py", "layouts_mme_jd.py", "processor_config.json", "tokenizer.json"} <= files
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_mme_jd.MMEJDConfig",
                                   "AutoModel": "modeling_mme_jd.MMEJDModel"}
