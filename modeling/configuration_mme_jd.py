@@ -4,8 +4,12 @@ Hub remote code: this file imports only the standard library, torch/transformers
 sibling files, so `AutoConfig.from_pretrained(folder, trust_remote_code=True)` works on a
 machine without the `mme_jd` package.
 
-Every choice of the method (see METHOD.md of the project) is a field here, named after the
-words of the method: `text_counterfactual`, `image_counterfactual`, `lambda_text`, ...
+Every choice of the method that a trained model reads (see METHOD.md of the project) is a
+field of `MMEJDConfig`, named after the words of the method: `text_counterfactual`,
+`image_counterfactual`, `lambda_text`, ... The knobs of training alone live elsewhere, by when
+they are read: `MMEJDLossSettings` holds what the forward's training losses read (a model
+attribute, never saved); `mme_jd.training.MMEJDTrainingConfig` holds every training knob and
+sets the loss settings for each stage.
 """
 
 from __future__ import annotations
@@ -90,14 +94,82 @@ def base_family(model_type: str | None) -> BaseFamily:
     return BASE_FAMILIES.get(model_type or "", DEFAULT_FAMILY)
 
 
-def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+def check_choice(name: str, value: Any, allowed: tuple, owner: str = "MMEJDConfig") -> None:
+    """Raise a `ValueError` naming `owner.name` and the allowed values unless `value` is one."""
     if value not in allowed:
-        raise ValueError(f"MMEJDConfig.{name}={value!r} is not allowed; choose one of {list(allowed)}.")
+        raise ValueError(f"{owner}.{name}={value!r} is not allowed; choose one of {list(allowed)}.")
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
+def check_range(name: str, value: float, low: float, high: float, owner: str = "MMEJDConfig") -> None:
+    """Raise a `ValueError` naming `owner.name` unless `value` is a number in [low, high]."""
     if not isinstance(value, (int, float)) or not (low <= value <= high):
-        raise ValueError(f"MMEJDConfig.{name}={value!r} must be a number in [{low}, {high}].")
+        raise ValueError(f"{owner}.{name}={value!r} must be a number in [{low}, {high}].")
+
+
+@dataclass
+class MMEJDLossSettings:
+    """What `MMEJDModel.forward` reads to compute a training loss, and nothing else reads.
+
+    Held by the model as `model.loss_settings`, never saved with it: these knobs shape the
+    weights a run trains, not what the trained model computes, so a config.json has no place
+    for them. `mme_jd.training` sets them for each expert stage from its
+    `MMEJDTrainingConfig` (`MMEJDTrainingConfig.loss_settings(stage)`) and gives the model back
+    its own afterwards; a direct `model(**batch, labels=...)` call reads the model's own, by
+    default these defaults (those the knobs had as `MMEJDConfig` fields).
+
+    text_counterfactual_weight, image_counterfactual_weight: w_t, w_v of the reversed-target
+        loss over the counterfactuals given to the forward (MCTD):
+        CE(x, y) + w_t·CE(x_t*, ȳ) + w_v·CE(x_v*, ȳ). A debias expert trains at 1 on its own
+        counterfactual; the `mctd` recipe sets its own (`MMEJDTrainingConfig.mctd_*_weight`).
+    cf_target: reversed target for more than two classes: "complement" (uniform over
+        the classes other than y) or "uniform" (uniform over all classes).
+    image_debias_objective / text_debias_objective: how a debias expert learns from its
+        counterfactual: "reversed" (CE(x, y) + w·CE(x*, ȳ)) or "poe" (product of experts:
+        CE(log p_expert(x) + log p_general(x*), y) with the general expert frozen on the
+        cue-only counterfactual x*, so the expert learns what the cue leaves unexplained; at
+        inference the expert runs alone).
+    router_class_weights: class weights of the router's cross-entropy when the forward gets
+        `router_labels` (None: uniform); the router stage sets them from its labels'
+        frequencies.
+    """
+
+    text_counterfactual_weight: float = 1.0
+    image_counterfactual_weight: float = 1.0
+    cf_target: str = "complement"
+    image_debias_objective: str = "reversed"
+    text_debias_objective: str = "reversed"
+    router_class_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for name in ("text_counterfactual_weight", "image_counterfactual_weight"):
+            check_range(name, getattr(self, name), 0.0, 100.0, owner)
+        check_choice("cf_target", self.cf_target, CF_TARGETS, owner)
+        check_choice("image_debias_objective", self.image_debias_objective, DEBIAS_OBJECTIVES, owner)
+        check_choice("text_debias_objective", self.text_debias_objective, DEBIAS_OBJECTIVES, owner)
+        if self.router_class_weights is not None and len(self.router_class_weights) != len(ROUTER_STRATEGIES):
+            raise ValueError(
+                f"{owner}.router_class_weights needs {len(ROUTER_STRATEGIES)} weights "
+                f"(one per {list(ROUTER_STRATEGIES)}), got {self.router_class_weights!r}."
+            )
+
+
+#: Fields `MMEJDConfig` held until the configs were split by when they are read, and where
+#: each went. A config.json saved before holds them: loading drops them (`MMEJDConfig.__post_init__`).
+#: A training knob's saved value, default or not, shaped the weights that run trained and
+#: changes nothing a trained model computes, so dropping it changes no output.
+REMOVED_FIELDS: dict[str, str] = {
+    "expert_names": "the constant EXPERT_NAMES",
+    "router_strategies": "the constant ROUTER_STRATEGIES",
+    "mctd_text_weight": "MMEJDTrainingConfig.mctd_text_weight",
+    "mctd_image_weight": "MMEJDTrainingConfig.mctd_image_weight",
+    "cf_target": "MMEJDTrainingConfig.cf_target",
+    "image_debias_objective": "MMEJDTrainingConfig.image_debias_objective",
+    "text_debias_objective": "MMEJDTrainingConfig.text_debias_objective",
+    "router_cost_tolerance": "MMEJDTrainingConfig.router_cost_tolerance",
+    "router_max_routed_share": "MMEJDTrainingConfig.router_max_routed_share",
+    "router_class_weights": "MMEJDLossSettings.router_class_weights (set by the router stage)",
+}
 
 
 class MMEJDConfig(PreTrainedConfig):
@@ -121,25 +193,25 @@ class MMEJDConfig(PreTrainedConfig):
         head: "verbalizer" (default; zero-shot capable) or "linear" (a linear layer per
             expert over the final hidden state at the answer position).
 
-    Experts (LoRA adapters on one frozen base; METHOD §4)
-        expert_names: fixed ("general", "image_debias", "text_debias").
+    Experts (LoRA adapters on one frozen base, named by EXPERT_NAMES; METHOD §4)
         lora_rank, lora_alpha, lora_dropout: LoRA hyper-parameters of every expert.
         lora_target_modules: names of linear layers to adapt; only those inside the
             `lora_scope` sub-module (the language model) are adapted.
         lora_scope: the name of the base sub-module the experts adapt (None: the family's
             language model, "language_model" for most, "text_model" for Idefics3/SmolVLM).
 
-    Router
-        router_strategies: fixed ("none", "image", "text", "both").
+    Router (strategies: ROUTER_STRATEGIES)
         router_hidden_size: hidden width of the router MLP on the general expert's pooled
             final hidden state.
         router_pooling: "last" (the answer position) or "mean" (mean over non-pad tokens).
         router_threshold: a sample leaves `none` when 1 - P(none) >= router_threshold; it
-            then takes the most probable debias strategy. Tuned on validation for F0.5.
-        router_class_weights: class weights of the router's cross-entropy (None: uniform).
+            then takes the most probable debias strategy.
         routed_strategy: what a sample that leaves `none` gets: None (the router's most probable
             debias strategy) or a fixed "image", "text" or "both" (chosen on validation when one
             debias strategy dominates; the router then decides only *whether* to debias).
+            The router stage tunes the threshold and the routed strategy on validation
+            (`MMEJDTrainingConfig`: `router_threshold_objective`, `router_cost_tolerance`,
+            `router_max_routed_share`).
 
     Debiasing
         mode: "general" (the general expert), "mid" (counterfactual subtraction at
@@ -154,30 +226,10 @@ class MMEJDConfig(PreTrainedConfig):
             projector's output from the general pass instead of recomputing it (exact: LoRA only
             adapts the language model). Turned off automatically when `lora_scope` reaches
             outside the language model.
-        router_cost_tolerance: cost-aware routing: after tuning, the (threshold, routed
-            strategy) pair with the lowest expected inference cost among those whose validation
-            worst-group accuracy is within this of the best is kept (0: the best worst-group
-            accuracy whatever it costs, ties to the cheaper). Routing every sample to one debias
-            expert (threshold 0 with routed_strategy "image" or "text") costs one pass: the
-            general pass and the router are then skipped. Default 0.01: on the synthetic
-            benchmark (3 seeds) it sends every sample to the text expert, 0.98x a general
-            forward at worst-group accuracy 0.981 (bench/results/synthetic.md).
-        router_max_routed_share: an inference budget: when set, the router threshold is tuned
-            only among thresholds that send at most this share of validation samples to a
-            debias expert (routed cost ≈ 1 + share × an expert pass). None: no budget.
         both_combination: how strategy `both` mixes the image and text experts: "mean" of
             logits or "product" (sum of log-probabilities, a product of experts).
         expert_temperatures: per-expert temperature dividing its logits before mixing
             (calibration), e.g. {"general": 1.0, "image_debias": 1.3, "text_debias": 0.9}.
-        mctd_text_weight, mctd_image_weight: w_t, w_v of the MCTD loss
-            CE(x, y) + w_t·CE(x_t*, ȳ) + w_v·CE(x_v*, ȳ).
-        cf_target: reversed target for more than two classes: "complement" (uniform over
-            the classes other than y) or "uniform" (uniform over all classes).
-        image_debias_objective / text_debias_objective: how a debias expert learns from its
-            counterfactual: "reversed" (MCTD: CE(x, y) + w·CE(x*, ȳ)) or "poe" (product of
-            experts: CE(log p_expert(x) + log p_general(x*), y) with the general expert frozen
-            on the cue-only counterfactual x*, so the expert learns what the cue leaves
-            unexplained; at inference the expert runs alone).
 
     Counterfactuals (METHOD §3)
         text_counterfactual: "lexical", "saliency", "given", "swap", "cue_only" (keep the
@@ -221,7 +273,6 @@ class MMEJDConfig(PreTrainedConfig):
     question: str = "is it sarcastic ?"
     head: str = "verbalizer"
     # experts
-    expert_names: list[str] = field(default_factory=lambda: list(EXPERT_NAMES))
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -231,11 +282,9 @@ class MMEJDConfig(PreTrainedConfig):
     )
     lora_scope: str | None = None
     # router
-    router_strategies: list[str] = field(default_factory=lambda: list(ROUTER_STRATEGIES))
     router_hidden_size: int = 64
     router_pooling: str = "last"
     router_threshold: float = 0.5
-    router_class_weights: list[float] | None = None
     routed_strategy: str | None = None
     # debiasing
     mode: str = "mme_jd"
@@ -244,15 +293,8 @@ class MMEJDConfig(PreTrainedConfig):
     correction: str = "none"
     expert_execution: str = "routed"
     reuse_image_features: bool = True
-    router_max_routed_share: float | None = None
-    router_cost_tolerance: float = 0.01
     both_combination: str = "mean"
     expert_temperatures: dict[str, float] | None = None
-    mctd_text_weight: float = 1.0
-    mctd_image_weight: float = 1.0
-    cf_target: str = "complement"
-    image_debias_objective: str = "reversed"
-    text_debias_objective: str = "reversed"
     # counterfactuals
     text_counterfactual: str = "lexical"
     image_counterfactual: str = "attention"
@@ -268,6 +310,8 @@ class MMEJDConfig(PreTrainedConfig):
     mme_jd_version: str | None = None
 
     def __post_init__(self, **kwargs):
+        for name in REMOVED_FIELDS:  # a config.json saved before they moved (see REMOVED_FIELDS)
+            kwargs.pop(name, None)
         super().__post_init__(**kwargs)
         if self.id2label and not self.label2id:
             self.label2id = {name: int(index) for index, name in self.id2label.items()}
@@ -276,36 +320,24 @@ class MMEJDConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ validation
     def validate_fields(self) -> None:
         """Raise a `ValueError` naming the field and the allowed values for any bad value."""
-        if list(self.expert_names) != list(EXPERT_NAMES):
-            raise ValueError(f"MMEJDConfig.expert_names must be {list(EXPERT_NAMES)}, got {self.expert_names!r}.")
-        if list(self.router_strategies) != list(ROUTER_STRATEGIES):
-            raise ValueError(
-                f"MMEJDConfig.router_strategies must be {list(ROUTER_STRATEGIES)}, got {self.router_strategies!r}."
-            )
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("correction", self.correction, CORRECTIONS)
-        _check_choice("head", self.head, HEADS)
-        _check_choice("text_counterfactual", self.text_counterfactual, TEXT_COUNTERFACTUALS)
-        _check_choice("image_counterfactual", self.image_counterfactual, IMAGE_COUNTERFACTUALS)
-        _check_choice("image_fill", self.image_fill, IMAGE_FILLS)
-        _check_choice("other_modality", self.other_modality, OTHER_MODALITY)
-        _check_choice("swap_other_modality", self.swap_other_modality, OTHER_MODALITY)
-        _check_choice("cf_target", self.cf_target, CF_TARGETS)
-        _check_choice("image_debias_objective", self.image_debias_objective, DEBIAS_OBJECTIVES)
-        _check_choice("text_debias_objective", self.text_debias_objective, DEBIAS_OBJECTIVES)
-        _check_choice("expert_execution", self.expert_execution, EXPERT_EXECUTIONS)
-        _check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
-        _check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
-        _check_choice("routed_strategy", self.routed_strategy, (None, *ROUTER_STRATEGIES[1:]))
-        _check_range("router_threshold", self.router_threshold, 0.0, 1.0)
-        _check_range("router_cost_tolerance", self.router_cost_tolerance, 0.0, 1.0)
-        if self.router_max_routed_share is not None:
-            _check_range("router_max_routed_share", self.router_max_routed_share, 0.0, 1.0)
-        _check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)
-        _check_range("image_mask_ratio", self.image_mask_ratio, 0.0, 1.0)
-        _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)
-        for name in ("lambda_text", "lambda_image", "mctd_text_weight", "mctd_image_weight"):
-            _check_range(name, getattr(self, name), 0.0, 100.0)
+        check_choice("mode", self.mode, MODES)
+        check_choice("correction", self.correction, CORRECTIONS)
+        check_choice("head", self.head, HEADS)
+        check_choice("text_counterfactual", self.text_counterfactual, TEXT_COUNTERFACTUALS)
+        check_choice("image_counterfactual", self.image_counterfactual, IMAGE_COUNTERFACTUALS)
+        check_choice("image_fill", self.image_fill, IMAGE_FILLS)
+        check_choice("other_modality", self.other_modality, OTHER_MODALITY)
+        check_choice("swap_other_modality", self.swap_other_modality, OTHER_MODALITY)
+        check_choice("expert_execution", self.expert_execution, EXPERT_EXECUTIONS)
+        check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
+        check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
+        check_choice("routed_strategy", self.routed_strategy, (None, *ROUTER_STRATEGIES[1:]))
+        check_range("router_threshold", self.router_threshold, 0.0, 1.0)
+        check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)
+        check_range("image_mask_ratio", self.image_mask_ratio, 0.0, 1.0)
+        check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)
+        for name in ("lambda_text", "lambda_image"):
+            check_range(name, getattr(self, name), 0.0, 100.0)
         for name in ("lora_rank", "lora_alpha", "router_hidden_size", "attention_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -332,11 +364,6 @@ class MMEJDConfig(PreTrainedConfig):
                     f"{self.label_words} must start with different tokens; choose other label_words."
                 )
         self._validate_cues()
-        if self.router_class_weights is not None and len(self.router_class_weights) != len(ROUTER_STRATEGIES):
-            raise ValueError(
-                f"MMEJDConfig.router_class_weights needs {len(ROUTER_STRATEGIES)} weights "
-                f"(one per {list(ROUTER_STRATEGIES)}), got {self.router_class_weights!r}."
-            )
         if self.expert_temperatures is not None:
             unknown = set(self.expert_temperatures) - set(EXPERT_NAMES)
             if unknown:
@@ -363,7 +390,7 @@ class MMEJDConfig(PreTrainedConfig):
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
                 raise ValueError(f"{where}={spec!r} must be a dict with a non-empty 'name'; build specs with "
                                  "mme_jd.cues.Cue(...).to_spec().")
-            _check_choice(f"cues[{index}].kind", spec.get("kind"), CUE_KINDS)
+            check_choice(f"cues[{index}].kind", spec.get("kind"), CUE_KINDS)
             if spec["kind"] == "text":
                 try:
                     re.compile(spec.get("pattern") or "")
@@ -409,5 +436,5 @@ class MMEJDConfig(PreTrainedConfig):
         return float((self.expert_temperatures or {}).get(expert, 1.0))
 
 
-__all__ = ["MMEJDConfig", "BASE_FAMILIES", "EXPERT_NAMES", "MME_JD_VERSION", "ROUTER_STRATEGIES", "base_family",
-           "single_routed_expert"]
+__all__ = ["MMEJDConfig", "MMEJDLossSettings", "BASE_FAMILIES", "EXPERT_NAMES", "MME_JD_VERSION", "REMOVED_FIELDS",
+           "ROUTER_STRATEGIES", "base_family", "check_choice", "check_range", "single_routed_expert"]

@@ -46,7 +46,7 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, logging
 
-from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, ROUTER_STRATEGIES, MMEJDConfig
+from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, ROUTER_STRATEGIES, MMEJDConfig, MMEJDLossSettings
 from .counterfactual_mme_jd import reversed_targets
 from .layouts_mme_jd import ImageLayout
 from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
@@ -239,6 +239,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
         if config.head == "linear":
             self.heads = nn.ModuleDict({name: nn.Linear(hidden, config.num_labels) for name in EXPERT_NAMES})
         self._active_expert: str | None = None
+        # what the training losses read (MMEJDLossSettings): set per stage by mme_jd.training, not saved
+        self.loss_settings = MMEJDLossSettings()
         self.processor = None  # attached by mme_jd.from_base / the pipeline; saved beside the weights
         self.post_init()
         # transformers 5 re-initialises every Linear in post_init, LoRA's B included: reset it so a
@@ -437,6 +439,10 @@ class MMEJDModel(MMEJDPreTrainedModel):
     ) -> MMEJDOutput:
         """Class logits of MME-JD.
 
+        The training losses (MCTD's reversed targets, the debias experts' objective, the
+        router's class weights) read `self.loss_settings` (`MMEJDLossSettings`), which
+        `mme_jd.training` sets for each stage; nothing else of the forward does.
+
         Args:
             input_ids, attention_mask, pixel_values, **base_inputs: the processor's outputs
                 (image_grid_thw, pixel_attention_mask, token_type_ids, ... pass through).
@@ -445,10 +451,11 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 (see `counterfactual_mme_jd.build_triple`); needed by mode "mid", by
                 `correction="linear"`, and for the MCTD loss.
             counterfactual_targets: [B, C] soft targets of the counterfactuals (default: the
-                reversed labels of METHOD §4).
+                reversed labels of METHOD §4, `loss_settings.cf_target`).
             text_counterfactual_valid: [B] bool; rows whose text counterfactual changed no
                 word get no reversed-target loss.
-            router_labels: [B] strategy ids; gives the router's class-weighted loss.
+            router_labels: [B] strategy ids; gives the router's cross-entropy, weighted by
+                `loss_settings.router_class_weights`.
             mode: overrides config.mode for this call.
             expert: run this one expert on every row (training of one expert, ablations);
                 with counterfactuals and labels the loss is the MCTD loss.
@@ -511,8 +518,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
 
     def _single_expert(self, name, inputs, labels, text_cf, image_cf, cf_targets, text_valid=None) -> MMEJDOutput:
         if labels is not None and self.training:
-            objective = {"image_debias": (self.config.image_debias_objective, image_cf),
-                         "text_debias": (self.config.text_debias_objective, text_cf)}.get(name)
+            objective = {"image_debias": (self.loss_settings.image_debias_objective, image_cf),
+                         "text_debias": (self.loss_settings.text_debias_objective, text_cf)}.get(name)
             if objective is not None and objective[0] == "poe" and objective[1] is not None:
                 return self._product_of_experts(name, inputs, labels, objective[1])
         logits, pooled, text_logits, image_logits = self._run_with_counterfactuals(name, inputs, text_cf, image_cf)
@@ -520,14 +527,15 @@ class MMEJDModel(MMEJDPreTrainedModel):
         if labels is not None:
             loss = F.cross_entropy(logits, labels)
             if text_logits is not None or image_logits is not None:
+                settings = self.loss_settings
                 if cf_targets is None:
-                    cf_targets = reversed_targets(labels, self.config.num_labels, self.config.cf_target)
-                if text_logits is not None and self.config.mctd_text_weight > 0:
-                    loss = loss + self.config.mctd_text_weight * _soft_cross_entropy(
+                    cf_targets = reversed_targets(labels, self.config.num_labels, settings.cf_target)
+                if text_logits is not None and settings.text_counterfactual_weight > 0:
+                    loss = loss + settings.text_counterfactual_weight * _soft_cross_entropy(
                         text_logits, cf_targets, text_valid
                     )
-                if image_logits is not None and self.config.mctd_image_weight > 0:
-                    loss = loss + self.config.mctd_image_weight * _soft_cross_entropy(image_logits, cf_targets)
+                if image_logits is not None and settings.image_counterfactual_weight > 0:
+                    loss = loss + settings.image_counterfactual_weight * _soft_cross_entropy(image_logits, cf_targets)
         out = MMEJDOutput(loss=loss, logits=logits, pooled_hidden_state=pooled,
                           text_counterfactual_logits=text_logits, image_counterfactual_logits=image_logits)
         setattr(out, f"{name}_logits", logits)
@@ -604,8 +612,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
             loss = F.cross_entropy(final, labels)
         if router_labels is not None:
             weights = None
-            if config.router_class_weights is not None:
-                weights = torch.tensor(config.router_class_weights, device=router_logits.device)
+            if self.loss_settings.router_class_weights is not None:
+                weights = torch.tensor(self.loss_settings.router_class_weights, device=router_logits.device)
             router_loss = F.cross_entropy(router_logits.float(), router_labels, weight=weights)
             loss = router_loss if loss is None else loss + router_loss
         return MMEJDOutput(

@@ -37,7 +37,7 @@ Call parameters (also accepted by the constructor / `pipeline(...)` as defaults)
 Output per input
     label, score (its probability), strategy, scores ({label: probability}); probabilities are
     the softmax of the model's final logits. `strategy` is the router's choice ("none",
-    "image", "text", "both": `config.router_strategies`) in mode "mme_jd"; the modes without a
+    "image", "text", "both": `ROUTER_STRATEGIES`) in mode "mme_jd"; the modes without a
     router report their own name ("general", "mid", "mctd"), so a strategy is never mistaken
     for a routing decision.
 
@@ -76,7 +76,7 @@ import torch
 from transformers import AutoModel, AutoProcessor, Pipeline
 from transformers.utils import logging
 
-from .configuration_mme_jd import EXPERT_NAMES, MODES
+from .configuration_mme_jd import EXPERT_NAMES, MODES, ROUTER_STRATEGIES
 from .counterfactual_mme_jd import (apply_image_counterfactual, build_triple, call_processor, image_token_grids,
                                     lexical_text_counterfactual, saliency_text_counterfactual, top_token_masks)
 from .inputs_mme_jd import check_image_source, load_image, normalize_text, short_repr
@@ -460,7 +460,7 @@ class MultimodalDebiasPipeline(Pipeline):
             scores = scores_of(logits[row])
             label = next(iter(scores))
             if mode == "mme_jd" and model_outputs["strategy"] is not None:
-                strategy = config.router_strategies[int(model_outputs["strategy"][row])]
+                strategy = ROUTER_STRATEGIES[int(model_outputs["strategy"][row])]
             else:
                 strategy = mode
             entry: dict[str, Any] = {"label": label, "score": scores[label], "strategy": strategy,
@@ -470,7 +470,7 @@ class MultimodalDebiasPipeline(Pipeline):
                 entry["experts"] = {name: scores_of(value[row], top_k) for name, value in experts.items()}
                 if "router_logits" in model_outputs:
                     router = model_outputs["router_logits"][row].float().softmax(dim=-1).tolist()
-                    entry["router_scores"] = dict(zip(config.router_strategies, (float(p) for p in router)))
+                    entry["router_scores"] = dict(zip(ROUTER_STRATEGIES, (float(p) for p in router)))
             if explain:
                 words = model_outputs["texts"][row].split()
                 positions = list(model_outputs["text_mask_positions"][row])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mme_jd.data.collator import METADATA_COLUMNS, CounterfactualTripleCollator
+from mme_jd.modeling.configuration_mme_jd import MMEJDLossSettings
 from mme_jd.modeling.counterfactual_mme_jd import boxes_to_token_masks
 
 IMAGE_TOKENS = 16  # 32 px images in 8 px patches
@@ -132,7 +133,7 @@ def test_three_classes_reverse_targets_and_skip_unchanged_texts():
     data = make_synthetic_benchmark(num_train=12, num_classes=3, seed=1, splits=["train"])["train"]
     rows = [data[i] for i in range(len(data))]
     model = tiny_model(label_words=["negative", "neutral", "positive"], labels=["negative", "neutral", "positive"],
-                       question="what is the sentiment ?", cf_target="complement").eval()
+                       question="what is the sentiment ?").eval()
     collator = CounterfactualTripleCollator(model.processor, model.config, text_counterfactual="swap",
                                             image_counterfactual="given")
     batch = collator(rows)
@@ -146,8 +147,8 @@ def test_three_classes_reverse_targets_and_skip_unchanged_texts():
     with torch.no_grad():
         out = model(**batch, mode="general")
     assert out.logits.shape == (len(rows), 3) and math.isfinite(float(out.loss))
-    model.config.cf_target = "uniform"
-    uniform = CounterfactualTripleCollator(model.processor, model.config, image_counterfactual="given")(rows)
+    uniform = CounterfactualTripleCollator(model.processor, model.config, image_counterfactual="given",
+                                           loss_settings=MMEJDLossSettings(cf_target="uniform"))(rows)
     assert torch.allclose(uniform["counterfactual_targets"], torch.full((len(rows), 3), 1 / 3))
 
 
@@ -298,12 +299,9 @@ def test_a_swap_counterfactual_keeps_the_image_for_its_reversed_label(model):
     rows = [{"text": "the movie was great", "image": image, "label": 1},
             {"text": "the movie was great", "image": None, "image_description": "a happy dog", "label": 0}]
 
-    def text_cf(builder, **fields):
-        local = copy.deepcopy(config)
-        for name, value in fields.items():
-            setattr(local, name, value)
-        collator = CounterfactualTripleCollator(model.processor, local, text_counterfactual=builder, parts=("text",),
-                                                expert="text_debias")
+    def text_cf(builder, **loss_settings):
+        collator = CounterfactualTripleCollator(model.processor, config, text_counterfactual=builder, parts=("text",),
+                                                expert="text_debias", loss_settings=MMEJDLossSettings(**loss_settings))
         batch = collator(rows)
         return batch["pixel_values"], batch["text_counterfactual"]
 

@@ -100,9 +100,11 @@ def test_card_metadata_from_the_report(tiny_llava_model, report_path):
 def test_card_names_a_single_expert_routing(tiny_llava_model):
     config = tiny_llava_model.config.__class__.from_dict(tiny_llava_model.config.to_dict())
     config.routed_strategy, config.router_threshold = "text", 0.0
-    body = ModelCard(str(hub.build_model_card(config, "me/x"))).text
+    body = ModelCard(str(hub.build_model_card(config, "me/x", training={"router_cost_tolerance": 0.01}))).text
     assert "| routing | every sample to the `text_debias` expert alone (one pass) |" in body
-    assert "cheaper routing) | 0.01 |" in body
+    assert "cheaper routing) | 0.01 |\n| expert execution |" in body
+    # the tolerance is a training setting: without the training report the card leaves its row out
+    assert "cheaper routing" not in ModelCard(str(hub.build_model_card(config, "me/x"))).text
 
 
 def test_card_without_report(tiny_llava_model):
@@ -130,8 +132,11 @@ def test_template_is_the_repository_file_and_ships_in_the_wheel():
 
 def test_publish_dry_run_writes_the_folder_and_uploads_nothing(model_folder, report_path):
     api = FakeHfApi()
+    # the training report train() saves beside the checkpoint: the card's routing cost tolerance
+    (model_folder / "training_report.json").write_text(json.dumps({"settings": {"router_cost_tolerance": 0.02}}))
     result = hub.publish(model_folder, "me/mme-jd-tiny", report=report_path, dry_run=True, api=api)
     assert api.calls == [] and not result.uploaded
+    assert "cheaper routing) | 0.02 |" in (result.folder / "README.md").read_text()
     assert result.folder == model_folder.with_name("final-hub")
     assert result.files == MODEL_FILES
     assert sorted(p.name for p in result.folder.iterdir()) == sorted([*MODEL_FILES, "README.md", hub.MARKER_NAME])

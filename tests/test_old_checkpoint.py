@@ -39,6 +39,19 @@ def test_checkpoint_saved_by_the_old_code_gives_the_same_logits(old_model, mode)
         assert set(expected["strategy"]) == {1, 2}
 
 
+def test_old_config_fields_are_dropped_on_load(old_model, tmp_path):
+    """The fixture's config.json holds every field that left MMEJDConfig (training knobs, the
+    constants), so this test keeps meaning something; the loaded config has none of them, and a
+    save writes none of them back."""
+    from mme_jd.modeling.configuration_mme_jd import REMOVED_FIELDS
+
+    saved = json.loads((FIXTURES / "checkpoint_v0" / "config.json").read_text())
+    assert set(REMOVED_FIELDS) <= set(saved)
+    assert not [name for name in REMOVED_FIELDS if hasattr(old_model.config, name)]
+    old_model.config.save_pretrained(tmp_path)
+    assert not set(REMOVED_FIELDS) & set(json.loads((tmp_path / "config.json").read_text()))
+
+
 def test_old_checkpoint_saves_again_in_todays_format_and_reloads(old_model, tmp_path):
     from mme_jd.modeling.modeling_mme_jd import MMEJDModel
 

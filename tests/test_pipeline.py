@@ -15,6 +15,7 @@ from conftest import TEXTS, nudge_experts, random_images
 from transformers import pipeline
 
 import mme_jd  # noqa: F401  (registers the task)
+from mme_jd.modeling.configuration_mme_jd import ROUTER_STRATEGIES
 from mme_jd.modeling.counterfactual_mme_jd import (apply_image_counterfactual, build_triple, call_processor,
                                                    text_counterfactuals, top_token_masks)
 from mme_jd.modeling.pipeline_mme_jd import PIPELINE_TASK, REMOTE_PIPELINE_TASK, MultimodalDebiasPipeline
@@ -59,7 +60,7 @@ def test_installed_pipeline_matches_the_model(model, folder, inputs):
     with torch.no_grad():
         out = model(**original, mode="mme_jd")
     assert torch.allclose(_probabilities(results), out.logits.softmax(-1), atol=1e-5)
-    strategies = [model.config.router_strategies[s] for s in out.strategy.tolist()]
+    strategies = [ROUTER_STRATEGIES[s] for s in out.strategy.tolist()]
     assert [r["strategy"] for r in results] == strategies
     assert len(set(strategies)) > 1, "the fixture's router should route samples differently"
     for result in results:

@@ -129,15 +129,16 @@ def test_router_stage_keeps_the_cheapest_routing_within_the_tolerance(tmp_path):
     from transformers import TrainingArguments
 
     from mme_jd.tiny import tiny_model
+    from mme_jd.training import MMEJDTrainingConfig
     from mme_jd.training.router_labels import train_router
 
+    assert MMEJDTrainingConfig().router_cost_tolerance == 0.01  # train_router's default too
     labels = torch.tensor([1, 0, 1, 0] * 4)
     groups = torch.tensor([0, 0, 1, 1] * 4)
     experts = {"general": torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]] * 4),  # right on group 0
                "image_debias": torch.tensor([[1.0, 0.0]] * 16),
                "text_debias": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]] * 4)}  # always right
     model = tiny_model()
-    assert model.config.router_cost_tolerance == 0.01
     # pooled states that tell the groups apart, so the router can learn group 0 → none, 1 → text
     hidden = model.router[0].in_features
     pooled = torch.stack([torch.full((hidden,), 1.0 if g == 0 else -1.0) for g in groups.tolist()])
@@ -146,18 +147,17 @@ def test_router_stage_keeps_the_cheapest_routing_within_the_tolerance(tmp_path):
                              learning_rate=0.05, report_to="none", use_cpu=True, save_strategy="no",
                              disable_tqdm=True)
 
-    def routing(tolerance):
-        model.config.router_cost_tolerance = tolerance
+    def routing(**tolerance):
         report = train_router(model, pooled, targets, args, threshold_objective="worst_group",
-                              expert_logits=experts, labels=labels, groups=groups)
+                              expert_logits=experts, labels=labels, groups=groups, **tolerance)
         return report["validation_worst_group_accuracy"], report["routed_shares"]
 
-    wga, _ = routing(0.01)
+    wga, _ = routing()  # the default tolerance
     assert wga == 1.0 and (model.config.routed_strategy, model.config.router_threshold) == ("text", 0.0)
     assert model.single_routed_expert == "text_debias"
     experts["text_debias"][0] = torch.tensor([1.0, 0.0])  # now wrong on one group-0 sample
-    wga, shares = routing(0.0)
+    wga, shares = routing(cost_tolerance=0.0)
     assert wga == 1.0 and model.single_routed_expert is None
     assert shares["none"] == pytest.approx(0.5) and shares["text"] == pytest.approx(0.5)
-    wga, _ = routing(0.2)
+    wga, _ = routing(cost_tolerance=0.2)
     assert wga == pytest.approx(7 / 8) and model.single_routed_expert == "text_debias"

@@ -65,8 +65,14 @@ def test_each_stage_changes_only_its_own_parameters(mme_jd_run):
         else:
             assert all(f".{stage}." in k and ".lora_" in k for k in changed), (stage, sorted(changed)[:3])
         previous = state
-    # the mme_jd recipe keeps the model's MCTD weights: image_debias really sees its counterfactuals
-    assert model.config.mctd_image_weight > 0 and model.config.mctd_text_weight > 0
+    # the debias experts are not MCTD: each trains at weight 1 on its own counterfactual (the mctd
+    # recipe's w_v = 0 does not reach image_debias); the model gets its own loss settings back
+    logs = {log["stage"]: log for log in report["stages"]}
+    assert logs["image_debias"]["parts"] == ["image"] and logs["text_debias"]["parts"] == ["text"]
+    assert logs["image_debias"]["loss_settings"]["image_counterfactual_weight"] == 1.0
+    assert logs["text_debias"]["loss_settings"]["text_counterfactual_weight"] == 1.0
+    assert model.loss_settings.router_class_weights == logs["router"]["router_class_weights"]
+    assert model.loss_settings.image_counterfactual_weight == 1.0
     base_keys = [k for k in initial if ".lora_" not in k and not k.startswith("router.")]
     assert all(torch.equal(initial[k], previous[k]) for k in base_keys)  # the base stays frozen
 
@@ -223,6 +229,10 @@ def test_resume_refuses_other_settings_and_force_restart_starts_over(tmp_path, d
         "seed": (_args(tmp_path, max_steps=1, seed=1), config),
         "text_counterfactual": (_args(tmp_path, max_steps=1), MMEJDTrainingConfig(recipe="general",
                                                                                 text_counterfactual="lexical")),
+        # training knobs that left the model's config still count
+        "router_cost_tolerance": (_args(tmp_path, max_steps=1), MMEJDTrainingConfig(recipe="general",
+                                                                                  router_cost_tolerance=0.2)),
+        "cf_target": (_args(tmp_path, max_steps=1), MMEJDTrainingConfig(recipe="general", cf_target="uniform")),
     }
     for name, (args, changed_config) in changes.items():
         with pytest.raises(ValueError, match=rf"{name}.*--force-restart"):
@@ -264,7 +274,8 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
     assert "checkpoint:" in capsys.readouterr().out
     report = json.loads((tmp_path / "final" / "training_report.json").read_text())
     assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
-    assert json.loads((tmp_path / "final" / "config.json").read_text())["router_cost_tolerance"] == 0.02
+    assert report["settings"]["router_cost_tolerance"] == 0.02  # a training knob: not in config.json
+    assert "router_cost_tolerance" not in json.loads((tmp_path / "final" / "config.json").read_text())
     capsys.readouterr()
     assert main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
                  "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02", "--learning-rate",
@@ -381,3 +392,37 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_weights(tmp_path, d
         assert any(getattr(m, "gradient_checkpointing", False) for m in fresh.modules()) == checkpointing
         weights.append({n: p.detach().clone() for n, p in fresh.named_parameters() if ".lora_" in n})
     assert all(torch.allclose(weights[0][n], weights[1][n], atol=1e-6) for n in weights[0])
+
+
+def test_each_stage_gets_its_loss_settings_from_the_training_config():
+    """One default per knob: the mctd recipe's MCTD weights (w_v = 0), weight 1 on a debias
+    expert's own counterfactual, the objectives and target of the training config."""
+    from mme_jd.modeling.configuration_mme_jd import MMEJDLossSettings
+
+    config = MMEJDTrainingConfig(text_debias_objective="poe", cf_target="uniform")
+    mctd = config.loss_settings("mctd")
+    assert (mctd.text_counterfactual_weight, mctd.image_counterfactual_weight) == (1.0, 0.0)
+    for stage in ("general", "image_debias", "text_debias"):
+        settings = config.loss_settings(stage)
+        assert (settings.text_counterfactual_weight, settings.image_counterfactual_weight) == (1.0, 1.0)
+        assert settings.text_debias_objective == "poe" and settings.cf_target == "uniform"
+    # defaults equal to the model's own (what a direct model(**batch, labels=...) call reads)
+    assert MMEJDTrainingConfig().loss_settings("text_debias") == MMEJDLossSettings()
+    with pytest.raises(ValueError, match=r"MMEJDTrainingConfig.router_max_routed_share=1.5"):
+        MMEJDTrainingConfig(router_max_routed_share=1.5)
+
+
+def test_mctd_stage_trains_with_its_loss_settings_and_restores_the_models(tmp_path, data):
+    from mme_jd.training.stages import run_expert_stage, stage_arguments
+
+    model = tiny_model()
+    own = model.loss_settings
+    settings = MMEJDTrainingConfig(recipe="mctd").loss_settings("mctd")
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(module.loss_settings))
+    args = stage_arguments(_args(tmp_path, max_steps=1), "mctd", str(tmp_path / "mctd"))
+    log = run_expert_stage(model, "mctd", data["train"], args, model.processor, "swap", "given",
+                           loss_settings=settings)
+    assert log["parts"] == ["text"]  # w_v = 0 builds no image counterfactual
+    assert seen and all(s is settings for s in seen)
+    assert model.loss_settings is own

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .modeling.configuration_mme_jd import MMEJDConfig
+from .modeling.configuration_mme_jd import REMOVED_FIELDS, MMEJDConfig
 from .modeling.modeling_mme_jd import MMEJDModel
 
 SARCASM_LABELS = ("not_sarcastic", "sarcastic")
@@ -65,6 +65,11 @@ def from_base(
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    moved = sorted(set(config_overrides) & set(REMOVED_FIELDS))
+    if moved:  # MMEJDConfig would drop them silently, as it does for a config.json saved before they moved
+        raise ValueError("not MMEJDConfig fields any more: " + "; ".join(
+            f"{name} (now {REMOVED_FIELDS[name]})" for name in moved) + ". Training knobs go to train() in an "
+            "MMEJDTrainingConfig.")
     if isinstance(base, (str, os.PathLike)):
         source = os.fspath(base)
         base = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=trust_remote_code,

@@ -66,6 +66,7 @@ def run_demo(output_dir: str | Path = "demo_output", num_samples: int = 6, threa
     from .data.synthetic import make_synthetic_benchmark
     from .evaluation.diagnostics import group_accuracy
     from .inference import collect_outputs
+    from .modeling.configuration_mme_jd import ROUTER_STRATEGIES
     from .tiny import pretrained_tiny_model
     from .training import MMEJDTrainingConfig, train
 
@@ -113,7 +114,7 @@ def run_demo(output_dir: str | Path = "demo_output", num_samples: int = 6, threa
         per_group = group_accuracy(predictions, labels, groups)
         figures[name] = {"accuracy": float((predictions == labels).mean()),
                          "worst_group_accuracy": per_group["worst_group_accuracy"], "predictions": predictions}
-    strategies = model.config.router_strategies
+    strategies = ROUTER_STRATEGIES
     names = model.config.id2label
     conflicting = [i for i in range(len(test)) if _cue_conflicting(test[i])]
     erm_right = int(sum(figures["ERM"]["predictions"][i] == labels[i] for i in conflicting))

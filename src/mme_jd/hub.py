@@ -198,8 +198,13 @@ def build_model_card(
     tags: Sequence[str] | None = None,
     pipeline_tag: str = DEFAULT_PIPELINE_TAG,
     template: str | os.PathLike | None = None,
+    training: Mapping | None = None,
 ) -> ModelCard:
     """Render the model card of an MME-JD model (its `MMEJDConfig`) for `repo_id`.
+
+    `training`: the settings the model was trained with (`MMEJDTrainingConfig` as a dict, the
+    `settings` of the training report `train` saves beside the checkpoint); the card names the
+    routing cost tolerance from them, and leaves that row out without them.
 
     The metadata (`ModelCardData`): license, base_model, datasets, metrics (the report's
     metric ids), pipeline_tag, tags (DEFAULT_TAGS + `tags`), library_name "transformers" and
@@ -228,7 +233,8 @@ def build_model_card(
     labels = [{"id": i, "name": config.id2label[i], "word": words[i]} for i in range(len(config.id2label))]
     settings = {name: getattr(config, name) for name in (
         "mode", "lambda_text", "lambda_image", "router_threshold", "expert_execution", "correction",
-        "text_counterfactual", "image_counterfactual", "image_mask_ratio", "router_cost_tolerance")}
+        "text_counterfactual", "image_counterfactual", "image_mask_ratio")}
+    settings["router_cost_tolerance"] = (training or {}).get("router_cost_tolerance")
     strategy = config.routed_strategy
     if config.single_routed_expert is not None:
         settings["routing"] = f"every sample to the `{config.single_routed_expert}` expert alone (one pass)"
@@ -286,6 +292,19 @@ def _load_model(model_or_folder: Any, trust_remote_code: bool = False):
     return model, model.processor, None
 
 
+def _training_settings(folder: Path | None) -> dict | None:
+    """The training settings of the training report saved in a model folder (None without one)."""
+    from .training.run import TRAINING_REPORT_NAME
+
+    path = folder / TRAINING_REPORT_NAME if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (ValueError, AttributeError):  # not JSON, or not an object: the card goes without it
+        return None
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(
         path.relative_to(folder).as_posix() for path in folder.rglob("*")
@@ -299,7 +318,8 @@ def prepare_folder(model_or_folder: Any, folder: str | os.PathLike, repo_id: str
 
     `folder` must not exist, be empty, or be an earlier publish's folder (it is replaced).
     trust_remote_code: let a model folder run Python code of its own (off by default)."""
-    model, processor, _ = _load_model(model_or_folder, trust_remote_code=trust_remote_code)
+    model, processor, source = _load_model(model_or_folder, trust_remote_code=trust_remote_code)
+    card_options.setdefault("training", _training_settings(source))
     card = build_model_card(model.config, repo_id, **card_options)
     target = Path(folder).resolve()
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MARKER_NAME).is_file())):

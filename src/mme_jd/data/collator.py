@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..modeling.configuration_mme_jd import MMEJDConfig
+from ..modeling.configuration_mme_jd import MMEJDConfig, MMEJDLossSettings
 from ..modeling.counterfactual_mme_jd import (boxes_to_token_masks, build_triple, call_processor,
                                               cue_only_token_masks, image_token_grids, mask_image_tokens,
                                               reversed_targets, text_counterfactuals, top_token_masks)
@@ -84,6 +84,10 @@ class CounterfactualTripleCollator:
             objects or `MMEJDConfig.cues` specs; None: the config's `cues`).
         group_column: the column whose values become `metadata["group"]` ("group": the
             synthetic benchmark's; "cue_group": the groups of declared cues).
+        loss_settings: the training losses' knobs the batch follows (`cf_target` of the
+            `counterfactual_targets`; the text expert's objective, which decides whether its
+            counterfactual keeps the image); None: the defaults. A training stage passes the
+            model's (`model.loss_settings`).
     """
 
     processor: Any
@@ -101,11 +105,13 @@ class CounterfactualTripleCollator:
     label_column: str = "label"
     cues: Any = None
     group_column: str = "group"
+    loss_settings: MMEJDLossSettings | None = None
     _warned_stand_in: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.text_counterfactual = self.text_counterfactual or self.config.text_counterfactual
         self.image_counterfactual = self.image_counterfactual or self.config.image_counterfactual
+        self.loss_settings = self.loss_settings or MMEJDLossSettings()
         specs = cue_specs(self.cues if self.cues is not None else getattr(self.config, "cues", None))
         self.text_cue_patterns = [spec["pattern"] for spec in specs if spec.get("kind") == "text"]
         self.image_cue_specs = [spec for spec in specs if spec.get("kind") == "image"]
@@ -135,7 +141,7 @@ class CounterfactualTripleCollator:
         (`swap_other_modality`) for a reversed target; a `cue_removed` text is the whole input
         less the cue and keeps it too; the cue-only builders, and the bias input
         of the text expert's product-of-experts objective, follow `other_modality`."""
-        poe = self.expert == "text_debias" and self.config.text_debias_objective == "poe"
+        poe = self.expert == "text_debias" and self.loss_settings.text_debias_objective == "poe"
         if self.text_counterfactual == "cue_removed":
             return True  # the whole input less the cue: its image stays
         if self.text_counterfactual == "swap" and not poe:
@@ -249,7 +255,7 @@ class CounterfactualTripleCollator:
             metadata["image_grid"] = [list(grid) for grid in image_token_grids(self.config, triple["original"])]
         if "labels" in batch:
             batch["counterfactual_targets"] = reversed_targets(
-                batch["labels"], self.config.num_labels, self.config.cf_target
+                batch["labels"], self.config.num_labels, self.loss_settings.cf_target
             )
         batch["metadata"] = metadata
         return batch

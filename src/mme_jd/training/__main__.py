@@ -39,10 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         choices=IMAGE_COUNTERFACTUALS,
                         help="image builder (default: %(default)s)")
     parser.add_argument("--text-debias-objective", default=None, choices=DEBIAS_OBJECTIVES,
-                        help="the text expert's objective (default: the model config's, reversed)")
+                        help="the text expert's objective (default: MMEJDTrainingConfig's, reversed)")
     parser.add_argument("--router-cost-tolerance", type=float, default=None,
                         help="keep the cheapest routing within this of the best validation worst-group "
-                             "accuracy (default: the model config's, 0.01; 0 = the best accuracy whatever it costs)")
+                             "accuracy (default: MMEJDTrainingConfig's, 0.01; 0 = the best accuracy whatever it "
+                             "costs)")
     parser.add_argument("--router-max-routed-share", type=float, default=None,
                         help="route at most this share of the validation samples (default: no limit)")
     parser.add_argument("--cue", action="append", default=None, metavar="NAME=REGEX",
@@ -90,11 +91,6 @@ def run(args: argparse.Namespace) -> dict:
         from ..base import from_base
 
         model = from_base(args.model, trust_remote_code=args.trust_remote_code)
-    # routing choices are model config fields (validated there), saved with the checkpoint
-    for name in ("router_cost_tolerance", "router_max_routed_share"):
-        if getattr(args, name) is not None:
-            setattr(model.config, name, getattr(args, name))
-            model.config.validate_fields()
     training_args = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
         num_train_epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed, logging_steps=20,
@@ -105,12 +101,14 @@ def run(args: argparse.Namespace) -> dict:
     split_names = {"validation_balanced": "validation_balanced" if "validation_balanced" in dataset else "validation"}
     from ..cues import parse_cues
 
+    # flags left out keep MMEJDTrainingConfig's defaults
+    given = {name: getattr(args, name) for name in ("text_debias_objective", "router_cost_tolerance",
+                                                    "router_max_routed_share") if getattr(args, name) is not None}
     config = MMEJDTrainingConfig(recipe=args.recipe, text_counterfactual=args.text_counterfactual,
                                  cues=parse_cues(getattr(args, "cue", None)) or None,
-                                 text_debias_objective=args.text_debias_objective,
                                  image_counterfactual=args.image_counterfactual,
                                  router_split=split_names["validation_balanced"],
-                                 mid_split=split_names["validation_balanced"])
+                                 mid_split=split_names["validation_balanced"], **given)
     return train(model, dataset, training_args, config, resume_from_checkpoint=args.resume,
                  force_restart=args.force_restart)
 

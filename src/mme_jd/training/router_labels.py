@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling.configuration_mme_jd import ROUTER_STRATEGIES
+
 NONE, IMAGE, TEXT, BOTH = range(4)
+
+#: The router stage's cost tolerance unless told otherwise (`MMEJDTrainingConfig.router_cost_tolerance`
+#: says why 0.01).
+DEFAULT_COST_TOLERANCE = 0.01
 
 
 def strategy_labels(labels: torch.Tensor, general: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
@@ -197,19 +203,27 @@ def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str
 
 def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callbacks: list | None = None,
                  threshold_objective: str = "f0.5", expert_logits: dict[str, torch.Tensor] | None = None,
-                 labels: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> dict[str, Any]:
+                 labels: torch.Tensor | None = None, groups: torch.Tensor | None = None,
+                 cost_tolerance: float = DEFAULT_COST_TOLERANCE,
+                 max_routed_share: float | None = None) -> dict[str, Any]:
     """Train `model.router` on cached pooled states with the Trainer; tune the threshold.
 
     threshold_objective: "f0.5" (METHOD §4: F0.5 of leaving `none`, precision first) or
     "worst_group" (the routed mixture's worst-group accuracy on this data; needs the experts'
-    logits, the labels and the groups)."""
+    logits, the labels and the groups).
+    cost_tolerance: with "worst_group", keep the cheapest (threshold, routed strategy) whose
+    worst-group accuracy is within this of the best (`cheapest_routing`).
+    max_routed_share: tune only among thresholds routing at most this share of the samples
+    (None: any).
+    Sets the model's router threshold and routed strategy, and the class weights of the
+    router's loss (`model.loss_settings.router_class_weights`, also in the returned log)."""
     from transformers import Trainer
 
     from .mid import selection_metric
 
     model.set_trainable("router")
     weights = class_weights(targets)
-    model.config.router_class_weights = [float(w) for w in weights]
+    model.loss_settings.router_class_weights = [float(w) for w in weights]
     objective = RouterObjective(model.router, weights.to(pooled.device))
     trainer = Trainer(model=objective, args=args, train_dataset=RouterFeatures(pooled.cpu(), targets.cpu()),
                       callbacks=callbacks)
@@ -217,17 +231,16 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     model.freeze_all()
     with torch.no_grad():
         logits = model.router(pooled.to(model.router[0].weight.device))
-    budget = model.config.router_max_routed_share
-    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu(), max_routed_share=budget)
+    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu(), max_routed_share=max_routed_share)
     threshold, group_score, chosen = f_threshold, None, model.config.routed_strategy
     if threshold_objective == "worst_group":
         if expert_logits is None or labels is None:
             raise ValueError("threshold_objective='worst_group' needs the experts' logits and the labels.")
         # the threshold and what routed samples get (the router's choice, or one fixed debias
-        # strategy), jointly: the cheapest routing within `router_cost_tolerance` of the mixture's
-        # best worst-group accuracy on this data (tolerance 0: the best; ties go to the cheaper)
-        chosen_routing = cheapest_routing(model, logits.cpu(), expert_logits, labels, groups,
-                                          model.config.router_cost_tolerance, budget)
+        # strategy), jointly: the cheapest routing within `cost_tolerance` of the mixture's best
+        # worst-group accuracy on this data (tolerance 0: the best; ties go to the cheaper)
+        chosen_routing = cheapest_routing(model, logits.cpu(), expert_logits, labels, groups, cost_tolerance,
+                                          max_routed_share)
         group_score, threshold, chosen = (chosen_routing["score"], chosen_routing["threshold"],
                                           chosen_routing["routed_strategy"])
     elif threshold_objective != "f0.5":
@@ -241,5 +254,6 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
             "threshold_objective": threshold_objective, "f0.5_threshold": f_threshold, "f0.5": fbeta,
             "validation_worst_group_accuracy": group_score if groups is not None else None,
             "selection_metric": selection_metric(groups), "validation_selection_score": group_score,
-            "routed_strategy": chosen, "label_shares": dict(zip(model.config.router_strategies, label_shares.tolist())),
-            "routed_shares": dict(zip(model.config.router_strategies, shares.tolist()))}
+            "routed_strategy": chosen, "label_shares": dict(zip(ROUTER_STRATEGIES, label_shares.tolist())),
+            "routed_shares": dict(zip(ROUTER_STRATEGIES, shares.tolist())),
+            "router_class_weights": model.loss_settings.router_class_weights}

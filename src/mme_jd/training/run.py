@@ -10,6 +10,10 @@ marker; a rerun with `resume_from_checkpoint=True` skips finished stages and res
 interrupted one from its last complete Trainer checkpoint, reaching the same weights as an
 uninterrupted run with the same seed.
 
+Every training knob is a field of `MMEJDTrainingConfig` (the model's config keeps what a
+trained model reads); the knobs the forward's losses read reach the model, for each expert
+stage, as `MMEJDTrainingConfig.loss_settings(stage)`.
+
 Resuming is refused when the settings the weights depend on differ from those the run was
 started with (`run_settings`: the training config, the optimiser's arguments, the model's
 config, the data sizes; recorded in `output_dir/run_settings.json` and in every `done.json`):
@@ -31,9 +35,10 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_text
-
+from ..modeling.configuration_mme_jd import (CF_TARGETS, DEBIAS_OBJECTIVES, MMEJDLossSettings, check_choice,
+                                             check_range)
 from .mid import fit_lambdas
-from .router_labels import strategy_labels, train_router
+from .router_labels import DEFAULT_COST_TOLERANCE, strategy_labels, train_router
 from .stages import copy_expert, run_expert_stage, stage_arguments, stage_parts
 
 logger = logging.getLogger("mme_jd")
@@ -63,14 +68,29 @@ class MMEJDTrainingConfig:
         first F0.5 of leaving `none`). On the synthetic benchmark F0.5 kept 86% of samples with
         the biased general expert (routed WGA 0.144 against 0.808 for the text expert alone).
     router_epochs, router_learning_rate: the router stage's schedule.
-    mctd_text_weight / mctd_image_weight: w_t, w_v of the MCTD loss of the `mctd` recipe
-        (None: the model's); the debias experts of `mme_jd` keep the model's weights.
-        The default w_v = 0: a masked image counterfactual has no defined label on a task that
-        needs both modalities, and training it with a reversed target collapsed MCTD on the
-        synthetic benchmark (ID 0.52, WGA 0.23, bench/results/synthetic_recipes_seed0.json);
-        the swap text counterfactual carries the debiasing.
+    router_cost_tolerance: cost-aware routing: the router stage keeps the (threshold, routed
+        strategy) pair with the lowest expected inference cost among those whose validation
+        worst-group accuracy is within this of the best (0: the best worst-group accuracy
+        whatever it costs, ties to the cheaper). Routing every sample to one debias expert
+        (threshold 0 with routed_strategy "image" or "text") costs one pass: the general pass
+        and the router are then skipped. Default 0.01: on the synthetic benchmark (3 seeds) it
+        sends every sample to the text expert, 0.98x a general forward at worst-group accuracy
+        0.981 (bench/results/synthetic.md).
+    router_max_routed_share: an inference budget: when set, the router threshold is tuned only
+        among thresholds that send at most this share of validation samples to a debias expert
+        (routed cost ≈ 1 + share × an expert pass). None: no budget.
+    mctd_text_weight / mctd_image_weight: w_t, w_v of the MCTD loss
+        CE(x, y) + w_t·CE(x_t*, ȳ) + w_v·CE(x_v*, ȳ) of the `mctd` recipe. The debias experts
+        of `mme_jd` are not MCTD: each trains at weight 1 on its own counterfactual
+        (`loss_settings`). The default w_v = 0: a masked image counterfactual has no defined
+        label on a task that needs both modalities, and training it with a reversed target
+        collapsed MCTD on the synthetic benchmark (ID 0.52, WGA 0.23,
+        bench/results/synthetic_recipes_seed0.json); the swap text counterfactual carries the
+        debiasing.
+    cf_target: reversed target for more than two classes: "complement" (uniform over the
+        classes other than y) or "uniform" (uniform over all classes).
     image_debias_objective / text_debias_objective: "reversed" or "poe" for the debias
-        experts (see MMEJDConfig); None keeps the model's.
+        experts (see `MMEJDLossSettings`).
     use_vocabulary_for_swap: restrict swap replacements to the tokenizer's vocabulary (for
         word-level tokenizers such as the tiny default's).
     cues: declared cues (`mme_jd.cues.Cue`, or `MMEJDConfig.cues` spec dicts). They give the
@@ -91,22 +111,44 @@ class MMEJDTrainingConfig:
     router_threshold_objective: str = "worst_group"
     router_epochs: float = 30.0
     router_learning_rate: float = 3e-3
-    mctd_text_weight: float | None = None
-    mctd_image_weight: float | None = 0.0
-    image_debias_objective: str | None = None
-    text_debias_objective: str | None = None
+    router_cost_tolerance: float = DEFAULT_COST_TOLERANCE
+    router_max_routed_share: float | None = None
+    mctd_text_weight: float = 1.0
+    mctd_image_weight: float = 0.0
+    cf_target: str = MMEJDLossSettings.cf_target
+    image_debias_objective: str = MMEJDLossSettings.image_debias_objective
+    text_debias_objective: str = MMEJDLossSettings.text_debias_objective
     use_vocabulary_for_swap: bool = True
     inference_batch_size: int = 128
     cues: list[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"MMEJDTrainingConfig.recipe={self.recipe!r}; choose one of {sorted(RECIPES)}.")
+        owner = type(self).__name__
+        check_choice("recipe", self.recipe, tuple(RECIPES), owner)
+        check_range("router_cost_tolerance", self.router_cost_tolerance, 0.0, 1.0, owner)
+        if self.router_max_routed_share is not None:
+            check_range("router_max_routed_share", self.router_max_routed_share, 0.0, 1.0, owner)
+        for name in ("mctd_text_weight", "mctd_image_weight"):
+            check_range(name, getattr(self, name), 0.0, 100.0, owner)
+        check_choice("cf_target", self.cf_target, CF_TARGETS, owner)
+        check_choice("image_debias_objective", self.image_debias_objective, DEBIAS_OBJECTIVES, owner)
+        check_choice("text_debias_objective", self.text_debias_objective, DEBIAS_OBJECTIVES, owner)
         if self.cues:
             from ..cues import Cue
 
             self.cues = [c if isinstance(c, Cue) else Cue.from_spec(c) for c in self.cues]
+
+    def loss_settings(self, stage: str) -> MMEJDLossSettings:
+        """What the model's forward reads for its loss during expert stage `stage`: this
+        config's target and objectives; the MCTD weights in the `mctd` stage, weight 1 on its
+        own counterfactual for a debias expert (`MMEJDLossSettings`' default)."""
+        weights = {}
+        if stage == "mctd":
+            weights = {"text_counterfactual_weight": self.mctd_text_weight,
+                       "image_counterfactual_weight": self.mctd_image_weight}
+        return MMEJDLossSettings(cf_target=self.cf_target, image_debias_objective=self.image_debias_objective,
+                                 text_debias_objective=self.text_debias_objective, **weights)
 
 
 def selection_groups(rows, config: MMEJDTrainingConfig, split: str, step: str, warned: dict[str, bool] | None = None):
@@ -162,6 +204,8 @@ _NOT_WEIGHT_SETTINGS = ("inference_batch_size",)
 #: Model config keys that describe where or by what a config was saved, not the model.
 _PROVENANCE_KEYS = ("transformers_version", "mme_jd_version", "architectures", "auto_map", "custom_pipelines")
 RUN_SETTINGS_NAME = "run_settings.json"
+#: The report `train` saves beside the final checkpoint (its `settings`: the MMEJDTrainingConfig).
+TRAINING_REPORT_NAME = "training_report.json"
 
 
 def run_settings(model, dataset, args, config: MMEJDTrainingConfig) -> dict[str, Any]:
@@ -285,9 +329,11 @@ def _load_stage(model, output_dir: Path, stage: str) -> dict:
     saved = type(model).from_pretrained(folder)
     model.load_state_dict(saved.state_dict())
     log = json.loads((folder / "done.json").read_text())
-    for key in ("router_threshold", "router_class_weights", "routed_strategy", "lambda_text", "lambda_image", "mode"):
+    for key in ("router_threshold", "routed_strategy", "lambda_text", "lambda_image", "mode"):
         if key in log["config"]:
             setattr(model.config, key, log["config"][key])
+    if log.get("router_class_weights") is not None:  # the router stage's, for the router's loss
+        model.loss_settings.router_class_weights = log["router_class_weights"]
     return log
 
 
@@ -341,15 +387,6 @@ def train(
         atomic_write_text(output_dir / RUN_SETTINGS_NAME, json.dumps(settings, indent=2))
 
     _on_main_process(record_settings)
-    # the MCTD weights belong to the mctd recipe: the debias experts' reversed objective uses the
-    # model's own weights (w_v = 0 there would train image_debias on originals only)
-    if config.recipe == "mctd" and config.mctd_text_weight is not None:
-        model.config.mctd_text_weight = config.mctd_text_weight
-    if config.recipe == "mctd" and config.mctd_image_weight is not None:
-        model.config.mctd_image_weight = config.mctd_image_weight
-    for field_name in ("image_debias_objective", "text_debias_objective"):
-        if getattr(config, field_name) is not None:
-            setattr(model.config, field_name, getattr(config, field_name))
     # the model keeps its inference builders (text: masked, usable on any input); the training
     # text builder (swap by default) is used only by the stages
     model.config.image_counterfactual = config.image_counterfactual
@@ -374,7 +411,9 @@ def train(
             if stage in ("image_debias", "text_debias"):
                 copy_expert(model, "general", stage)  # warm start
             train_rows = dataset[config.train_split]
-            if "image" in stage_parts(stage, model.config) and config.image_counterfactual in ("attention", "gradient"):
+            loss_settings = config.loss_settings(stage)
+            saliency_masks = config.image_counterfactual in ("attention", "gradient")
+            if "image" in stage_parts(stage, loss_settings) and saliency_masks:
                 train_rows = precompute_image_masks(model, processor, train_rows, config)
             stage_dir = output_dir / "stages" / stage
             resume = _last_complete_checkpoint(stage_dir) if resume_from_checkpoint else None
@@ -386,6 +425,7 @@ def train(
                 model, stage, train_rows, stage_arguments(args, stage, str(stage_dir)), processor,
                 config.text_counterfactual, config.image_counterfactual, vocabulary=vocabulary,
                 resume_from_checkpoint=str(resume) if resume is not None else None, callbacks=callbacks,
+                loss_settings=loss_settings,
             )
         elif stage == "router":
             log = _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, callbacks,
@@ -405,7 +445,7 @@ def train(
 
     def write() -> None:
         model.save_pretrained(final, processor=processor)
-        atomic_write_text(final / "training_report.json", json.dumps(report, indent=2, default=str))
+        atomic_write_text(final / TRAINING_REPORT_NAME, json.dumps(report, indent=2, default=str))
 
     _on_main_process(write)
     return report
@@ -468,7 +508,8 @@ def _router_stage(model, processor, rows, args, config, vocabulary, callbacks, w
     experts = {name: outputs[f"{name}_logits"] for name in ("general", "image_debias", "text_debias")}
     log = train_router(model, outputs["pooled_hidden_state"], targets, router_args, callbacks,
                        threshold_objective=config.router_threshold_objective, expert_logits=experts,
-                       labels=labels, groups=outputs.get("groups"))
+                       labels=labels, groups=outputs.get("groups"), cost_tolerance=config.router_cost_tolerance,
+                       max_routed_share=config.router_max_routed_share)
     return {**log, "selection_groups": {"column": group_column, "sizes": sizes}}
 
 

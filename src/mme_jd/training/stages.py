@@ -7,7 +7,9 @@
     router        general's pooled states → strategy labels   (base and experts frozen)
 
 Only the stage's own parameters are trainable (`MMEJDModel.set_trainable`). The collator
-builds exactly the counterfactual parts a stage's loss uses.
+builds exactly the counterfactual parts a stage's loss uses. The loss reads the stage's
+`MMEJDLossSettings` (`MMEJDTrainingConfig.loss_settings(stage)`), held by the model while the
+stage runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from ..data.collator import CounterfactualTripleCollator
+from ..modeling.configuration_mme_jd import MMEJDLossSettings
 
 logger = logging.getLogger("mme_jd")
 
@@ -31,11 +34,11 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def stage_parts(stage: str, model_config) -> tuple[str, ...]:
+def stage_parts(stage: str, loss_settings: MMEJDLossSettings) -> tuple[str, ...]:
     """The counterfactual parts a stage's loss uses (a zero MCTD weight drops its part)."""
     parts = STAGES[stage][1]
     if stage == "mctd":
-        weights = {"text": model_config.mctd_text_weight, "image": model_config.mctd_image_weight}
+        weights = {"text": loss_settings.text_counterfactual_weight, "image": loss_settings.image_counterfactual_weight}
         parts = tuple(p for p in parts if weights[p] > 0)
     return parts
 
@@ -75,26 +78,35 @@ def run_expert_stage(
     vocabulary: set[str] | None = None,
     resume_from_checkpoint: bool | str | None = None,
     callbacks: list | None = None,
+    loss_settings: MMEJDLossSettings | None = None,
 ) -> dict:
-    """Train one expert stage with the Trainer. Returns the stage's log (loss, steps, seconds)."""
+    """Train one expert stage with the Trainer. Returns the stage's log (loss, steps, seconds,
+    the loss settings). `loss_settings` (None: the model's own) are the model's while the stage
+    runs; it gets its own back afterwards."""
     from transformers import Trainer
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(STAGES)} or 'router'.")
     expert = STAGES[stage][0]
-    parts = stage_parts(stage, model.config)
+    own_settings = model.loss_settings
+    loss_settings = loss_settings or own_settings
+    parts = stage_parts(stage, loss_settings)
     model.set_trainable(expert)
     collator = CounterfactualTripleCollator(
         processor, model.config, include_counterfactuals=bool(parts), parts=parts or ("text", "image"),
         text_counterfactual=text_counterfactual, image_counterfactual=image_counterfactual,
-        lexicon=lexicon, vocabulary=vocabulary, expert=expert,
+        lexicon=lexicon, vocabulary=vocabulary, expert=expert, loss_settings=loss_settings,
     )
     model.train()
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
-                      callbacks=callbacks)
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    model.loss_settings = loss_settings
+    try:
+        trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
+                          callbacks=callbacks)
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    finally:
+        model.loss_settings = own_settings
     model.eval()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"stage": stage, "expert": expert, "parts": list(parts), "steps": result.global_step,
-            "train_loss": result.training_loss, "losses": losses,
+            "loss_settings": dataclasses.asdict(loss_settings), "train_loss": result.training_loss, "losses": losses,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 2)}
