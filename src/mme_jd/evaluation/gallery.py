@@ -45,6 +45,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..modeling.routing_mme_jd import ROUTED_STRATEGY_NAMES, STRATEGY_NAMES
+
 __all__ = ["GALLERY_FILE", "SECTIONS", "InspectedExample", "gallery_summary", "inspect_examples",
            "model_input_image", "render_card", "render_gallery", "write_gallery"]
 
@@ -254,7 +256,7 @@ def inspect_examples(
             sources[name] = _softmax_rows(outputs.get(f"{name}_logits"), label_names)
     sources["text counterfactual"] = _softmax_rows(counterfactuals.get("text_counterfactual_logits"), label_names)
     sources["image counterfactual"] = _softmax_rows(counterfactuals.get("image_counterfactual_logits"), label_names)
-    router = _softmax_rows(outputs.get("router_logits"), list(config.router_strategies)) if mode == "mme_jd" else []
+    router = _softmax_rows(outputs.get("router_logits"), list(STRATEGY_NAMES)) if mode == "mme_jd" else []
     strategies = outputs.get("strategy")
 
     labels = np.asarray(rows["label"], dtype=np.int64) if has_labels else None
@@ -287,7 +289,7 @@ def inspect_examples(
         row = rows[index]
         image = load_image(row["image"], index=index) if row["image"] is not None else None
         view = model_input_image(processor, image) if image is not None else None
-        strategy = (config.router_strategies[int(strategies[index])] if mode == "mme_jd" and strategies is not None
+        strategy = (STRATEGY_NAMES[int(strategies[index])] if mode == "mme_jd" and strategies is not None
                     else mode)
         scores = {name: values[index] for name, values in sources.items() if values and values[index] is not None}
         prediction = max(final[index], key=final[index].get)
@@ -326,7 +328,7 @@ def inspect_examples(
 def _section_of(example: InspectedExample) -> str:
     if example.conflicting_cues:
         return "conflict"
-    if example.strategy in ("image", "text", "both"):
+    if example.strategy in ROUTED_STRATEGY_NAMES:
         return "routed"
     if example.correct is False:
         return "error"
