@@ -21,6 +21,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .layouts_mme_jd import GRID, MERGED_ROWS, ImageLayout
+from .routing_mme_jd import BOTH_COMBINATIONS, ROUTED_STRATEGY_NAMES, single_routed_expert
+from .routing_mme_jd import STRATEGY_NAMES as ROUTER_STRATEGIES  # the routing module's names, re-exported
 
 #: The version of this code (the `mme-jd` package's version; `mme_jd.__version__` is this
 #: constant). A saved folder records it as `mme_jd_version`, to tell on load whether the code
@@ -28,15 +30,6 @@ from .layouts_mme_jd import GRID, MERGED_ROWS, ImageLayout
 MME_JD_VERSION = "0.1.0"
 
 EXPERT_NAMES: tuple[str, ...] = ("general", "image_debias", "text_debias")
-ROUTER_STRATEGIES: tuple[str, ...] = ("none", "image", "text", "both")
-
-
-def single_routed_expert(routed_strategy: str | None, router_threshold: float) -> str | None:
-    """The debias expert every sample goes to whatever the router says (threshold 0 with a fixed
-    image or text routed strategy), else None. The routed forward then runs that expert alone."""
-    if routed_strategy in ("image", "text") and router_threshold <= 0.0:
-        return f"{routed_strategy}_debias"
-    return None
 
 MODES = ("general", "mid", "mctd", "mme_jd")
 CORRECTIONS = ("none", "linear")
@@ -49,7 +42,6 @@ OTHER_MODALITY = ("null", "keep")
 CF_TARGETS = ("complement", "uniform")
 EXPERT_EXECUTIONS = ("routed", "all")
 DEBIAS_OBJECTIVES = ("reversed", "poe")
-BOTH_COMBINATIONS = ("mean", "product")
 ROUTER_POOLINGS = ("last", "mean")
 
 
@@ -331,7 +323,7 @@ class MMEJDConfig(PreTrainedConfig):
         check_choice("expert_execution", self.expert_execution, EXPERT_EXECUTIONS)
         check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
         check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
-        check_choice("routed_strategy", self.routed_strategy, (None, *ROUTER_STRATEGIES[1:]))
+        check_choice("routed_strategy", self.routed_strategy, (None, *ROUTED_STRATEGY_NAMES))
         check_range("router_threshold", self.router_threshold, 0.0, 1.0)
         check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)
         check_range("image_mask_ratio", self.image_mask_ratio, 0.0, 1.0)

@@ -10,8 +10,10 @@ files.
                                        image → image_debias(x)   text → text_debias(x)
                                        both  → mean(image_debias(x), text_debias(x))
 
-The experts are LoRA adapters ("general", "image_debias", "text_debias") of one `PeftModel`
-around the base. Class logits come from the verbalizer: the language-model logits of each
+The router is `MMEJDRouter`; which strategy a sample gets and how its final logits are combined
+is `routing_mme_jd` (`route`, `combine`). The experts are LoRA adapters ("general",
+"image_debias", "text_debias") of one `PeftModel` around the base; `with model.expert(name):`
+runs one of them. Class logits come from the verbalizer: the language-model logits of each
 label word's first token at the answer position (the last prompt token), computed from the
 final hidden state and only the label rows of the output embedding, never the full vocabulary.
 
@@ -25,6 +27,7 @@ Modes (config.mode, or `mode=` per call):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -35,7 +38,7 @@ import secrets
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,14 +49,14 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, logging
 
-from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, ROUTER_STRATEGIES, MMEJDConfig, MMEJDLossSettings
+from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, MMEJDConfig, MMEJDLossSettings
 from .counterfactual_mme_jd import reversed_targets
 from .layouts_mme_jd import ImageLayout
 from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
+from .routing_mme_jd import DEBIAS_EXPERTS, STRATEGY_EXPERTS, Strategy, combine, needs_expert, route
 
 # Tensors aligned with the token sequence: padded when batches of different length are joined.
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-_NONE, _IMAGE, _TEXT, _BOTH = range(4)
 
 logger = logging.get_logger(__name__)
 
@@ -178,6 +181,68 @@ def _return_decoder_outputs(base: nn.Module, language_model_name: str) -> None:
         language_model._mme_jd_decoder_outputs = True
 
 
+def is_expert_parameter(name: str, expert: str) -> bool:
+    """Whether the tensor `name` (of `MMEJDModel.named_parameters()` or its state dict, or of
+    `model.vlm`'s) belongs to `expert`: its LoRA matrices (`...lora_A.<expert>.weight`) or its
+    linear head (`heads.<expert>.`). The one rule for an expert's parameters."""
+    return (".lora_" in name and f".{expert}." in name) or name.startswith(f"heads.{expert}.")
+
+
+class MMEJDRouter(nn.Module):
+    """The router: a small MLP from the general expert's pooled final hidden state to one logit
+    per routing strategy (`routing_mme_jd.Strategy`).
+
+        pooled [B, H] ─► hidden: Linear(H, R) ─► GELU ─► out: Linear(R, 4) ─► router logits [B, 4]
+                                                                 (none, image, text, both)
+
+    H: the base's text hidden size; R: `config.router_hidden_size`. Checkpoints saved before the
+    layers had names (a positional `nn.Sequential`: keys `router.0.*`, `router.2.*`) still load:
+    `MMEJDModel.from_pretrained` renames their keys (`old_checkpoint_keys`), and so does
+    `load_state_dict` (a pre-hook).
+    """
+
+    #: The layers' positions in the old `nn.Sequential(Linear, GELU, Linear)` → their names.
+    POSITIONAL_NAMES: dict[str, str] = {"0": "hidden", "2": "out"}
+
+    def __init__(self, hidden_size: int, router_hidden_size: int, num_strategies: int = len(Strategy)):
+        super().__init__()
+        self.hidden = nn.Linear(hidden_size, router_hidden_size)
+        self.activation = nn.GELU()
+        self.out = nn.Linear(router_hidden_size, num_strategies)
+        self.register_load_state_dict_pre_hook(_rename_positional_keys)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(self.activation(self.hidden(pooled.to(self.hidden.weight.dtype))))
+
+    def reset_parameters(self) -> None:
+        """Fresh random weights (as `nn.Linear` draws them)."""
+        self.hidden.reset_parameters()
+        self.out.reset_parameters()
+
+    def keep_with_general(self, margin: float = 4.0) -> None:
+        """Make the router prefer `none` for every input (an untrained router changes nothing):
+        the output bias is `margin` for `none` and 0 for the debias strategies."""
+        with torch.no_grad():
+            self.out.bias.zero_()
+            self.out.bias[Strategy.NONE] = margin
+
+    @classmethod
+    def old_checkpoint_keys(cls, prefix: str = "router") -> dict[str, str]:
+        """A `key_mapping` for transformers' `from_pretrained`: regexes over checkpoint keys,
+        the old positional names under `prefix` → today's."""
+        return {rf"^{re.escape(prefix)}\.{position}\.": f"{prefix}.{name}."
+                for position, name in cls.POSITIONAL_NAMES.items()}
+
+
+def _rename_positional_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """`load_state_dict` pre-hook of `MMEJDRouter`: rename the old positional keys under
+    `prefix` (`<prefix>0.weight`, ...) to today's (`<prefix>hidden.weight`, ...), in place."""
+    for position, name in MMEJDRouter.POSITIONAL_NAMES.items():
+        old = f"{prefix}{position}."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[f"{prefix}{name}.{key[len(old):]}"] = state_dict.pop(key)
+
+
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy against soft targets, averaged over the valid rows (all rows by default)."""
     per_row = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
@@ -231,14 +296,9 @@ class MMEJDModel(MMEJDPreTrainedModel):
         for name in EXPERT_NAMES[1:]:
             self.vlm.add_adapter(name, lora)
         hidden = config.text_config.hidden_size
-        self.router = nn.Sequential(
-            nn.Linear(hidden, config.router_hidden_size),
-            nn.GELU(),
-            nn.Linear(config.router_hidden_size, len(ROUTER_STRATEGIES)),
-        )
+        self.router = MMEJDRouter(hidden, config.router_hidden_size)
         if config.head == "linear":
             self.heads = nn.ModuleDict({name: nn.Linear(hidden, config.num_labels) for name in EXPERT_NAMES})
-        self._active_expert: str | None = None
         # what the training losses read (MMEJDLossSettings): set per stage by mme_jd.training, not saved
         self.loss_settings = MMEJDLossSettings()
         self.processor = None  # attached by mme_jd.from_base / the pipeline; saved beside the weights
@@ -246,8 +306,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
         # transformers 5 re-initialises every Linear in post_init, LoRA's B included: reset it so a
         # fresh expert is an exact no-op (B = 0 ⇒ ΔW = B·A = 0).
         self.reset_experts()
-        with torch.no_grad():  # an untrained router keeps every sample with the general expert
-            self.router[2].bias.copy_(torch.tensor([4.0, 0.0, 0.0, 0.0]))
+        self.router.keep_with_general()  # an untrained router keeps every sample with the general expert
         self.freeze_all()
 
     # ------------------------------------------------------------------ structure
@@ -275,19 +334,19 @@ class MMEJDModel(MMEJDPreTrainedModel):
         """Zero LoRA's B matrices of the named experts: each becomes an exact no-op."""
         with torch.no_grad():
             for module_name, param in self.vlm.named_parameters():
-                if ".lora_B." in module_name and any(f".lora_B.{n}." in module_name for n in names):
+                if ".lora_B." in module_name and any(is_expert_parameter(module_name, n) for n in names):
                     param.zero_()
 
     def freeze_all(self) -> None:
         for param in self.parameters():
             param.requires_grad_(False)
 
-    def expert_parameters(self, name: str) -> list[nn.Parameter]:
-        """The trainable parameters of one expert (its LoRA matrices and, if any, its head)."""
-        params = [p for n, p in self.vlm.named_parameters() if f".{name}." in n and ".lora_" in n]
-        if self.config.head == "linear":
-            params += list(self.heads[name].parameters())
-        return params
+    def expert_parameters(self, expert: str) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of one expert's trainable tensors: its LoRA matrices and, with
+        `head="linear"`, its head (`is_expert_parameter`); names as in `named_parameters()`."""
+        if expert not in EXPERT_NAMES:
+            raise ValueError(f"unknown expert {expert!r}; choose one of {list(EXPERT_NAMES)}.")
+        return ((name, param) for name, param in self.named_parameters() if is_expert_parameter(name, expert))
 
     def set_trainable(self, stage: str) -> list[nn.Parameter]:
         """Freeze everything but what a training stage trains; returns those parameters.
@@ -298,33 +357,45 @@ class MMEJDModel(MMEJDPreTrainedModel):
         if stage == "router":
             params = list(self.router.parameters())
         elif stage in EXPERT_NAMES:
-            params = self.expert_parameters(stage)
+            params = [param for _, param in self.expert_parameters(stage)]
         else:
             raise ValueError(f"unknown training stage {stage!r}; choose one of {[*EXPERT_NAMES, 'router']}.")
         for param in params:
             param.requires_grad_(True)
         return params
 
-    def _use_expert(self, name: str) -> None:
-        """Activate one LoRA adapter without touching which parameters are trainable."""
+    @property
+    def active_expert(self) -> str:
+        """The expert (LoRA adapter) that a forward of the base runs now."""
+        return self.vlm.active_adapters[0]
+
+    @contextlib.contextmanager
+    def expert(self, name: str) -> Iterator[MMEJDModel]:
+        """`with model.expert(name):` runs the base with expert `name`'s LoRA adapter; the
+        expert active before is back on exit. Which parameters are trainable does not change.
+
+        Built on peft's public per-layer switch (`LoraLayer.set_adapter`, on the LoRA layers
+        only: peft's model-wide `set_adapter` walks every module). peft's switch also marks
+        the activated adapter trainable and the others frozen; the flags are put back."""
         if name not in EXPERT_NAMES:
             raise ValueError(f"unknown expert {name!r}; choose one of {list(EXPERT_NAMES)}.")
-        if self._active_expert == name:
+        previous = self.active_expert
+        self._activate(name)
+        try:
+            yield self
+        finally:
+            self._activate(previous)
+
+    def _activate(self, name: str) -> None:
+        if self.active_expert == name:
             return
-        layers = self._lora_layers()
-        if layers and all(hasattr(layer, "_active_adapter") for layer in layers):
-            # what a LoRA layer's forward reads is its active adapter name; peft's set_adapter
-            # also walks every module flipping requires_grad, which cost ~1 ms per switch (two
-            # switches per routed batch) and had to be undone
-            for layer in layers:
-                layer._active_adapter = [name]
-            self.vlm.base_model.active_adapter = name
-        else:  # a peft without the attribute: the public path, restoring the trainable flags
-            flags = [(p, p.requires_grad) for p in self.vlm.parameters()]
-            self.vlm.base_model.set_adapter(name)
-            for param, flag in flags:
-                param.requires_grad_(flag)
-        self._active_expert = name
+        flags = [(param, param.requires_grad) for param in self._lora_parameters()]
+        for layer in self._lora_layers():
+            layer.set_adapter(name)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        # what peft's `PeftModel.set_adapter` records besides the layers' switch
+        self.vlm.active_adapter = self.vlm.base_model.active_adapter = name
 
     def _lora_layers(self) -> list[nn.Module]:
         """The LoRA layers of the experts (found once; they never change after construction)."""
@@ -333,6 +404,13 @@ class MMEJDModel(MMEJDPreTrainedModel):
 
             self._lora_layer_cache = [m for m in self.vlm.modules() if isinstance(m, BaseTunerLayer)]
         return self._lora_layer_cache
+
+    def _lora_parameters(self) -> list[nn.Parameter]:
+        """Every expert's LoRA matrices (found once)."""
+        if getattr(self, "_lora_parameter_cache", None) is None:
+            self._lora_parameter_cache = [param for name, param in self.vlm.named_parameters()
+                                          if any(is_expert_parameter(name, expert) for expert in EXPERT_NAMES)]
+        return self._lora_parameter_cache
 
     # ------------------------------------------------------------------ computation
     def _encode(self, inputs: dict, output_attentions: bool = False, image_features=None):
@@ -395,8 +473,12 @@ class MMEJDModel(MMEJDPreTrainedModel):
     def expert_forward(self, name: str, inputs: dict, output_attentions: bool = False, image_features=None):
         """Run one expert. Returns (class logits [B,C], pooled hidden [B,H], attentions).
 
+        The expert stays active afterwards (unlike `with model.expert(name):`): with gradient
+        checkpointing, the backward pass recomputes this forward with the active adapter.
         image_features: precomputed vision features of these rows (skips the vision tower)."""
-        self._use_expert(name)
+        if name not in EXPERT_NAMES:
+            raise ValueError(f"unknown expert {name!r}; choose one of {list(EXPERT_NAMES)}.")
+        self._activate(name)
         hidden, attentions = self._encode(inputs, output_attentions=output_attentions, image_features=image_features)
         mask = inputs["attention_mask"]
         answer_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), answer_positions(mask)]
@@ -404,21 +486,10 @@ class MMEJDModel(MMEJDPreTrainedModel):
         return self._class_logits(name, answer_hidden), pooled, attentions
 
     def route(self, router_logits: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        """Strategy per sample: leave `none` when 1 - P(none) >= threshold, then the most
-        probable debias strategy (or the fixed `config.routed_strategy`)."""
+        """Strategy id per sample (`routing_mme_jd.route`) at this config's threshold (or the one
+        given) and routed strategy."""
         threshold = self.config.router_threshold if threshold is None else threshold
-        probs = router_logits.float().softmax(dim=-1)
-        away = (1.0 - probs[:, _NONE]) >= threshold
-        if self.config.routed_strategy is not None:
-            choice = torch.full_like(probs[:, 0], ROUTER_STRATEGIES.index(self.config.routed_strategy)).long()
-        else:
-            choice = probs[:, 1:].argmax(dim=-1) + 1
-        return torch.where(away, choice, torch.zeros_like(choice))
-
-    def _combine_both(self, image_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
-        if self.config.both_combination == "product":
-            return F.log_softmax(image_logits, -1) + F.log_softmax(text_logits, -1)
-        return (image_logits + text_logits) / 2
+        return route(router_logits, threshold, self.config.routed_strategy)
 
     def forward(
         self,
@@ -554,14 +625,14 @@ class MMEJDModel(MMEJDPreTrainedModel):
         logits, pooled, _ = self.expert_forward(name, inputs)
         final = logits / self.config.expert_temperature(name)
         missing = torch.full_like(logits, float("nan"))
-        value = _IMAGE if name == "image_debias" else _TEXT
+        value = next(strategy for strategy, experts in STRATEGY_EXPERTS.items() if experts == (name,))
         strategy = torch.full((logits.shape[0],), value, dtype=torch.long, device=logits.device)
         loss = F.cross_entropy(final, labels) if labels is not None else None
         return MMEJDOutput(
             loss=loss, logits=final, general_logits=missing,
             image_debias_logits=logits if name == "image_debias" else missing,
             text_debias_logits=logits if name == "text_debias" else missing,
-            router_logits=torch.full((logits.shape[0], len(ROUTER_STRATEGIES)), float("nan"), device=logits.device),
+            router_logits=torch.full((logits.shape[0], len(Strategy)), float("nan"), device=logits.device),
             strategy=strategy, pooled_hidden_state=pooled,
         )
 
@@ -580,31 +651,23 @@ class MMEJDModel(MMEJDPreTrainedModel):
             general, pooled, text_logits, image_logits = self._run_with_counterfactuals(
                 "general", inputs, text_cf if use_cf else None, image_cf if use_cf else None
             )
-        router_logits = self.router(pooled.detach().to(self.router[0].weight.dtype))
+        router_logits = self.router(pooled.detach())
         strategy = self.route(router_logits)
         batch = general.shape[0]
         run_all = return_experts or config.expert_execution == "all"
         expert_logits = {}
-        for name, wanted in (("image_debias", (_IMAGE, _BOTH)), ("text_debias", (_TEXT, _BOTH))):
+        for name in DEBIAS_EXPERTS:  # one batched pass per expert over the rows routed to it
             rows = torch.arange(batch, device=general.device)
             if not run_all:
-                rows = rows[(strategy == wanted[0]) | (strategy == wanted[1])]
+                rows = rows[needs_expert(strategy, name)]
             full = torch.full_like(general, float("nan"))
             if len(rows):
                 features = self._select_image_features(captured, rows, batch) if reuse else None
                 subset = select_rows(inputs, rows, config.family.layout)
                 full[rows] = self.expert_forward(name, subset, image_features=features)[0]
             expert_logits[name] = full
-        scaled = {
-            "general": general / config.expert_temperature("general"),
-            **{n: v / config.expert_temperature(n) for n, v in expert_logits.items()},
-        }
-        final = scaled["general"].clone()
-        for value, source in ((_IMAGE, scaled["image_debias"]), (_TEXT, scaled["text_debias"])):
-            final[strategy == value] = source[strategy == value]
-        both = strategy == _BOTH
-        if both.any():
-            final[both] = self._combine_both(scaled["image_debias"][both], scaled["text_debias"][both])
+        final = combine(strategy, {"general": general, **expert_logits}, config.both_combination,
+                        {name: config.expert_temperature(name) for name in EXPERT_NAMES})
         if use_cf:
             final = final - config.lambda_text * text_logits - config.lambda_image * image_logits
         loss = None
@@ -691,9 +754,13 @@ class MMEJDModel(MMEJDPreTrainedModel):
         have) with the missing ones randomly initialised and only reports it; for MME-JD that
         is a router or an expert silently replaced by noise. Raises a `ValueError` naming:
         missing or unexpected tensors, tensors holding NaN or infinite values, and a weights
-        file that cannot be read (truncated)."""
+        file that cannot be read (truncated).
+
+        A checkpoint saved before the router's layers had names loads too: its keys are renamed
+        (`MMEJDRouter.old_checkpoint_keys`, through transformers' `key_mapping`)."""
         output_loading_info = kwargs.pop("output_loading_info", False)
         source = os.fspath(pretrained_model_name_or_path)
+        kwargs["key_mapping"] = {**MMEJDRouter.old_checkpoint_keys(), **(kwargs.get("key_mapping") or {})}
         try:
             model, loading_info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
@@ -755,7 +822,7 @@ def _part_of(tensor_name: str) -> str:
     for expert in EXPERT_NAMES:
         if tensor_name.startswith(f"heads.{expert}."):
             return f"the {expert} head"
-        if ".lora_" in tensor_name and f".{expert}." in tensor_name:
+        if is_expert_parameter(tensor_name, expert):
             return f"the {expert} expert"
     return "the base model"
 
@@ -1009,4 +1076,5 @@ def strip_loading_environment(folder: str) -> None:
 MMEJDConfig.register_for_auto_class()
 MMEJDModel.register_for_auto_class("AutoModel")
 
-__all__ = ["MMEJDModel", "MMEJDOutput", "MMEJDPreTrainedModel", "answer_positions", "concat_inputs", "select_rows"]
+__all__ = ["MMEJDModel", "MMEJDOutput", "MMEJDPreTrainedModel", "MMEJDRouter", "answer_positions", "concat_inputs",
+           "is_expert_parameter", "select_rows"]

@@ -62,7 +62,7 @@ model = MMEJDModel.from_pretrained(source)
 def use_version(version):
     # the weights and the config change together: a mix of the two saves is detectable
     with torch.no_grad():
-        model.router[2].bias.fill_(float(version))
+        model.router.out.bias.fill_(float(version))
     model.config.router_threshold = (0.5, 0.25)[version]
 
 
@@ -234,10 +234,10 @@ def _poison(fragment, value):
 
 
 CORRUPTIONS = {
-    "router missing": (_drop("router."), r"missing.*router\.0\.weight"),
+    "router missing": (_drop("router."), r"missing.*router\.hidden\.weight"),
     "text expert missing": (_drop(".text_debias."), r"missing.*text_debias"),
     "unexpected tensor": (_add_unexpected, r"unexpected.*router\.3\.weight"),
-    "NaN in the router": (_poison("router.2.weight", float("nan")), r"NaN or infinity.*router\.2\.weight"),
+    "NaN in the router": (_poison("router.out.weight", float("nan")), r"NaN or infinity.*router\.out\.weight"),
     "inf in an expert": (_poison(".lora_B.image_debias.", float("inf")), r"NaN or infinity.*lora_B\.image_debias"),
 }
 

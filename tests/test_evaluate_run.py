@@ -20,7 +20,7 @@ def saved(tmp_path_factory):
     model = tiny_model().eval()
     nudge_experts(model, scale=0.3)
     with torch.no_grad():
-        model.router[2].bias.copy_(torch.tensor([1.0, 0.3, 0.3, 0.0]))
+        model.router.out.bias.copy_(torch.tensor([1.0, 0.3, 0.3, 0.0]))
     model.config.lambda_text, model.config.lambda_image = 0.3, 0.2
     data = make_synthetic_benchmark(num_test=64, seed=3, splits=["test_balanced", "test_ood"])
     # route about half of the samples away from `none`: the threshold at the median
@@ -94,3 +94,47 @@ def test_mid_mode_on_a_model_object_and_a_dataset_dict(saved, tmp_path):
     with pytest.raises(ValueError, match="split"):
         evaluate_model(model, data, tmp_path / "x", progress=False)
     assert np.isfinite(results["calibration"]["ece"])
+
+
+def test_the_report_scores_the_router_against_its_training_targets(tmp_path, monkeypatch):
+    """The evaluation report's router targets are the router stage's training targets, one rule
+    (`routing_mme_jd.strategy_targets`, with the experts' confidences): on a row where both debias
+    experts are right and the text expert is more confident, both say `text`. Each side gets
+    the same expert logits through a stand-in for `collect_outputs`."""
+    import datasets
+    from conftest import random_images
+    from transformers import TrainingArguments
+
+    import mme_jd.inference
+    import mme_jd.training.run as training_run
+    from mme_jd.modeling.routing_mme_jd import STRATEGY_NAMES
+    from mme_jd.training.run import MMEJDTrainingConfig, _router_stage
+
+    labels = torch.tensor([1, 1, 0, 1])
+    # row 0: general wrong, both debias experts right, text more confident (P 0.9 vs 0.6) → text
+    # row 1: general right → none; row 2: only image right → image; row 3: nothing right → none
+    general = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    image = torch.tensor([[0.0, 0.4055], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    text = torch.tensor([[0.0, 2.1972], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    outputs = {"labels": labels, "logits": general, "general_logits": general, "image_debias_logits": image,
+               "text_debias_logits": text, "router_logits": torch.zeros(4, 4), "strategy": torch.zeros(4).long(),
+               "pooled_hidden_state": torch.zeros(4, 8), "text_counterfactual_logits": general,
+               "image_counterfactual_logits": general}
+    monkeypatch.setattr(mme_jd.inference, "collect_outputs", lambda *args, **kwargs: dict(outputs))
+    trained_on = {}
+
+    def train_router(model, pooled, targets, *args, **kwargs):
+        trained_on["targets"] = targets
+        return {}
+
+    monkeypatch.setattr(training_run, "train_router", train_router)
+    model = tiny_model().eval()
+    rows = datasets.Dataset.from_dict({"text": ["a", "b", "c", "d"], "image": random_images(4), "label": labels.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path / "train"), report_to="none", use_cpu=True)
+    _router_stage(model, model.processor, rows, args, MMEJDTrainingConfig(), None, None, {})
+    assert trained_on["targets"].tolist() == [2, 0, 1, 0]
+
+    report = evaluate_model(model, rows, tmp_path / "report", mode="mme_jd", formats=("json",), progress=False)
+    trained = trained_on["targets"]
+    assert report["router"]["target_counts"] == {name: int((trained == i).sum()) for i, name in enumerate(STRATEGY_NAMES)}
+    assert report["router"]["target_counts"] == {"none": 2, "image": 1, "text": 1, "both": 0}  # row 0: text

@@ -41,8 +41,8 @@ def test_every_mode_on_each_family(family):
     # a routed sub-batch gives the same rows as the full batch (pixel rows of Qwen2-VL included)
     model.config.router_threshold = 0.0
     with torch.no_grad():
-        model.router[2].bias.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
-        model.router[2].weight.zero_()
+        model.router.out.bias.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
+        model.router.out.weight.zero_()
     out = model(**triple["original"], mode="mme_jd")
     assert (out.strategy == 1).all()
     assert torch.allclose(out.logits, routed_all.image_debias_logits, atol=1e-4)
@@ -67,8 +67,8 @@ def test_routed_experts_reuse_the_general_pass_image_features(family):
     inputs = build_triple(processor, model.config, TEXTS, images, None, parts=())["original"]
     model.config.router_threshold = 0.0
     with torch.no_grad():  # every row leaves `none`
-        model.router[2].weight.zero_()
-        model.router[2].bias.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
+        model.router.out.weight.zero_()
+        model.router.out.bias.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
     vision = model.base_model_with_experts.model.get_image_features.__self__
     calls = []
     tower = next(m for n, m in vision.named_children() if n in ("vision_tower", "visual", "vision_model"))

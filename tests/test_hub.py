@@ -17,7 +17,7 @@ from mme_jd.evaluation.report import write_report
 
 MODEL_FILES = ["config.json", "configuration_mme_jd.py", "counterfactual_mme_jd.py", "inputs_mme_jd.py",
                "layouts_mme_jd.py", "model.safetensors", "modeling_mme_jd.py", "pipeline_mme_jd.py",
-               "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
+               "processor_config.json", "routing_mme_jd.py", "tokenizer.json", "tokenizer_config.json"]
 
 
 class FakeHfApi:

@@ -51,8 +51,6 @@ LEAVES = {"mme_jd.evaluation.metrics"}
 
 #: Known crossings, (importer, imported): each one is work left to do, with its reason.
 EXCEPTIONS = {
-    # removed when the routing module lands
-    ("mme_jd.evaluation.run", "mme_jd.training.router_labels"),
     # the swap vocabulary of a word-level tokenizer (`training.run._vocabulary`, private) belongs in
     # `mme_jd.data.lexicon`; bench.py imports it too
     ("mme_jd.evaluation.gallery", "mme_jd.training.run"),

@@ -31,7 +31,7 @@ def _sentiment_model(**overrides):
     model = minilm_mme_jd("sentiment", **overrides).eval()
     nudge_experts(model, scale=0.05)
     with torch.no_grad():  # a router that sends some rows away, so every routed branch runs
-        model.router[2].bias.copy_(torch.tensor([0.0, 1.0, 1.0, 1.0]))
+        model.router.out.bias.copy_(torch.tensor([0.0, 1.0, 1.0, 1.0]))
     return model
 
 

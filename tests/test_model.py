@@ -87,10 +87,10 @@ def test_mctd_loss_adds_the_reversed_counterfactual_terms(tiny_llava_model, imag
 def _force_router(model, strategies):
     """Make the router's output depend only on a per-sample bias we control via the pooled state."""
     with torch.no_grad():
-        for layer in (model.router[0], model.router[2]):
+        for layer in (model.router.hidden, model.router.out):
             layer.weight.zero_()
             layer.bias.zero_()
-        model.router[2].bias[strategies] = 10.0
+        model.router.out.bias[strategies] = 10.0
 
 
 def test_routed_inference_runs_debias_experts_only_on_routed_samples(tiny_llava_model, images):
@@ -100,7 +100,7 @@ def test_routed_inference_runs_debias_experts_only_on_routed_samples(tiny_llava_
     everything = model(**inputs, mode="mme_jd", return_experts=True)
     calls = []
     hook = model.vlm.get_base_model().model.register_forward_pre_hook(
-        lambda module, args, kwargs: calls.append((model._active_expert, kwargs["input_ids"].shape[0])),
+        lambda module, args, kwargs: calls.append((model.active_expert, kwargs["input_ids"].shape[0])),
         with_kwargs=True,
     )
     try:
@@ -134,7 +134,7 @@ def test_routed_subset_equals_the_full_expert_rows(tiny_llava_model, images):
     everything = model(**inputs, mode="mme_jd", return_experts=True)
     model.config.router_threshold = 0.0  # everybody leaves `none`; choice among image/text/both
     with torch.no_grad():
-        model.router[2].bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
+        model.router.out.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
     out = model(**inputs, mode="mme_jd")
     assert (out.strategy == 2).all()
     assert torch.allclose(out.text_debias_logits, everything.text_debias_logits, atol=1e-5)
@@ -167,14 +167,98 @@ def test_switching_experts_keeps_the_trainable_flags_and_runs_the_named_adapter(
         fast = {name: model.expert_forward(name, inputs)[0] for name in ("text_debias", "general", "image_debias")}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == before
     assert not torch.allclose(fast["text_debias"], fast["general"])
-    for name, logits in fast.items():  # the reference: peft's own adapter switch
-        model.vlm.base_model.set_adapter(name)
+    for name, logits in fast.items():  # the reference: peft's own model-wide adapter switch
+        model.vlm.set_adapter(name)
         with torch.no_grad():
             reference = model._class_logits(name, _answer_hidden(model, inputs))
         assert torch.allclose(logits, reference, atol=1e-6), name
-    model._active_expert = None  # peft's switch above bypassed the model's bookkeeping
+        assert model.active_expert == name
+    model.vlm.set_adapter("general")
     for n, p in model.named_parameters():  # the shared fixture as it was
         p.requires_grad_(flags[n])
+
+
+def test_the_expert_switch_restores_the_previous_expert_and_keeps_trainability(tiny_llava_model, images):
+    """`with model.expert(name):` runs the base with that expert's adapter (the same logits as
+    `expert=name`), puts the expert active before back on exit, also after an error, nests, and
+    never changes which parameters are trainable."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = tiny_llava_model.eval()
+    nudge_experts(model, scale=0.3)
+    inputs = build_triple(model.processor, model.config, TEXTS, images, None, parts=())["original"]
+    layers = [m for m in model.vlm.modules() if isinstance(m, BaseTunerLayer)]
+    with torch.no_grad():
+        expected = {name: model(**inputs, expert=name).logits for name in ("image_debias", "general")}
+    assert model.active_expert == "general"
+    for stage in ("text_debias", "router", None):
+        if stage is None:
+            model.freeze_all()
+        else:
+            model.set_trainable(stage)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        with model.expert("image_debias") as same:
+            assert same is model and model.active_expert == "image_debias"
+            assert all(layer.active_adapters == ["image_debias"] for layer in layers)
+            with torch.no_grad():
+                logits = model._class_logits("image_debias", _answer_hidden(model, inputs))
+            with model.expert("text_debias"):
+                assert model.active_expert == "text_debias"
+            assert model.active_expert == "image_debias"
+            assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+        assert torch.allclose(logits, expected["image_debias"], atol=1e-6)
+        assert model.active_expert == "general" and all(layer.active_adapters == ["general"] for layer in layers)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    with pytest.raises(RuntimeError, match="inside"):
+        with model.expert("text_debias"):
+            raise RuntimeError("inside")
+    assert model.active_expert == "general"
+    with torch.no_grad():
+        assert torch.allclose(model._class_logits("general", _answer_hidden(model, inputs)), expected["general"],
+                              atol=1e-6)
+    with pytest.raises(ValueError, match="unknown expert 'nobody'"):
+        with model.expert("nobody"):
+            pass
+    model.freeze_all()
+
+
+def test_a_debias_expert_trains_with_gradient_checkpointing(tiny_llava_model, images):
+    """`expert_forward` leaves its expert active (unlike `with model.expert(...)`): gradient
+    checkpointing recomputes the forward in the backward pass with the active adapter, so a
+    debias expert's gradients are the same with and without it."""
+    model = tiny_llava_model
+    nudge_experts(model, scale=0.02)
+    inputs = build_triple(model.processor, model.config, TEXTS, images, None, parts=())["original"]
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        params = model.set_trainable("text_debias")
+        model.train()
+        model(**inputs, labels=torch.tensor([1, 0, 0, 1]), expert="text_debias").loss.backward()
+        return [p.grad.clone() for p in params]
+
+    plain = gradients()
+    model.gradient_checkpointing_enable()
+    checkpointed = gradients()
+    assert sum(g.abs().sum().item() for g in plain) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+
+
+def test_one_rule_names_an_experts_parameters(tiny_llava_model):
+    from mme_jd.modeling.modeling_mme_jd import is_expert_parameter
+
+    model = tiny_llava_model
+    names = {expert: {n for n, _ in model.expert_parameters(expert)} for expert in ("general", "image_debias",
+                                                                               "text_debias")}
+    assert all(names.values()) and not (names["general"] & names["image_debias"])
+    assert all(f".{e}." in n and ".lora_" in n for e, found in names.items() for n in found)
+    lora = {n for n, _ in model.named_parameters() if ".lora_" in n}
+    assert set().union(*names.values()) == lora
+    assert is_expert_parameter("heads.text_debias.weight", "text_debias")
+    assert not is_expert_parameter("heads.text_debias.weight", "general")
+    assert not is_expert_parameter("router.out.weight", "general")
+    with pytest.raises(ValueError, match="unknown expert"):
+        list(model.expert_parameters("router"))
 
 
 def _answer_hidden(model, inputs):

@@ -56,6 +56,11 @@ def test_old_checkpoint_saves_again_in_todays_format_and_reloads(old_model, tmp_
     from mme_jd.modeling.modeling_mme_jd import MMEJDModel
 
     old_model.save_pretrained(tmp_path / "again")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "again" / "model.safetensors", "pt") as saved:  # the router's named layers
+        assert sorted(k for k in saved.keys() if k.startswith("router.")) == [
+            "router.hidden.bias", "router.hidden.weight", "router.out.bias", "router.out.weight"]
     again = MMEJDModel.from_pretrained(tmp_path / "again").eval()
     for (name, param), (again_name, again_param) in zip(old_model.state_dict().items(), again.state_dict().items()):
         assert name == again_name

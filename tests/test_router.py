@@ -1,24 +1,44 @@
-"""Router labels, threshold tuning and the routed mixture, on hand-computed cases."""
+"""Router targets, threshold tuning and the routed mixture, on hand-computed cases."""
 
 import pytest
 import torch
 
-from mme_jd.training.router_labels import (class_weights, mixture_logits, strategy_labels, tune_threshold,
-                                           tune_threshold_for_groups)
+from mme_jd.modeling.routing_mme_jd import STRATEGY_NAMES, Strategy, combine, expected_cost, route, strategy_targets
+from mme_jd.training.router_labels import class_weights, mixture_logits, tune_threshold, tune_threshold_for_groups
 
 
-def test_strategy_labels_pick_the_cheapest_right_strategy():
-    labels = torch.tensor([1, 1, 1, 1, 1, 0])
-    general = torch.tensor([1, 0, 0, 0, 0, 1])
-    image = torch.tensor([0, 1, 0, 1, 0, 1])
-    text = torch.tensor([0, 0, 1, 1, 0, 1])
-    both = torch.tensor([0, 0, 0, 0, 1, 1])
-    # none (general right), image, text, image (tie, no confidences), both, none (nothing right)
-    assert strategy_labels(labels, general, image, text, both).tolist() == [0, 1, 2, 1, 3, 0]
-    image_conf = torch.tensor([0.0, 0.9, 0.0, 0.6, 0.0, 0.0])
-    text_conf = torch.tensor([0.0, 0.0, 0.9, 0.8, 0.0, 0.0])
-    # the tie goes to the expert more confident in the true label
-    assert strategy_labels(labels, general, image, text, both, image_conf, text_conf).tolist() == [0, 1, 2, 2, 3, 0]
+def test_strategy_targets_pick_the_cheapest_right_strategy():
+    labels = torch.tensor([1, 1, 1, 1, 1, 2])
+    right, wrong = [0.0, 2.0, 0.0], [2.0, 0.0, 0.0]  # logits over three classes, label 1
+    experts = {"general": torch.tensor([right, wrong, wrong, wrong, wrong, [2.0, 0.0, 0.0]]),
+               "image_debias": torch.tensor([wrong, right, wrong, [0.0, 1.0, 0.0], wrong, [3.0, 0.0, 2.5]]),
+               "text_debias": torch.tensor([wrong, wrong, right, [0.0, 2.0, 0.0], wrong, [0.0, 3.0, 2.5]])}
+    # none (general right), image, text, text (both right: text is more sure of the label),
+    # none (nothing right), both (each expert wrong, their mean [1.5, 1.5, 2.5] right)
+    targets = strategy_targets(labels, experts)
+    assert targets.tolist() == [0, 1, 2, 2, 0, 3]
+    assert [STRATEGY_NAMES[t] for t in targets] == ["none", "image", "text", "text", "none", "both"]
+    # equally sure: the tie goes to image
+    experts["text_debias"][3] = experts["image_debias"][3]
+    assert strategy_targets(labels, experts)[3] == Strategy.IMAGE
+
+
+def test_routing_module_routes_and_combines_like_the_strategy_table():
+    router_logits = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.6, 0.1], [0.2, 0.1, 0.2, 0.5],
+                                            [0.4, 0.5, 0.05, 0.05]]))
+    assert route(router_logits, 0.5).tolist() == [0, 2, 3, 1]
+    assert route(router_logits, 0.5, "image").tolist() == [0, 1, 1, 1]
+    assert route(router_logits, 0.85).tolist() == [0, 2, 0, 0]
+    logits = {"general": torch.zeros(4, 2), "image_debias": torch.tensor([[2.0, 0.0]] * 4),
+              "text_debias": torch.tensor([[0.0, 4.0]] * 4)}
+    strategy = torch.tensor([0, 1, 2, 3])
+    final = combine(strategy, logits, temperatures={"text_debias": 2.0})
+    assert final.tolist() == [[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [1.0, 1.0]]
+    product = combine(strategy, logits, "product")[3]
+    assert torch.allclose(product, logits["image_debias"][3].log_softmax(-1) + logits["text_debias"][3].log_softmax(-1))
+    with pytest.raises(ValueError, match="unknown routing strategy 'sound'"):
+        route(router_logits, 0.5, "sound")
+    assert Strategy.of("both") is Strategy.BOTH and Strategy.TEXT.label == "text"
 
 
 def test_class_weights_are_inverse_frequency_and_zero_for_absent_classes():
@@ -35,16 +55,14 @@ def test_f05_threshold_prefers_precision():
 
 
 class _Mixture(torch.nn.Module):
-    """Just what the routed mixture needs of MMEJDModel: route, combine, temperatures."""
+    """Just what the routed mixture reads of MMEJDModel: its config (routed strategy, both
+    combination, temperatures)."""
 
     def __init__(self, routed_strategy=None):
         super().__init__()
         from mme_jd.modeling.configuration_mme_jd import MMEJDConfig
-        from mme_jd.modeling.modeling_mme_jd import MMEJDModel
 
         self.config = MMEJDConfig(base_config={"model_type": "llava"}, routed_strategy=routed_strategy)
-        self.route = MMEJDModel.route.__get__(self)
-        self._combine_both = MMEJDModel._combine_both.__get__(self)
 
 
 def test_routed_strategy_fixes_what_routed_samples_get_and_groups_tune_the_threshold():
@@ -93,7 +111,7 @@ def test_a_routed_share_budget_limits_the_threshold():
 
 
 def test_cost_aware_routing_picks_the_cheapest_routing_within_the_tolerance():
-    from mme_jd.training.router_labels import cheapest_routing, expected_cost
+    from mme_jd.training.router_labels import cheapest_routing
 
     labels = torch.tensor([1, 0, 1, 0])
     groups = torch.tensor([0, 0, 1, 1])
@@ -140,7 +158,7 @@ def test_router_stage_keeps_the_cheapest_routing_within_the_tolerance(tmp_path):
                "text_debias": torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]] * 4)}  # always right
     model = tiny_model()
     # pooled states that tell the groups apart, so the router can learn group 0 → none, 1 → text
-    hidden = model.router[0].in_features
+    hidden = model.router.hidden.in_features
     pooled = torch.stack([torch.full((hidden,), 1.0 if g == 0 else -1.0) for g in groups.tolist()])
     targets = torch.tensor([0, 0, 2, 2] * 4)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=40,

@@ -51,7 +51,7 @@ def test_round_trip_in_a_fresh_offline_process(tiny_llava_model, images, tmp_pat
     model = tiny_llava_model
     nudge_experts(model)
     with torch.no_grad():
-        model.router[2].bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0]))
+        model.router.out.bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0]))
     inputs = build_triple(model.processor, model.config, TEXTS, images, TEXTS)["original"]
     with torch.no_grad():
         expected = model(**inputs, mode="mme_jd", return_experts=True)
@@ -61,7 +61,7 @@ def test_round_trip_in_a_fresh_offline_process(tiny_llava_model, images, tmp_pat
 
     files = set(os.listdir(folder))
     assert {"model.safetensors", "config.json", "configuration_mme_jd.py", "modeling_mme_jd.py",
-            "counterfactual_mme_jd.py", "layouts_mme_jd.py", "processor_config.json", "tokenizer.json"} <= files
+            "counterfactual_mme_jd.py", "layouts_mme_jd.py", "routing_mme_jd.py", "processor_config.json", "tokenizer.json"} <= files
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_mme_jd.MMEJDConfig",
                                   "AutoModel": "modeling_mme_jd.MMEJDModel"}

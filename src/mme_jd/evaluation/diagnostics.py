@@ -1,6 +1,6 @@
 """Robustness diagnostics, SpuCo-Evaluator style: group partitions in, figures out.
 
-Everything here is numpy only and returns plain Python values (floats, ints, strs, lists,
+Everything here computes with numpy and returns plain Python values (floats, ints, strs, lists,
 dicts with str keys) so that results go straight into `json.dump`.
 
 * `group_accuracy`: per-group accuracy, worst-group and group-average accuracy.
@@ -9,7 +9,8 @@ dicts with str keys) so that results go straight into `json.dump`.
 * `cue_figures` / `cue_label`: per declared cue, its groups' accuracy, the accuracy where it
   points the wrong way and the reliance on its cue-only input.
 * `mask_quality`: precision/recall/F1 of counterfactual masks against known core masks.
-* `router_report`: router shares, per-strategy precision/recall, F-beta of leaving `none`.
+* `router_report`: router shares, per-strategy precision/recall, F-beta of leaving `none`
+  (strategy names from `routing_mme_jd`, F-beta from `metrics.f_beta`).
 * `expected_calibration_error`: ECE and the bins of a reliability diagram.
 * `Evaluator`: all of the above that apply, in one dict (the input of `report.write_report`).
 
@@ -24,6 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..modeling.routing_mme_jd import STRATEGY_NAMES
+from .metrics import f_beta
 
 __all__ = [
     "DEFAULT_STRATEGY_NAMES",
@@ -40,7 +44,8 @@ __all__ = [
     "wrong_way_rows",
 ]
 
-DEFAULT_STRATEGY_NAMES: tuple[str, ...] = ("none", "image", "text", "both")
+#: The router's strategies, by id (`routing_mme_jd.STRATEGY_NAMES`).
+DEFAULT_STRATEGY_NAMES: tuple[str, ...] = STRATEGY_NAMES
 
 
 # --------------------------------------------------------------------------- helpers
@@ -69,13 +74,6 @@ def to_builtin(value: Any) -> Any:
 def _ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator as a float, 0.0 when the denominator is 0."""
     return float(numerator) / float(denominator) if denominator else 0.0
-
-
-def _fbeta(precision: float, recall: float, beta: float) -> float:
-    """F_β = (1+β²)·P·R / (β²·P + R), 0.0 when P = R = 0."""
-    beta2 = beta * beta
-    denominator = beta2 * precision + recall
-    return (1.0 + beta2) * precision * recall / denominator if denominator else 0.0
 
 
 def _as_1d(values, name: str) -> np.ndarray:
@@ -466,7 +464,7 @@ def router_report(
         hits = int(np.sum((predicted == i) & (target == i)))
         precision = _ratio(hits, predicted_counts[i])
         recall = _ratio(hits, target_counts[i])
-        fbeta = _fbeta(precision, recall, beta)
+        fbeta = f_beta(precision, recall, beta)
         per_strategy[name] = {
             "precision": precision,
             "recall": recall,
@@ -490,7 +488,7 @@ def router_report(
             "beta": float(beta),
             "debias_precision": debias_precision,
             "debias_recall": debias_recall,
-            "debias_fbeta": _fbeta(debias_precision, debias_recall, beta),
+            "debias_fbeta": f_beta(debias_precision, debias_recall, beta),
             "macro_debias_fbeta": float(np.mean(debias_fbetas)) if debias_fbetas else 0.0,
         }
     )

@@ -45,6 +45,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..modeling.routing_mme_jd import ROUTED_STRATEGY_NAMES, STRATEGY_NAMES
+
 __all__ = ["GALLERY_FILE", "SECTIONS", "InspectedExample", "gallery_summary", "inspect_examples",
            "model_input_image", "render_card", "render_gallery", "write_gallery"]
 
@@ -206,7 +208,6 @@ def inspect_examples(
     from ..cues import Cue, add_cue_columns, cue_column, cue_group_names
     from ..data.images import load_image
     from ..inference import collect_outputs
-    from ..modeling.configuration_mme_jd import ROUTER_STRATEGIES
     from ..modeling.counterfactual_mme_jd import cue_word_positions
     from .diagnostics import wrong_way_rows
     from .run import _inference_text_counterfactual, cue_points_to, synthetic_group_names
@@ -255,7 +256,7 @@ def inspect_examples(
             sources[name] = _softmax_rows(outputs.get(f"{name}_logits"), label_names)
     sources["text counterfactual"] = _softmax_rows(counterfactuals.get("text_counterfactual_logits"), label_names)
     sources["image counterfactual"] = _softmax_rows(counterfactuals.get("image_counterfactual_logits"), label_names)
-    router = _softmax_rows(outputs.get("router_logits"), list(ROUTER_STRATEGIES)) if mode == "mme_jd" else []
+    router = _softmax_rows(outputs.get("router_logits"), list(STRATEGY_NAMES)) if mode == "mme_jd" else []
     strategies = outputs.get("strategy")
 
     labels = np.asarray(rows["label"], dtype=np.int64) if has_labels else None
@@ -288,7 +289,7 @@ def inspect_examples(
         row = rows[index]
         image = load_image(row["image"], index=index) if row["image"] is not None else None
         view = model_input_image(processor, image) if image is not None else None
-        strategy = (ROUTER_STRATEGIES[int(strategies[index])] if mode == "mme_jd" and strategies is not None
+        strategy = (STRATEGY_NAMES[int(strategies[index])] if mode == "mme_jd" and strategies is not None
                     else mode)
         scores = {name: values[index] for name, values in sources.items() if values and values[index] is not None}
         prediction = max(final[index], key=final[index].get)
@@ -327,7 +328,7 @@ def inspect_examples(
 def _section_of(example: InspectedExample) -> str:
     if example.conflicting_cues:
         return "conflict"
-    if example.strategy in ("image", "text", "both"):
+    if example.strategy in ROUTED_STRATEGY_NAMES:
         return "routed"
     if example.correct is False:
         return "error"

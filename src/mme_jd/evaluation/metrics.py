@@ -1,6 +1,10 @@
-"""Task metrics: accuracy, binary/macro/weighted F1, precision and recall.
+"""Task metrics: accuracy, binary/macro/weighted F1, precision and recall; worst-group
+accuracy and F-beta, the two figures validation-based choices in training also score with.
 
-There is one implementation of the math, in the `evaluate` metric script
+A leaf module: it imports no other `mme_jd` module, so training may import it (the one import
+from training into evaluation).
+
+There is one implementation of the classification math, in the `evaluate` metric script
 `metric/mme_jd_metrics.py` (it must stand alone there, because `evaluate.load` copies the
 script into a cache folder where imports of `mme_jd` would not resolve). This module loads
 that file by path with importlib, under a module name that tells the script to skip its
@@ -68,6 +72,44 @@ def classification_metrics(
     return _metric_core().classification_metrics(
         predictions, references, num_labels=num_labels, pos_label=pos_label, average=average
     )
+
+
+def _array(values):
+    """`values` as a numpy array; torch tensors (any device) are detached and copied to the CPU
+    (duck-typed: this module does not import torch)."""
+    import numpy as np
+
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def worst_group_accuracy(predictions, labels, groups=None) -> float:
+    """The lowest per-group accuracy: `min_g |{i ∈ g : pred_i = label_i}| / |g|` over the groups
+    present in `groups` (one group id per sample); without groups, the plain accuracy.
+
+    Arguments are 1-D sequences, numpy arrays or torch tensors (of any device). For named
+    groups, empty groups and group-average accuracy, see `diagnostics.group_accuracy`.
+    """
+    import numpy as np
+
+    correct = _array(predictions) == _array(labels)
+    if correct.size == 0:
+        raise ValueError("Cannot compute worst-group accuracy on empty input.")
+    if groups is None:
+        return float(correct.mean())
+    groups = _array(groups)
+    if groups.shape != correct.shape:
+        raise ValueError(f"groups has shape {groups.shape}, the predictions {correct.shape}: give one group per sample.")
+    return float(min(correct[groups == group].mean() for group in np.unique(groups)))
+
+
+def f_beta(precision: float, recall: float, beta: float = 1.0) -> float:
+    """F_β = (1+β²)·P·R / (β²·P + R) of a precision P and a recall R; 0.0 when P = R = 0.
+    β < 1 weighs precision more (β = 0.5: the router's threshold), β > 1 recall."""
+    beta2 = beta * beta
+    denominator = beta2 * precision + recall
+    return float((1.0 + beta2) * precision * recall / denominator) if denominator else 0.0
 
 
 def load_metric(**kwargs: Any):

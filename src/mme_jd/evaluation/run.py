@@ -15,8 +15,9 @@ What is computed (`mme_jd.evaluation.diagnostics.Evaluator`): task metrics, per-
 (worst-group and group-average) when the rows have `group`, reliance = share of samples whose
 prediction equals the general expert's prediction on the cue-only counterfactual (one figure
 per counterfactual, "text" and "image"), calibration (ECE and the reliability bins), and in
-mode "mme_jd" the router's shares (with the targets of METHOD §4: the cheapest strategy that is
-right) and each expert's figures. `write_report` writes `report.json`, `report.md` and plots.
+mode "mme_jd" the router's shares, its precision and recall against the targets it was trained
+for (`routing_mme_jd.strategy_targets`, METHOD §4: the cheapest strategy that is right) and each
+expert's figures. `write_report` writes `report.json`, `report.md` and plots.
 
 With declared cues (`cues=[mme_jd.cues.Cue(...)]`, `mme-jd evaluate --cue ...`) the report gets
 a `cues` section: per cue, the ``label × cue presence`` groups' accuracy (worst-group and
@@ -235,7 +236,7 @@ def evaluate_model(
     Returns the results dict written to `report.json`, plus `"files"`: {kind: path}.
     """
     from ..inference import collect_outputs
-    from ..training.router_labels import strategy_labels
+    from ..modeling.routing_mme_jd import strategy_targets
     from .diagnostics import Evaluator
     from .report import write_report
 
@@ -270,12 +271,10 @@ def evaluate_model(
                           group_names=group_names, num_labels=num_labels)
 
     strategies = targets = None
-    if mode == "mme_jd":
+    if mode == "mme_jd":  # the router against its training targets (the same rule)
         strategies = outputs["strategy"]
-        predictions = {name: outputs[f"{name}_logits"].argmax(-1) for name in ("general", "image_debias", "text_debias")}
-        both = model._combine_both(outputs["image_debias_logits"], outputs["text_debias_logits"]).argmax(-1)
-        targets = strategy_labels(labels, predictions["general"], predictions["image_debias"],
-                                  predictions["text_debias"], both)
+        experts = {name: outputs[f"{name}_logits"] for name in ("general", "image_debias", "text_debias")}
+        targets = strategy_targets(labels, experts, model.config.both_combination)
     results: dict[str, Any] = prediction_figures(evaluator, outputs["logits"], counterfactual_logits, strategies,
                                                  targets)
     if mode == "mme_jd":

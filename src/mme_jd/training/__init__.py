@@ -16,7 +16,7 @@ _LAZY = {
     "precompute_image_masks": "mme_jd.training.run",
     "refit_router": "mme_jd.training.run",
     "fit_lambdas": "mme_jd.training.mid",
-    "strategy_labels": "mme_jd.training.router_labels",
+    "train_router": "mme_jd.training.router_labels",
     "copy_expert": "mme_jd.training.stages",
     "run_expert_stage": "mme_jd.training.stages",
     "train_jtt": "mme_jd.training.peers",

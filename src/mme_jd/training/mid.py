@@ -17,6 +17,8 @@ import itertools
 
 import torch
 
+from ..evaluation.metrics import classification_metrics, worst_group_accuracy
+
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 #: What validation-based selection maximises when no groups are given.
 FALLBACK_SELECTION_METRIC = "macro_f1"
@@ -31,16 +33,7 @@ def selection_score(predictions: torch.Tensor, labels: torch.Tensor, groups: tor
     """Worst-group accuracy over `groups`; without groups, macro F1 (see the module docstring)."""
     if groups is not None:
         return worst_group_accuracy(predictions, labels, groups)
-    from ..evaluation.metrics import classification_metrics
-
     return float(classification_metrics(predictions.cpu().numpy(), labels.cpu().numpy())["macro_f1"])
-
-
-def worst_group_accuracy(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None) -> float:
-    if groups is None:
-        return float((predictions == labels).float().mean())
-    accuracies = [float((predictions[groups == g] == labels[groups == g]).float().mean()) for g in groups.unique()]
-    return min(accuracies)
 
 
 def fit_lambdas(general: torch.Tensor, text_cf: torch.Tensor, image_cf: torch.Tensor, labels: torch.Tensor,

@@ -48,25 +48,17 @@ __all__ = [
 
 
 def snapshot_expert(model, expert: str = "general") -> dict[str, torch.Tensor]:
-    """Copies of one expert's trainable tensors (its LoRA matrices and, if any, its head)."""
-    snapshot = {name: param.detach().clone() for name, param in model.vlm.named_parameters()
-                if f".{expert}." in name and ".lora_" in name}
-    if model.config.head == "linear":
-        snapshot.update({f"heads.{expert}.{name}": param.detach().clone()
-                         for name, param in model.heads[expert].named_parameters()})
-    return snapshot
+    """Copies of one expert's trainable tensors (`MMEJDModel.expert_parameters`: its LoRA
+    matrices and, if any, its head), by parameter name."""
+    return {name: param.detach().clone() for name, param in model.expert_parameters(expert)}
 
 
 def restore_expert(model, snapshot: dict[str, torch.Tensor]) -> None:
     """Put back the tensors of `snapshot_expert`."""
-    params = dict(model.vlm.named_parameters())
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in snapshot.items():
-            if name.startswith("heads."):
-                _, expert, rest = name.split(".", 2)
-                dict(model.heads[expert].named_parameters())[rest].copy_(value)
-            else:
-                params[name].copy_(value)
+            params[name].copy_(value)
 
 
 def _general_predictions(model, processor, rows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,21 @@
-"""Router labels, router training and threshold tuning (METHOD §4).
+"""The router stage (METHOD §4): router training on cached pooled states, then the routing
+it keeps (threshold and routed strategy), tuned on validation data.
 
-Labels on held-out data: `none` where the general expert is right; otherwise the cheapest
-strategy that is right (image, then text, then both); `none` where nothing is right.
-The router (a small MLP on the general expert's pooled final hidden state) trains on cached
-pooled states with class-weighted cross-entropy through the Trainer: the base and the experts
-never run again during this stage. The threshold for leaving `none` is tuned for F0.5 of the
-debias classes (precision first).
+* Targets: `routing_mme_jd.strategy_targets` on every expert's logits (the cheapest right
+  strategy; evaluation scores the router against the same rule).
+* Training: the router (a small MLP on the general expert's pooled final hidden state) trains
+  on cached pooled states with class-weighted cross-entropy through the Trainer: the base and
+  the experts never run again during this stage.
+* Routing, by `threshold_objective`:
+    "f0.5"         the threshold on 1 - P(none) with the best F0.5 of leaving `none`
+                   (`tune_threshold`: debias classes as one positive event, precision first);
+    "worst_group"  (`train`'s default) every (routed strategy, threshold) pair is scored by the
+                   routed mixture's worst-group accuracy on this data (`routing_candidates`;
+                   macro F1 without groups); the cheapest within `router_cost_tolerance` of the
+                   best is kept (`cheapest_routing`).
+  Both respect `router_max_routed_share` (a limit on the share routed away).
+The mixtures scored here are `routing_mme_jd.route` and `combine` over logits computed once: the
+same arithmetic as `MMEJDModel`'s routed forward.
 """
 
 from __future__ import annotations
@@ -16,34 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modeling.configuration_mme_jd import ROUTER_STRATEGIES
-
-NONE, IMAGE, TEXT, BOTH = range(4)
+from ..evaluation.metrics import f_beta
+from ..modeling.routing_mme_jd import (STRATEGY_NAMES, ROUTED_STRATEGY_NAMES, Strategy, away_scores,
+                                       candidate_thresholds, combine, expected_cost, route, within_budget)
 
 #: The router stage's cost tolerance unless told otherwise (`MMEJDTrainingConfig.router_cost_tolerance`
 #: says why 0.01).
 DEFAULT_COST_TOLERANCE = 0.01
-
-
-def strategy_labels(labels: torch.Tensor, general: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
-                    both: torch.Tensor, image_confidence: torch.Tensor | None = None,
-                    text_confidence: torch.Tensor | None = None) -> torch.Tensor:
-    """The cheapest right strategy per sample (predictions given as class ids).
-
-    `none` where general is right (or nothing is); else image or text, which cost the same
-    (one expert pass): the right one, and where both are right the one more confident in the
-    true label when confidences (P(true label)) are given, image otherwise; else `both`.
-    """
-    out = torch.full_like(labels, NONE)
-    wrong = general != labels
-    image_right, text_right = image == labels, text == labels
-    prefer_text = text_right & ~image_right
-    if image_confidence is not None and text_confidence is not None:
-        prefer_text = prefer_text | (text_right & image_right & (text_confidence > image_confidence))
-    out = torch.where(wrong & (both == labels), torch.full_like(out, BOTH), out)
-    out = torch.where(wrong & text_right, torch.full_like(out, TEXT), out)
-    out = torch.where(wrong & image_right & ~prefer_text, torch.full_like(out, IMAGE), out)
-    return out
 
 
 class RouterFeatures(torch.utils.data.Dataset):
@@ -75,16 +64,11 @@ class RouterObjective(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
-def class_weights(targets: torch.Tensor, num_classes: int = 4) -> torch.Tensor:
+def class_weights(targets: torch.Tensor, num_classes: int = len(Strategy)) -> torch.Tensor:
     """Inverse-frequency weights (classes absent from the targets get weight 0), mean 1."""
     counts = torch.bincount(targets, minlength=num_classes).float()
     weights = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()), torch.zeros_like(counts))
     return weights
-
-
-def _within_budget(away_score: torch.Tensor, threshold: float, max_routed_share: float | None) -> bool:
-    """Whether `threshold` sends at most `max_routed_share` of these samples away from `none`."""
-    return max_routed_share is None or float((away_score >= threshold).float().mean()) <= max_routed_share + 1e-9
 
 
 def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: float = 0.5,
@@ -92,21 +76,17 @@ def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: flo
     """The threshold on 1 - P(none) that maximises F-beta of "leave none" (debias classes as
     one positive event, a right debias class counted as a hit), among the thresholds routing at
     most `max_routed_share` of the samples (no limit: None). Returns (threshold, F-beta)."""
-    probs = router_logits.float().softmax(-1)
-    away_tensor = 1 - probs[:, NONE]
-    away_score = away_tensor.numpy()
-    choice = (probs[:, 1:].argmax(-1) + 1).numpy()
-    truth = targets.numpy()
+    away = away_scores(router_logits)
+    truth = targets.cpu()
+    should = truth != Strategy.NONE
     best = (1.0, 0.0)
-    for threshold in np.unique(np.concatenate([away_score, [1.0]])):
-        if not _within_budget(away_tensor, float(threshold), max_routed_share):
+    for threshold in np.unique(np.concatenate([away.cpu().numpy(), [1.0]])):
+        if not within_budget(away, float(threshold), max_routed_share):
             continue
-        away = away_score >= threshold
-        hits = (away & (choice == truth) & (truth != NONE)).sum()
-        precision = hits / max(away.sum(), 1)
-        recall = hits / max((truth != NONE).sum(), 1)
-        denominator = beta**2 * precision + recall
-        score = (1 + beta**2) * precision * recall / denominator if denominator > 0 else 0.0
+        strategy = route(router_logits, float(threshold)).cpu()
+        routed = strategy != Strategy.NONE
+        hits = int((routed & (strategy == truth) & should).sum())
+        score = f_beta(hits / max(int(routed.sum()), 1), hits / max(int(should.sum()), 1), beta)
         if score > best[1] + 1e-12:
             best = (float(threshold), float(score))
     return best
@@ -114,17 +94,15 @@ def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: flo
 
 def mixture_logits(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
                    threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final logits and strategies of the routed mixture at `threshold`, from logits computed
-    once (the same combination as MMEJDModel's routed forward)."""
-    strategy = model.route(router_logits, threshold)
-    temperature = model.config.expert_temperature
-    scaled = {name: logits / temperature(name) for name, logits in expert_logits.items()}
-    final = scaled["general"].clone()
-    final[strategy == IMAGE] = scaled["image_debias"][strategy == IMAGE]
-    final[strategy == TEXT] = scaled["text_debias"][strategy == TEXT]
-    both = strategy == BOTH
-    final[both] = model._combine_both(scaled["image_debias"][both], scaled["text_debias"][both])
-    return final, strategy
+    """Final logits and strategies of the model's routed mixture (its routed strategy, both
+    combination and temperatures) at `threshold`, from logits computed once."""
+    strategy = route(router_logits, threshold, model.config.routed_strategy)
+    return _combined(model, strategy, expert_logits), strategy
+
+
+def _combined(model, strategy: torch.Tensor, expert_logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    temperatures = {name: model.config.expert_temperature(name) for name in expert_logits}
+    return combine(strategy, expert_logits, model.config.both_combination, temperatures)
 
 
 def routing_candidates(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
@@ -133,31 +111,24 @@ def routing_candidates(model, router_logits: torch.Tensor, expert_logits: dict[s
                        max_routed_share: float | None = None) -> list[dict[str, Any]]:
     """Every routing of the routed mixture on this (group-balanced validation) data: each
     routed strategy (default: the model's) × each threshold routing at most `max_routed_share`
-    (None: any), as {routed_strategy, threshold, worst_group_accuracy, accuracy, routed_share,
-    cost, score}; `score` is `mid.selection_score` (worst-group accuracy with groups, macro F1
-    without), `worst_group_accuracy` None without groups. The model's routed strategy is
-    restored afterwards."""
+    (None: any; `candidate_thresholds`), as {routed_strategy, threshold, worst_group_accuracy,
+    accuracy, routed_share, cost, score}; `score` is `mid.selection_score` (worst-group accuracy
+    with groups, macro F1 without), `worst_group_accuracy` None without groups. The model is
+    only read."""
     from .mid import selection_score
 
-    away = 1 - router_logits.float().softmax(-1)[:, NONE]
-    thresholds = torch.unique(torch.cat([away, torch.tensor([0.0, 1.0])])).tolist()
-    thresholds = [t for t in thresholds if _within_budget(away, t, max_routed_share)] or [1.0]
-    previous = model.config.routed_strategy
+    thresholds = candidate_thresholds(router_logits, max_routed_share)
     candidates = []
-    try:
-        for routed in routed_strategies if routed_strategies is not None else (previous,):
-            model.config.routed_strategy = routed
-            for threshold in thresholds:
-                final, strategy = mixture_logits(model, router_logits, expert_logits, threshold)
-                predictions = final.argmax(-1)
-                score = selection_score(predictions, labels, groups)
-                candidates.append({"routed_strategy": routed, "threshold": float(threshold), "score": score,
-                                   "worst_group_accuracy": score if groups is not None else None,
-                                   "accuracy": float((predictions == labels).float().mean()),
-                                   "routed_share": float((strategy != NONE).float().mean()),
-                                   "cost": expected_cost(strategy, routed, threshold)})
-    finally:
-        model.config.routed_strategy = previous
+    for routed in routed_strategies if routed_strategies is not None else (model.config.routed_strategy,):
+        for threshold in thresholds:
+            strategy = route(router_logits, threshold, routed)
+            predictions = _combined(model, strategy, expert_logits).argmax(-1)
+            score = selection_score(predictions, labels, groups)
+            candidates.append({"routed_strategy": routed, "threshold": float(threshold), "score": score,
+                               "worst_group_accuracy": score if groups is not None else None,
+                               "accuracy": float((predictions == labels).float().mean()),
+                               "routed_share": float((strategy != Strategy.NONE).float().mean()),
+                               "cost": expected_cost(strategy, routed, threshold)})
     return candidates
 
 
@@ -174,19 +145,6 @@ def tune_threshold_for_groups(model, router_logits: torch.Tensor, expert_logits:
     return best["threshold"], best["score"]
 
 
-def expected_cost(strategy: torch.Tensor, routed_strategy: str | None, threshold: float) -> float:
-    """Passes per sample of the routed forward at this routing: one general pass plus each
-    debias expert's rows (a `both` row runs both); one pass when every sample goes to one
-    expert whatever the router says (`MMEJDModel.single_routed_expert` skips the general pass)."""
-    from ..modeling.configuration_mme_jd import single_routed_expert
-
-    if single_routed_expert(routed_strategy, threshold) is not None:
-        return 1.0
-    image = ((strategy == IMAGE) | (strategy == BOTH)).float().mean()
-    text = ((strategy == TEXT) | (strategy == BOTH)).float().mean()
-    return 1.0 + float(image + text)
-
-
 def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
                      labels: torch.Tensor, groups: torch.Tensor | None, tolerance: float,
                      max_routed_share: float | None = None) -> dict[str, Any]:
@@ -195,7 +153,7 @@ def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str
     return the one with the lowest `expected_cost` (ties: higher worst-group accuracy, then
     accuracy), as a `routing_candidates` entry."""
     candidates = routing_candidates(model, router_logits, expert_logits, labels, groups,
-                                    (None, "image", "text", "both"), max_routed_share)
+                                    (None, *ROUTED_STRATEGY_NAMES), max_routed_share)
     best = max(c["score"] for c in candidates)
     eligible = [c for c in candidates if c["score"] >= best - tolerance - 1e-9]
     return min(eligible, key=lambda c: (c["cost"], -c["score"], -c["accuracy"]))
@@ -230,7 +188,7 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     result = trainer.train()
     model.freeze_all()
     with torch.no_grad():
-        logits = model.router(pooled.to(model.router[0].weight.device))
+        logits = model.router(pooled.to(model.router.hidden.weight.device))
     f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu(), max_routed_share=max_routed_share)
     threshold, group_score, chosen = f_threshold, None, model.config.routed_strategy
     if threshold_objective == "worst_group":
@@ -247,13 +205,13 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
         raise ValueError(f"unknown threshold_objective {threshold_objective!r}; choose 'f0.5' or 'worst_group'.")
     model.config.routed_strategy = chosen
     model.config.router_threshold = threshold
-    shares = torch.bincount(model.route(logits).cpu(), minlength=4).float() / len(targets)
-    label_shares = torch.bincount(targets, minlength=4).float() / len(targets)
+    shares = torch.bincount(model.route(logits).cpu(), minlength=len(Strategy)).float() / len(targets)
+    label_shares = torch.bincount(targets, minlength=len(Strategy)).float() / len(targets)
     return {"stage": "router", "steps": result.global_step, "train_loss": result.training_loss,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 2), "threshold": threshold,
             "threshold_objective": threshold_objective, "f0.5_threshold": f_threshold, "f0.5": fbeta,
             "validation_worst_group_accuracy": group_score if groups is not None else None,
             "selection_metric": selection_metric(groups), "validation_selection_score": group_score,
-            "routed_strategy": chosen, "label_shares": dict(zip(ROUTER_STRATEGIES, label_shares.tolist())),
-            "routed_shares": dict(zip(ROUTER_STRATEGIES, shares.tolist())),
+            "routed_strategy": chosen, "label_shares": dict(zip(STRATEGY_NAMES, label_shares.tolist())),
+            "routed_shares": dict(zip(STRATEGY_NAMES, shares.tolist())),
             "router_class_weights": model.loss_settings.router_class_weights}

@@ -35,10 +35,11 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_text
-from ..modeling.configuration_mme_jd import (CF_TARGETS, DEBIAS_OBJECTIVES, MMEJDLossSettings, check_choice,
-                                             check_range)
+from ..modeling.configuration_mme_jd import (CF_TARGETS, DEBIAS_OBJECTIVES, EXPERT_NAMES, MMEJDLossSettings,
+                                             check_choice, check_range)
+from ..modeling.routing_mme_jd import strategy_targets
 from .mid import fit_lambdas
-from .router_labels import DEFAULT_COST_TOLERANCE, strategy_labels, train_router
+from .router_labels import DEFAULT_COST_TOLERANCE, train_router
 from .stages import copy_expert, run_expert_stage, stage_arguments, stage_parts
 
 logger = logging.getLogger("mme_jd")
@@ -458,9 +459,7 @@ def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None
     config = config or MMEJDTrainingConfig()
     processor = processor if processor is not None else model.processor
     vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
-    for layer in model.router:
-        if hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
+    model.router.reset_parameters()
     return _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, None, {})
 
 
@@ -494,18 +493,13 @@ def _router_stage(model, processor, rows, args, config, vocabulary, callbacks, w
     if group_column is None:
         outputs.pop("groups", None)
     labels = outputs["labels"]
-    predictions = {k: outputs[f"{k}_logits"].argmax(-1) for k in ("general", "image_debias", "text_debias")}
-    both = model._combine_both(outputs["image_debias_logits"], outputs["text_debias_logits"]).argmax(-1)
-    confidence = {k: outputs[f"{k}_logits"].softmax(-1).gather(1, labels[:, None])[:, 0]
-                  for k in ("image_debias", "text_debias")}
-    targets = strategy_labels(labels, predictions["general"], predictions["image_debias"],
-                              predictions["text_debias"], both, confidence["image_debias"], confidence["text_debias"])
+    experts = {name: outputs[f"{name}_logits"] for name in EXPERT_NAMES}
+    targets = strategy_targets(labels, experts, model.config.both_combination)
     router_args = stage_arguments(
         args, "router", str(Path(args.output_dir) / "stages" / "router"), num_train_epochs=config.router_epochs,
         learning_rate=config.router_learning_rate, max_steps=-1, per_device_train_batch_size=64,
         save_strategy="no", warmup_steps=0, logging_steps=50,
     )
-    experts = {name: outputs[f"{name}_logits"] for name in ("general", "image_debias", "text_debias")}
     log = train_router(model, outputs["pooled_hidden_state"], targets, router_args, callbacks,
                        threshold_objective=config.router_threshold_objective, expert_logits=experts,
                        labels=labels, groups=outputs.get("groups"), cost_tolerance=config.router_cost_tolerance,

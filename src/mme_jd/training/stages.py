@@ -44,14 +44,12 @@ def stage_parts(stage: str, loss_settings: MMEJDLossSettings) -> tuple[str, ...]
 
 
 def copy_expert(model, source: str, target: str) -> None:
-    """Warm start: copy the LoRA weights of expert `source` into expert `target`."""
-    params = dict(model.vlm.named_parameters())
+    """Warm start: copy the weights of expert `source` (its LoRA matrices and, if any, its head)
+    into expert `target`."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, param in params.items():
-            if f".{target}." in name and ".lora_" in name:
-                param.copy_(params[name.replace(f".{target}.", f".{source}.")])
-        if model.config.head == "linear":
-            model.heads[target].load_state_dict(model.heads[source].state_dict())
+        for name, param in model.expert_parameters(target):
+            param.copy_(params[name.replace(f".{target}.", f".{source}.")])
 
 
 def stage_arguments(args, stage: str, output_dir: str, **overrides: Any):
