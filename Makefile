@@ -74,7 +74,7 @@ distributed: $(STAMP)
 # Default: the tiny random model on synthetic rows; MODEL=folder DATA=mvsa_single ROWS=60 (and
 # CUE=NAME=REGEX) checks a trained model's gallery on real data.
 inspect-check: $(STAMP)
-	$(PY) -m mme_jd.evaluation.browser_check --output-dir inspect_check $(if $(MODEL),--model $(MODEL),) \
+	$(PY) -m mme_jd.browser_check --output-dir inspect_check $(if $(MODEL),--model $(MODEL),) \
 		$(if $(DATA),--data $(DATA),) $(if $(ROWS),--rows $(ROWS),) $(if $(CUE),--cue '$(CUE)',) \
 		$(if $(SCREENSHOTS),--screenshots $(SCREENSHOTS),)
 

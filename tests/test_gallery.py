@@ -21,7 +21,7 @@ from conftest import nudge_experts
 from mme_jd import cli
 from mme_jd.cues import Cue
 from mme_jd.data.synthetic import make_synthetic_benchmark
-from mme_jd.evaluation.browser_check import find_chromium
+from mme_jd.browser_check import find_chromium
 from mme_jd.evaluation.gallery import SECTIONS, inspect_examples, write_gallery
 from mme_jd.inference import collect_outputs
 from mme_jd.tiny import tiny_model
@@ -246,7 +246,7 @@ def test_app_round_trip(setup):
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed (apt-get install chromium): "
                                                     "the browser check runs where it is")
 def test_browser_check(setup, tmp_path):
-    from mme_jd.evaluation.browser_check import run_check
+    from mme_jd.browser_check import run_check
 
     summary = run_check(tmp_path, model=setup[0], rows=4)
     assert summary["gallery"]["cards"] == 4 and not summary["problems"]

@@ -165,5 +165,31 @@ def load_split(data: str, split: str | None = None, data_dir: str | os.PathLike 
     return load_data(data, [split] if split else None, data_dir, seed=seed, **synthetic), split
 
 
+def resolve_split(dataset: Any, split: str | None = None) -> tuple[Any, str | None]:
+    """(rows, split) of what a user handed a command: a `datasets.Dataset` as it is; a
+    DatasetDict's `split` (None: its only split, else "test"); a `save_to_disk` folder of either.
+    Clear `ValueError`s for a missing split, a split given to a Dataset, no rows."""
+    import datasets
+
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = datasets.load_from_disk(os.fspath(dataset))
+    if isinstance(dataset, datasets.DatasetDict):
+        if split is None:
+            if len(dataset) == 1:
+                split = next(iter(dataset))
+            elif "test" in dataset:
+                split = "test"
+            else:
+                raise ValueError(f"the dataset has splits {list(dataset)}: pass split= to choose one.")
+        if split not in dataset:
+            raise ValueError(f"the dataset has no split {split!r}; it has {list(dataset)}.")
+        return dataset[split], split
+    if split is not None:
+        raise ValueError("split= is only for a DatasetDict; a Dataset is evaluated as it is.")
+    if len(dataset) == 0:
+        raise ValueError("the dataset has no rows: give it at least one.")
+    return dataset, None
+
+
 __all__ = ["DATA_HELP", "DATASET_NAMES", "SYNTHETIC", "UnreadableRow", "default_test_split", "load_data", "load_split",
-           "read_rows"]
+           "read_rows", "resolve_split"]

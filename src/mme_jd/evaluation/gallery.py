@@ -643,12 +643,13 @@ def write_gallery(
 
     from ..files import atomic_write_text
     from .report import _json_default
-    from .run import _resolve_dataset, load_model
+    from ..data.sources import resolve_split
+    from .run import load_model
 
     if rows is not None and rows < 1:
         raise ValueError(f"rows={rows}: inspect at least one row (or None for all).")
     model, processor = load_model(model_folder_or_model, trust_remote_code=trust_remote_code)
-    data, split = _resolve_dataset(dataset, split)
+    data, split = resolve_split(dataset, split)
     if rows is not None and rows < len(data):
         data = data.select(range(rows))
     examples = inspect_examples(model, processor, data, mode=mode, text_counterfactual=text_counterfactual,

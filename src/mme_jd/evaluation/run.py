@@ -67,30 +67,6 @@ def load_model(model_folder_or_model, trust_remote_code: bool = False):
     return model_folder_or_model, processor
 
 
-def _resolve_dataset(dataset, split: str | None):
-    """A `datasets.Dataset` from a Dataset, a DatasetDict (+ split) or a `save_to_disk` folder."""
-    import datasets
-
-    if isinstance(dataset, (str, os.PathLike)):
-        dataset = datasets.load_from_disk(os.fspath(dataset))
-    if isinstance(dataset, datasets.DatasetDict):
-        if split is None:
-            if len(dataset) == 1:
-                split = next(iter(dataset))
-            elif "test" in dataset:
-                split = "test"
-            else:
-                raise ValueError(f"the dataset has splits {list(dataset)}: pass split= to choose one.")
-        if split not in dataset:
-            raise ValueError(f"the dataset has no split {split!r}; it has {list(dataset)}.")
-        return dataset[split], split
-    if split is not None:
-        raise ValueError("split= is only for a DatasetDict; a Dataset is evaluated as it is.")
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty: nothing to evaluate.")
-    return dataset, None
-
-
 def synthetic_group_names(rows, num_labels: int) -> list[str] | None:
     """Names of the synthetic benchmark's (label × text cue × image cue) groups, when the rows'
     `group` column follows its coding (`mme_jd.data.synthetic.group_id`); else None."""
@@ -235,13 +211,14 @@ def evaluate_model(
         trust_remote_code: let the folder run Python code of its own (see `load_model`).
     Returns the results dict written to `report.json`, plus `"files"`: {kind: path}.
     """
+    from ..data.sources import resolve_split
     from ..inference import collect_outputs
     from ..modeling.routing_mme_jd import strategy_targets
     from .diagnostics import Evaluator
     from .report import write_report
 
     model, processor = load_model(model_folder_or_model, trust_remote_code=trust_remote_code)
-    rows, split = _resolve_dataset(dataset, split)
+    rows, split = resolve_split(dataset, split)
     if "label" not in rows.column_names:
         raise ValueError(f"the rows need a `label` column to be evaluated; they have {rows.column_names}.")
     mode = mode or model.config.mode

@@ -1,6 +1,6 @@
 """Check the gallery and the local app as a person would see them: in a real (headless) browser.
 
-    python -m mme_jd.evaluation.browser_check --output-dir inspect_check     (`make inspect-check`)
+    python -m mme_jd.browser_check --output-dir inspect_check     (`make inspect-check`)
 
 opens a gallery (written here for the tiny random model on synthetic rows, or for `--model` on
 `--data`) and the local app (`mme_jd.app`, on 127.0.0.1) in headless Chromium, uploads an image
@@ -304,17 +304,17 @@ def run_check(output_dir: str | os.PathLike, model: Any = None, data: str = "syn
     random model). Returns a summary; raises AssertionError listing every problem."""
     import threading
 
-    from ..app import make_server
-    from ..cues import parse_cues
-    from ..data.sources import load_split
-    from .gallery import write_gallery
-    from .run import load_model
+    from .app import make_server
+    from .cues import parse_cues
+    from .data.sources import load_split
+    from .evaluation.gallery import write_gallery
+    from .evaluation.run import load_model
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     screenshots = Path(screenshots) if screenshots is not None else output_dir
     if model is None:
-        from ..tiny import tiny_model
+        from .tiny import tiny_model
 
         model_object = tiny_model().eval()
     else:
@@ -328,12 +328,12 @@ def run_check(output_dir: str | os.PathLike, model: Any = None, data: str = "syn
     seconds_gallery = time.perf_counter() - started
 
     # one upload for the app: the first inspected row's image (or a generated one) and text
-    from .run import _resolve_dataset
+    from .data.sources import resolve_split
 
-    first = _resolve_dataset(dataset, split)[0][0]
+    first = resolve_split(dataset, split)[0][0]
     upload = output_dir / "upload.png"
     if first.get("image") is not None:
-        from ..data.images import load_image
+        from .data.images import load_image
 
         load_image(first["image"]).save(upload)
     else:
@@ -368,7 +368,7 @@ def run_check(output_dir: str | os.PathLike, model: Any = None, data: str = "syn
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mme_jd.evaluation.browser_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mme_jd.browser_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="inspect_check", help="where the gallery, the upload and the "
                                                                       "screenshots go (default: %(default)s)")
