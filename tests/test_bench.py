@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from mme_jd import bench
 from mme_jd.data.synthetic import make_synthetic_benchmark
 from mme_jd.inference import collect_outputs
+from mme_jd.modeling.configuration_mme_jd import ROUTER_STRATEGIES
 from mme_jd.tiny import tiny_model
 from mme_jd.training import peers
 
@@ -59,7 +60,7 @@ def test_bench_writes_every_method_and_figure(tmp_path):
     timing = seed["timing"]["mme_jd"]
     assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget",
                                                "mme_jd_best_wga", "mid"}
-    strategies = (None, "image", "text", "both")
+    strategies = (None, *ROUTER_STRATEGIES[1:])
     routed = seed["methods"]["MME-JD routed"]["knobs"]
     assert routed["router_cost_tolerance"] == 0.01 and routed["routed_strategy"] in strategies  # the default
     best = seed["methods"]["MME-JD routed (best WGA)"]["knobs"]
@@ -234,6 +235,7 @@ torch.set_num_threads(1)
 from transformers import TrainingArguments
 from mme_jd.data.synthetic import make_synthetic_benchmark
 from mme_jd.inference import collect_outputs
+from mme_jd.modeling.configuration_mme_jd import ROUTER_STRATEGIES
 from mme_jd.provenance import base_weights_sha256
 from mme_jd.tiny import pretrained_tiny_model
 from mme_jd.training import MMEJDTrainingConfig, train

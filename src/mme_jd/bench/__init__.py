@@ -35,11 +35,11 @@ Modules: `settings` (the budget), `methods` (the registry and what its methods s
 """
 
 from .controls import random_counterfactual_columns, random_dataset
-from .methods import METHODS, REGISTRY, Method, Outcome, SeedRun, method
+from .methods import METHODS, REGISTRY, Method, Outcome, SeedRun
 from .report import (README_END, README_START, ROUTED_COST_TARGET, aggregate, markdown_report, readme_section,
                      results_table, timing_table, update_readme)
 from .run import add_arguments, main, run_bench, run_from_args, run_seed, write_json
-from .scoring import cue_only_columns, recipe_figures
+from .scoring import cue_only_columns, recipe_figures, strategy_shares
 from .settings import DATA_SPLITS, QUICK_SETTINGS, TEST_SPLITS, BenchSettings, training_arguments, training_config
 from .timing import (Routing, configured_copy, expert_seconds, measure_inference, medians, routed_copy,
                      time_variants)
@@ -48,7 +48,8 @@ __all__ = [
     "BenchSettings", "DATA_SPLITS", "METHODS", "Method", "Outcome", "QUICK_SETTINGS", "README_END", "README_START",
     "REGISTRY", "ROUTED_COST_TARGET", "Routing", "SeedRun", "TEST_SPLITS", "add_arguments", "aggregate",
     "configured_copy", "cue_only_columns", "expert_seconds", "main", "markdown_report", "measure_inference",
-    "medians", "method", "random_counterfactual_columns", "random_dataset", "readme_section", "recipe_figures",
-    "results_table", "routed_copy", "run_bench", "run_from_args", "run_seed", "time_variants", "timing_table",
+    "medians", "random_counterfactual_columns", "random_dataset", "readme_section", "recipe_figures",
+    "results_table", "routed_copy", "run_bench", "run_from_args", "run_seed", "strategy_shares", "time_variants",
+    "timing_table",
     "training_arguments", "training_config", "update_readme", "write_json",
 ]

@@ -138,18 +138,27 @@ class SeedRun:
             rows = rows.select(range(min(self.settings.timing_rows, len(rows))))
         return rows
 
-    def figures(self, split: str, logits: torch.Tensor) -> dict[str, Any]:
-        """The figures of `logits` on a test split, reliance against ERM's cue-only passes."""
+    def figures(self, split: str, logits: torch.Tensor, cue_only: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, Any]:
+        """The figures of `logits` on a test split, reliance against `cue_only` (the logits of
+        a model's general expert on the cue-only columns; default: those of the mme_jd run's,
+        ERM's)."""
         reference = self.shared(mme_jd_run)
         if self._evaluator is None:
             self._evaluator = SplitEvaluator(self.data, int(reference.model.config.num_labels))
-        return self._evaluator.figures(split, logits, cue_only_logits(reference.passes[split]["mid"]))
+        if cue_only is None:
+            cue_only = cue_only_logits(reference.passes[split]["mid"])
+        return self._evaluator.figures(split, logits, cue_only)
 
     def general_figures(self, model) -> dict[str, dict]:
-        """Figures of a one-forward model (its general expert) on every test split."""
+        """Figures of a one-forward model (its general expert) on every test split, reliance
+        against its own predictions on the cue-only columns (the same inputs for every method)."""
         cue_data = self.shared(mme_jd_run).cue_data
-        return {split: self.figures(split, cue_only_pass(model, cue_data[split], self.settings)["general_logits"])
-                for split in TEST_SPLITS}
+        figures = {}
+        for split in TEST_SPLITS:
+            outputs = cue_only_pass(model, cue_data[split], self.settings)
+            figures[split] = self.figures(split, outputs["general_logits"], cue_only_logits(outputs))
+        return figures
 
 
 # ---------------------------------------------------------------------------- the mme_jd run
@@ -282,7 +291,8 @@ def _routed_figures(run: SeedRun, logits_and_strategies) -> tuple[dict, dict]:
 
 def mme_jd_routed(run: SeedRun) -> Outcome:
     m = run.shared(mme_jd_run)
-    figures, shares = _routed_figures(run, lambda s: (m.passes[s]["routed"]["logits"], m.passes[s]["routed"]["strategy"]))
+    figures, shares = _routed_figures(run, lambda s: (m.passes[s]["routed"]["logits"],
+                                                      m.passes[s]["routed"]["strategy"]))
     config = m.model.config
     knobs = {**m.lambdas, "router_threshold": float(config.router_threshold), "routed_strategy": config.routed_strategy,
              "router_cost_tolerance": config.router_cost_tolerance}
@@ -379,7 +389,8 @@ def mme_jd_random_masks(run: SeedRun) -> Outcome:
 
 
 def one_forward(name: str, recipe: str, train_split: str | None = None, random_masks: bool = False,
-                epochs: Callable[[BenchSettings], float | None] = lambda settings: None) -> Callable[[SeedRun], Outcome]:
+                epochs: Callable[[BenchSettings], float | None] = lambda settings: None,
+                ) -> Callable[[SeedRun], Outcome]:
     """A recipe trained on its own whose model is one general forward at inference: `recipe` on
     `train_split`, with random-mask counterfactual columns when `random_masks`, for
     `epochs(settings)` epochs (None: the settings')."""
@@ -488,8 +499,10 @@ REGISTRY: tuple[Method, ...] = (
     Method("MME-JD routed (best WGA)", "the same model, routing re-tuned on validation_balanced for the best "
                                        "worst-group accuracy whatever it costs (router_cost_tolerance 0)",
            rerouted("best_wga", lambda s: {"router_cost_tolerance": 0.0})),
-    Method("image_debias expert", "ablation: the image_debias expert of the mme_jd run alone", expert_alone("image_debias")),
-    Method("text_debias expert", "ablation: the text_debias expert of the mme_jd run alone", expert_alone("text_debias")),
+    Method("image_debias expert", "ablation: the image_debias expert of the mme_jd run alone",
+           expert_alone("image_debias")),
+    Method("text_debias expert", "ablation: the text_debias expert of the mme_jd run alone",
+           expert_alone("text_debias")),
     Method("MID (random masks)", "control: MID with λ refitted on counterfactuals whose masked words and patches are "
                                  "chosen at random, as many per row as the real builders mask", mid_random_masks),
     Method("MCTD (random masks)", "control: MCTD trained on random masks of the same counts",
@@ -501,10 +514,3 @@ REGISTRY: tuple[Method, ...] = (
 #: Method names in table order, with their descriptions.
 METHODS: dict[str, str] = {method.name: method.description for method in REGISTRY}
 
-
-def method(name: str) -> Method:
-    """The registry entry called `name`."""
-    for entry in REGISTRY:
-        if entry.name == name:
-            return entry
-    raise KeyError(f"no bench method {name!r}; the methods are {list(METHODS)}.")

@@ -139,7 +139,8 @@ def run_bench(
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The bench's command-line options (for `python -m mme_jd.bench` and `mme-jd bench`)."""
     parser.add_argument("--quick", action="store_true",
-                        help="one seed, 3000 training rows, 3 epochs, the costliest controls left out (under 10 minutes)")
+                        help="one seed, 3000 training rows, 3 epochs, the costliest controls left out "
+                             "(under 10 minutes)")
     parser.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                         help="comma-separated seeds (default: 0,1,2; quick: 0)")
     parser.add_argument("--output-dir", default="bench/results", help="where results go (default: %(default)s)")
@@ -148,8 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-test", type=int, default=None, help="rows per test split (default 1000; quick 500)")
     parser.add_argument("--epochs", type=float, default=None, help="epochs (default 3, also quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1)")
-    parser.add_argument("--learning-rate", type=float, default=None, help="learning rate of every method (default 2e-3)")
-    parser.add_argument("--p-cue", type=float, default=None, help="training P(cue agrees with the label) (default 0.97)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="learning rate of every method (default 2e-3)")
+    parser.add_argument("--p-cue", type=float, default=None,
+                        help="training P(cue agrees with the label) (default 0.97)")
     parser.add_argument("--routed-budget", type=float, default=None,
                         help="share of validation samples MME-JD routed (budget) may route (default 0.25)")
     parser.add_argument("--routed-cost-tolerance", type=float, default=None,
