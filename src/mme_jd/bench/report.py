@@ -1,6 +1,6 @@
 """The steps after the seeds ran: mean ± std over seeds (`aggregate`), the Markdown tables and
-report (`markdown_report`, prose in `templates/report.md`) and the README section
-(`readme_section`, `templates/readme.md`; written between markers by `update_readme`)."""
+report (`markdown_report`, its prose in `report_template.md` beside this file) and the README
+section (`readme_section`, `readme_template.md`; written between markers by `update_readme`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ ROUTED_COST_TARGET = 1.25
 MIXTURE_VARIANTS = {"mme_jd_routed": "MME-JD routed", "mme_jd_all": "MME-JD all experts",
                     "mme_jd_budget": "MME-JD routed (budget)", "mme_jd_best_wga": "MME-JD routed (best WGA)"}
 TIMED_VARIANTS = {"general": "one general forward", **MIXTURE_VARIANTS, "mid": "MID (3 rows per sample)"}
-_TEMPLATES = Path(__file__).with_name("templates")
+_TEMPLATES = Path(__file__).parent
 
 
 def _template(name: str) -> Template:
@@ -166,7 +166,7 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
     methods = "\n".join(f"- **{name}**: {METHODS[name]}" for name in summary["methods"])
     knobs = "\n".join(f"- {name}: " + "; ".join(json.dumps(k, default=str) for k in entry["knobs"])
                       for name, entry in summary["methods"].items() if any(entry["knobs"]))
-    return _template("report.md").substitute(
+    return _template("report_template.md").substitute(
         description=describe_settings(settings), model_factory=summary.get("model_factory"),
         threads=timing["threads"], minutes=f"{seconds / 60:.1f}",
         environment=describe_environment(summary["environment"]) if summary.get("environment") else "",
@@ -186,7 +186,7 @@ def readme_section(summary: dict, settings: BenchSettings, markdown_name: str) -
     routed = summary["methods"].get("MME-JD routed", {"knobs": []})
     tolerances = {k.get("router_cost_tolerance") for k in routed["knobs"] if k}
     tolerance = ", ".join(f"{t:g}" for t in sorted(t for t in tolerances if t is not None)) or "?"
-    return _template("readme.md").substitute(
+    return _template("readme_template.md").substitute(
         description=describe_settings(settings), results_table=results_table(summary), tolerance=tolerance,
         routed_away=_cell(timing["routed_away_test_balanced"], 3), routed_ratio=_ratio(timing, "mme_jd_routed"),
         all_ratio=_ratio(timing, "mme_jd_all"), best_ratio=_ratio(timing, "mme_jd_best_wga"),
