@@ -5,9 +5,11 @@
 For each base, the same pre-collated batches of synthetic rows go through (a) one general
 forward and (b) the routed `mme_jd` forward with exactly a share s of every batch sent to the
 text_debias expert (s = 0, 0.1, 0.25, 0.5, 1), with the debias pass reusing the general pass's
-vision features (`reuse_image_features`, the default) and without. The router is bypassed
-only in which rows it picks; everything else is the model's own routed forward. Medians of
-`--repeats` rounds in rotating order after a warm-up, torch on `--threads` threads.
+vision features (`reuse_image_features`, the default) and without (a copy of the model
+configured so: `mme_jd.bench.configured_copy`). The router's output is replaced (a forward
+hook, `routed_rows`) only in which rows it picks; everything else is the model's own routed
+forward. Timed by `mme_jd.bench.time_variants` (medians of `--repeats` rounds in rotating order
+after a warm-up), torch on `--threads` threads.
 
 Bases: `tiny` (the pretrained tiny LLaVA of the synthetic bench: per-call overhead dominates)
 and `minilm` (MiniLM-LLaVA, 22M parameters, 64 px images: compute counts for more). Writes
@@ -17,20 +19,21 @@ bench/results/inference_cost.json and .md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import statistics
-import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from mme_jd.files import atomic_write_text
+from mme_jd.modeling.configuration_mme_jd import ROUTER_STRATEGIES
 from mme_jd.provenance import run_environment
 
 SHARES = (0.0, 0.1, 0.25, 0.5, 1.0)
 README_START, README_END = "<!-- bench:cost:start -->", "<!-- bench:cost:end -->"
-TEXT = 2  # ROUTER_STRATEGIES.index("text")
+NONE, TEXT = ROUTER_STRATEGIES.index("none"), ROUTER_STRATEGIES.index("text")
 
 
 def _model(base: str):
@@ -62,9 +65,37 @@ def _batches(model, count: int, batch_size: int) -> list[dict]:
     return batches
 
 
+@contextlib.contextmanager
+def routed_rows(model, share: float) -> Iterator[None]:
+    """Within the block, `model`'s router sends exactly the first round(share * batch) rows of
+    every batch to the text_debias expert and the others to `none`: a forward hook replaces the
+    router's logits; the rest is the model's own routed forward (at its default threshold,
+    routing on the router's most probable strategy)."""
+    if model.config.routed_strategy is not None or not 0.0 < model.config.router_threshold < 1.0:
+        raise ValueError("routed_rows needs the router's own choice (routed_strategy None, threshold in (0, 1)).")
+
+    def forced(module, args, logits):
+        size = logits.shape[0]
+        chosen = torch.full((size, len(ROUTER_STRATEGIES)), -30.0, dtype=logits.dtype, device=logits.device)
+        chosen[:, NONE] = 30.0
+        routed = round(share * size)
+        chosen[:routed, NONE], chosen[:routed, TEXT] = -30.0, 30.0
+        return chosen
+
+    handle = model.router.register_forward_hook(forced)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def measure(base: str, rows: int, batch_size: int, repeats: int) -> dict:
+    from mme_jd.bench import configured_copy, medians, time_variants
+
     model = _model(base).eval()
     batches = _batches(model, rows, batch_size)
+    # the model with the debias passes reusing the general pass's vision features, and without
+    models = {reuse: configured_copy(model, reuse_image_features=reuse) for reuse in (True, False)}
     variants = {"general": ("general", None, True)}
     for share in SHARES:
         for reuse in (True, False):
@@ -72,31 +103,14 @@ def measure(base: str, rows: int, batch_size: int, repeats: int) -> dict:
 
     def run(name: str) -> None:
         mode, share, reuse = variants[name]
-        model.config.reuse_image_features = reuse
-        with torch.no_grad():
+        runner = models[reuse]
+        with torch.no_grad(), (routed_rows(runner, share) if share is not None else contextlib.nullcontext()):
             for batch in batches:
-                size = batch["input_ids"].shape[0]
-                if share is not None:  # route exactly round(share * size) rows of this batch to text_debias
-                    forced = torch.zeros(size, dtype=torch.long)
-                    forced[: round(share * size)] = TEXT
-                    model.route = lambda logits, threshold=None, forced=forced: forced.to(logits.device)
-                try:
-                    output = model(**batch, mode=mode)
-                finally:
-                    model.__dict__.pop("route", None)
-                if share is not None and int((output.strategy == TEXT).sum()) != round(share * size):
+                output = runner(**batch, mode=mode)
+                if share is not None and int((output.strategy == TEXT).sum()) != round(share * len(output.strategy)):
                     raise RuntimeError("the forced routing did not reach the model's routed forward")
 
-    for name in variants:  # warm-up
-        run(name)
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for repeat in range(repeats):
-        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-            started = time.perf_counter()
-            run(name)
-            seconds[name].append(time.perf_counter() - started)
-    median = {name: statistics.median(values) for name, values in seconds.items()}
+    median = medians(time_variants(run, list(variants), repeats))
     general = median["general"]
     return {"base": base, "rows": rows, "batch_size": batch_size, "repeats": repeats,
             "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),

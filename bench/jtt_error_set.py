@@ -15,6 +15,7 @@ mostly noisy rows, upweighting them teaches the cue, not the core.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 def error_set_kinds(seed: int, settings) -> dict:
     from transformers import set_seed
 
-    from mme_jd.bench import DATA_SPLITS, _training_arguments
+    from mme_jd.bench import DATA_SPLITS, training_arguments
     from mme_jd.data.synthetic import make_synthetic_benchmark
     from mme_jd.tiny import pretrained_tiny_model
     from mme_jd.training.peers import jtt_first_phase
@@ -37,7 +38,7 @@ def error_set_kinds(seed: int, settings) -> dict:
     set_seed(seed)
     model = pretrained_tiny_model()
     # the bench's JTT arguments and first phase (`run_seed`: train_jtt with first_epochs)
-    args = _training_arguments(settings, seed, f"outputs/jtt_error_set/{seed}")
+    args = training_arguments(settings, seed, f"outputs/jtt_error_set/{seed}")
     _, indices = jtt_first_phase(model, rows, args, settings.first_epochs)
     errors = set(indices)
     label, clean, text_cue, image_cue = rows["label"], rows["clean_label"], rows["text_cue"], rows["image_cue"]
@@ -60,7 +61,8 @@ def main() -> None:
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from mme_jd.bench import BenchSettings, _write_json
+    from mme_jd.bench import BenchSettings
+    from mme_jd.files import atomic_write_text
 
     settings = BenchSettings.for_run(False)
     results = []
@@ -71,10 +73,10 @@ def main() -> None:
               f"{entry['errors_noisy']} ({entry['share_of_errors_noisy']:.0%}, {entry['errors_noisy_with_both_cues_agreeing']} "
               f"with both cues agreeing with the noisy label); cue-conflicting rows {entry['errors_conflicting']} "
               f"({entry['share_of_errors_conflicting']:.0%}) of {entry['conflicting_rows']}", flush=True)
-    _write_json(Path(cli.results), {"settings": {"num_train": settings.num_train, "p_cue": settings.p_cue,
-                                                 "label_noise": settings.label_noise,
-                                                 "learning_rate": settings.learning_rate},
-                                    "seeds": results})
+    payload = {"settings": {"num_train": settings.num_train, "p_cue": settings.p_cue,
+                            "label_noise": settings.label_noise, "learning_rate": settings.learning_rate},
+               "seeds": results}
+    atomic_write_text(Path(cli.results), json.dumps(payload, indent=2, default=str) + "\n", make_parents=True)
     print(f"wrote {cli.results}", file=sys.stderr)
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_recipes import evaluate  # noqa: E402  (the one-seed script's evaluation)
+from mme_jd.bench import recipe_figures
+from mme_jd.files import atomic_write_text
 
 METHODS = ("ERM (general expert)", "MID (λ fitted on validation_balanced)", "text_debias expert alone",
            "image_debias expert alone", "MME-JD routed", "oracle (cue-free train)")
@@ -54,7 +53,7 @@ def run(learning_rate: float, p_cue: float, seed: int, recipe: str, output: Path
                                  train_split="train_cue_free" if recipe == "oracle" else "train")
     started = time.perf_counter()
     report = train(model, data, args, config)
-    figures = evaluate(model, data, recipe)
+    figures = recipe_figures(model, data, recipe)
     return {"seconds": round(time.perf_counter() - started, 1), "methods": figures,
             "stages": [{k: v for k, v in s.items() if k in ("stage", "train_loss", "threshold", "routed_strategy",
                                                              "lambda_text", "lambda_image")}
@@ -96,12 +95,6 @@ def compact(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--learning-rates", type=_floats, default=[1e-3, 2e-3, 5e-3])
@@ -138,11 +131,11 @@ def main() -> None:
                 payload = {"settings": {"num_train": 6000, "epochs": 3.0, "batch_size": 64, "label_noise": 0.1,
                                         "router_cost_tolerance": MMEJDConfig.router_cost_tolerance},
                            "runs": sorted(done, key=key)}
-                _write(results_path, json.dumps(payload, indent=2, default=str))
+                atomic_write_text(results_path, json.dumps(payload, indent=2, default=str))
                 print(markdown([entry]), flush=True)
     done = sorted(done, key=key)
     table = markdown(done)
-    _write(results_path.with_suffix(".md"), "# Learning-rate sensitivity (synthetic benchmark)\n\n"
+    atomic_write_text(results_path.with_suffix(".md"), "# Learning-rate sensitivity (synthetic benchmark)\n\n"
            "Worst-group accuracy (WGA) on test_balanced:\n\n" + compact(done) + "\n\nEvery figure:\n\n" + table + "\n")
     if cli.readme:
         from mme_jd.bench import update_readme

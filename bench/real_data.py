@@ -142,9 +142,9 @@ def evaluate(model, rows, recipe: str, task: str, batch_size: int, with_mid: boo
     for name, logits in named.items():
         results[name] = figures(logits, out["labels"], task)
     if recipe == "mme_jd":
-        shares = torch.bincount(out["strategy"], minlength=4).float() / len(out["strategy"])
-        results["MME-JD routed"]["router_shares"] = dict(zip(("none", "image", "text", "both"),
-                                                             [round(float(s), 4) for s in shares]))
+        from mme_jd.bench import strategy_shares
+
+        results["MME-JD routed"]["router_shares"] = strategy_shares(out["strategy"])
     return results
 
 

@@ -18,42 +18,13 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from mme_jd.bench import recipe_figures
 from mme_jd.data.synthetic import make_synthetic_benchmark
-from mme_jd.inference import collect_outputs
+from mme_jd.files import atomic_write_text
 from mme_jd.tiny import pretrained_tiny_model
 from mme_jd.training import MMEJDTrainingConfig, train
-from mme_jd.training.mid import worst_group_accuracy
 
 SPLITS = ("test_id", "test_ood", "test_balanced")
-
-
-def _figures(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> dict:
-    predictions = logits.argmax(-1)
-    return {"accuracy": round(float((predictions == labels).float().mean()), 4),
-            "worst_group_accuracy": round(worst_group_accuracy(predictions, labels, groups), 4)}
-
-
-def evaluate(model, data, recipe: str) -> dict[str, dict]:
-    """Figures of every method a trained recipe offers, per test split."""
-    results: dict[str, dict] = {}
-    for split in SPLITS:
-        rows = data[split]
-        if recipe == "mme_jd":
-            out = collect_outputs(model, model.processor, rows, batch_size=256, mode="mme_jd", return_experts=True)
-            named = {"ERM (general expert)": out["general_logits"], "image_debias expert alone": out["image_debias_logits"],
-                     "text_debias expert alone": out["text_debias_logits"], "MME-JD routed": out["logits"]}
-            routed_away = float((out["strategy"] != 0).float().mean())
-            mid = collect_outputs(model, model.processor, rows, batch_size=256, mode="mid",
-                                  counterfactual_parts=("text", "image"), text_counterfactual="lexical")
-            named["MID (λ fitted on validation_balanced)"] = mid["logits"]
-        else:
-            out = collect_outputs(model, model.processor, rows, batch_size=256, mode="general")
-            named = {{"mctd": "MCTD", "oracle": "oracle (cue-free train)"}[recipe]: out["logits"]}
-        for name, logits in named.items():
-            results.setdefault(name, {})[split] = _figures(logits, out["labels"], out["groups"])
-        if recipe == "mme_jd":
-            results["MME-JD routed"][split]["routed_away"] = round(routed_away, 4)
-    return results
 
 
 def main() -> None:
@@ -97,14 +68,13 @@ def main() -> None:
         results["training"]["router refit" + cli.tag] = log
         print("router refit:", {k: v for k, v in log.items() if k in ("threshold", "routed_strategy",
                                                                         "routed_shares", "validation_worst_group_accuracy")})
-        figures = evaluate(model, data, "mme_jd")["MME-JD routed"]
+        figures = recipe_figures(model, data, "mme_jd")["MME-JD routed"]
         name = "MME-JD routed (router refit: worst-group threshold, routed strategy)" + cli.tag
         results["methods"][name] = figures
         print(f"{name:40s}", "  ".join(f"{s}={f['accuracy']:.3f}" for s, f in figures.items()),
               f"WGA={figures['test_balanced']['worst_group_accuracy']:.3f}", flush=True)
     for recipe in (cli.recipes.split(",") if not cli.refit_router else []):
-        model = pretrained_tiny_model()
-        model.config.swap_other_modality = cli.swap_other_modality
+        model = pretrained_tiny_model(swap_other_modality=cli.swap_other_modality)
         args = TrainingArguments(
             output_dir=f"{cli.output}/{recipe}", per_device_train_batch_size=64, num_train_epochs=cli.epochs,
             learning_rate=cli.learning_rate, warmup_steps=10, logging_steps=50, save_strategy="no",
@@ -120,7 +90,7 @@ def main() -> None:
         results["training"][recipe + cli.tag] = {"seconds": round(time.perf_counter() - started, 1),
                                        "stages": [{k: v for k, v in s.items() if k != "losses"}
                                                   for s in report["stages"]]}
-        for name, figures in evaluate(model, data, recipe).items():
+        for name, figures in recipe_figures(model, data, recipe).items():
             name = name + cli.tag
             results["methods"][name] = figures
             print(f"{name:40s}", "  ".join(f"{s}={f['accuracy']:.3f}" for s, f in figures.items()),
@@ -133,9 +103,7 @@ def main() -> None:
         previous["training"].update(results["training"])
         previous.setdefault("runs", []).append(results["settings"])
         results = previous
-    temporary = out.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(results, indent=2, default=str))
-    temporary.replace(out)
+    atomic_write_text(out, json.dumps(results, indent=2, default=str))
     print("wrote", out)
 
 

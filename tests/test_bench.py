@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from mme_jd import bench
 from mme_jd.data.synthetic import make_synthetic_benchmark
 from mme_jd.inference import collect_outputs
+from mme_jd.modeling.configuration_mme_jd import ROUTER_STRATEGIES
 from mme_jd.tiny import tiny_model
 from mme_jd.training import peers
 
@@ -35,7 +36,7 @@ def test_bench_writes_every_method_and_figure(tmp_path):
     summary = bench.run_bench(
         quick=True, output_dir=tmp_path / "results", model_factory=tiny_model, readme=readme, num_train=64,
         num_test=32, num_validation_balanced=32, max_steps=2, timing_repeats=1, jtt_upweights=(2, 3),
-        group_dro_step_sizes=(0.1, 1.0), training_overrides={"router_epochs": 2}, progress=None,
+        group_dro_step_sizes=(0.1, 1.0), training_overrides={"router_epochs": 2}, skip_methods=(), progress=None,
     )
     results = tmp_path / "results"
     seed = json.loads((results / "synthetic_quick_seed0.json").read_text())
@@ -59,7 +60,7 @@ def test_bench_writes_every_method_and_figure(tmp_path):
     timing = seed["timing"]["mme_jd"]
     assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mme_jd_budget",
                                                "mme_jd_best_wga", "mid"}
-    strategies = (None, "image", "text", "both")
+    strategies = (None, *ROUTER_STRATEGIES[1:])
     routed = seed["methods"]["MME-JD routed"]["knobs"]
     assert routed["router_cost_tolerance"] == 0.01 and routed["routed_strategy"] in strategies  # the default
     best = seed["methods"]["MME-JD routed (best WGA)"]["knobs"]
@@ -75,13 +76,48 @@ def test_bench_writes_every_method_and_figure(tmp_path):
     markdown = (results / "synthetic_quick.md").read_text()
     header = "| Method | ID acc | ID F1 | OOD acc | OOD F1 | Bal. acc | Bal. F1 | WGA |"
     assert header in markdown
-    for name in bench.METHODS:
-        assert f"| {name} |" in markdown
+    for name, description in bench.METHODS.items():  # each method's one description, from the registry
+        assert f"| {name} |" in markdown and f"- **{name}**: {description}" in markdown
     text = readme.read_text()
     assert text.startswith("# project\n\nintro\n")
     assert text.count(bench.README_START) == 1 and text.count(bench.README_END) == 1
     assert "| MME-JD routed |" in text.split(bench.README_START)[1]
     assert not (results / "tmp").exists() or not any((results / "tmp").iterdir())
+
+
+def test_quick_keeps_the_story_and_leaves_out_only_registry_methods():
+    quick = bench.BenchSettings.for_run(True)
+    assert set(quick.skip_methods) <= set(bench.METHODS)
+    assert {"ERM", "Oracle", "MCTD", "MME-JD routed"}.isdisjoint(quick.skip_methods)
+    # the oracle is trained as long as in the full run: in 3 epochs it is no ceiling
+    assert quick.oracle_epochs == bench.BenchSettings.for_run(False).oracle_epochs
+    with pytest.raises(ValueError, match="no such bench methods"):
+        bench.run_seed(0, bench.BenchSettings.for_run(True, skip_methods=("ERN",)), tiny_model, None)
+
+
+def test_time_variants_warms_up_then_rotates():
+    calls = []
+    seconds = bench.time_variants(calls.append, ["a", "b", "c"], repeats=3)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {name: len(values) for name, values in seconds.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_inference_variants_leave_the_trained_model_unchanged(data):
+    """Other routings and executions run on configured copies: the model's config and weights
+    stay as they were, and a copy at the model's own settings is the model itself."""
+    model = tiny_model().eval()
+    config, weights = model.config.to_dict(), {k: v.clone() for k, v in model.state_dict().items()}
+    rows = data["test_balanced"].select(range(16))
+    timing = bench.measure_inference(model, rows, batch_size=8, repeats=1,
+                                     variants=("general", "mme_jd_routed", "mme_jd_all", "mme_jd_text", "mid"),
+                                     routings={"text": (0.0, "text")})
+    assert model.config.to_dict() == config
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert set(timing["ratio_to_general"]) == {"general", "mme_jd_routed", "mme_jd_all", "mme_jd_text", "mid"}
+    assert set(timing["breakdown"]["mme_jd_text"]["experts"]) == {"text_debias"}  # one pass: every row routed
+    assert bench.configured_copy(model, expert_execution=model.config.expert_execution) is model
+    copy = bench.routed_copy(model, bench.Routing(0.0, "image"))
+    assert copy is not model and copy.config.routed_strategy == "image" and model.config.routed_strategy is None
 
 
 def test_readme_section_is_replaced_in_place(tmp_path):
@@ -199,6 +235,7 @@ torch.set_num_threads(1)
 from transformers import TrainingArguments
 from mme_jd.data.synthetic import make_synthetic_benchmark
 from mme_jd.inference import collect_outputs
+from mme_jd.modeling.configuration_mme_jd import ROUTER_STRATEGIES
 from mme_jd.provenance import base_weights_sha256
 from mme_jd.tiny import pretrained_tiny_model
 from mme_jd.training import MMEJDTrainingConfig, train

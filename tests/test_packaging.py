@@ -63,7 +63,8 @@ def test_wheel_holds_every_part_and_imports_outside_the_source_tree(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("mme_jd/modeling/modeling_mme_jd.py", "mme_jd/modeling/pipeline_mme_jd.py",
                      "mme_jd/hub_cards/model_card.md", "mme_jd/data/sentiment_lexicon.tsv",
-                     "mme_jd/evaluation/metric/mme_jd_metrics.py", "mme_jd/py.typed"):
+                     "mme_jd/evaluation/metric/mme_jd_metrics.py", "mme_jd/py.typed",
+                     "mme_jd/bench/report_template.md", "mme_jd/bench/readme_template.md"):
         assert expected in names, expected
     # every module of the source tree is in the wheel (a new subpackage missing from
     # pyproject.toml's `packages` would be left out silently)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
-__all__ = ["SentimentLexicon", "load_lexicon", "DEFAULT_LEXICON_PATH", "normalize_word"]
+__all__ = ["SentimentLexicon", "load_lexicon", "DEFAULT_LEXICON_PATH", "normalize_word", "swap_vocabulary"]
 
 DEFAULT_LEXICON_PATH = Path(__file__).with_name("sentiment_lexicon.tsv")
 
@@ -222,3 +222,15 @@ def load_lexicon(path: str | Path | None = None) -> SentimentLexicon:
     """Load a lexicon TSV (default: the shipped ``sentiment_lexicon.tsv``), cached per path."""
     resolved = Path(path) if path is not None else DEFAULT_LEXICON_PATH
     return _load_cached(str(resolved.resolve()))
+
+
+def swap_vocabulary(processor: Any, enabled: bool = True) -> set[str] | None:
+    """The words a ``swap`` replacement may use with this processor's tokenizer: its whole
+    vocabulary when it is word-level (fewer than 5,000 entries, none with a sub-word marker
+    ``▁``, ``Ġ`` or ``##``, as the tiny default's), else None (a sub-word tokenizer spells any
+    word, so nothing is restricted). ``enabled=False``: None."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = tokenizer.get_vocab() if enabled else None
+    if vocab and all(not token.startswith(("▁", "Ġ", "##")) for token in list(vocab)[:2000]) and len(vocab) < 5000:
+        return set(vocab)
+    return None
