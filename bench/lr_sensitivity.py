@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"),
                         help="README whose learning-rate table is rewritten ('' : none)")
     cli = parser.parse_args()
-    from mme_jd.modeling.configuration_mme_jd import MMEJDConfig
+    from mme_jd.training import MMEJDTrainingConfig
 
     torch.set_num_threads(cli.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,7 +129,7 @@ def main() -> None:
                     entry["oracle_seconds"] = oracle["seconds"]
                 done.append(entry)
                 payload = {"settings": {"num_train": 6000, "epochs": 3.0, "batch_size": 64, "label_noise": 0.1,
-                                        "router_cost_tolerance": MMEJDConfig.router_cost_tolerance},
+                                        "router_cost_tolerance": MMEJDTrainingConfig.router_cost_tolerance},
                            "runs": sorted(done, key=key)}
                 atomic_write_text(results_path, json.dumps(payload, indent=2, default=str))
                 print(markdown([entry]), flush=True)

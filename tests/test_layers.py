@@ -47,15 +47,12 @@ LAYERS = (
     ("mme_jd.demo", "top", 5),
     ("mme_jd.browser_check", "top", 5),
 )
+BENCH_SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
 #: Leaf modules that any module of rank >= 3 may import (they import no mme_jd module).
 LEAVES = {"mme_jd.evaluation.metrics"}
 
 #: Known crossings, (importer, imported): each one is work left to do, with its reason.
-EXCEPTIONS = {
-    # the swap vocabulary of a word-level tokenizer (`training.run._vocabulary`, private) belongs in
-    # `mme_jd.data.lexicon`; bench.py imports it too
-    ("mme_jd.evaluation.gallery", "mme_jd.training.run"),
-}
+EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _module_files() -> dict[str, Path]:
@@ -170,11 +167,23 @@ def test_imports_resolve_through_lazy_tables():
 
 
 def test_no_module_edits_sys_path():
-    # TODO(lead): add ROOT / "bench" once bench/lr_sensitivity.py stops inserting its folder
     offenders = []
-    for path in [*SOURCES["mme_jd"].rglob("*.py"), *SOURCES["mme_jd.modeling"].glob("*.py")]:
+    for path in [*SOURCES["mme_jd"].rglob("*.py"), *SOURCES["mme_jd.modeling"].glob("*.py"), *BENCH_SCRIPTS]:
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
                     and node.value.id == "sys"):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_bench_scripts_import_only_public_names():
+    """bench/*.py are users of the package: they import public names only."""
+    private = []
+    for path in BENCH_SCRIPTS:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mme_jd"):
+                modules = (node.module or "").split(".")
+                names = [alias.name for alias in node.names]
+                if any(part.startswith("_") for part in modules) or any(n.startswith("_") for n in names):
+                    private.append(f"{path.name}:{node.lineno} from {node.module} import {', '.join(names)}")
+    assert private == []

@@ -13,10 +13,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 ROUTING_MODULE = ROOT / "modeling" / "routing_mme_jd.py"
 STRATEGY_WORDS = {"none", "image", "text", "both"}
-# TODO(lead): bench helper branch removes its literals (src/mme_jd/bench.py: `enumerate(("none",
-# "image", "text", "both"))` twice; bench/inference_cost.py: `TEXT = 2`; bench/real_data.py: a
-# ("none", "image", "text", "both") tuple); then drop this skip list.
-SKIPPED = {ROOT / "src" / "mme_jd" / "bench.py", ROOT / "bench"}
 
 
 def strategy_definitions(source: str) -> list[tuple[int, str]]:
@@ -47,8 +43,6 @@ def _python_files():
     for folder in ("src", "modeling", "bench"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             if "results" in path.relative_to(ROOT).parts:
-                continue
-            if any(path == skipped or skipped in path.parents for skipped in SKIPPED):
                 continue
             yield path
 

@@ -111,14 +111,11 @@ class SeedRun:
 
     def fresh_model(self):
         """A new model from the factory with the seed set first (the same LoRA init for every
-        method), built with the bench's `router_cost_tolerance` when it sets one."""
+        method)."""
         from transformers import set_seed
 
         set_seed(self.seed)
-        overrides = {}
-        if self.settings.routed_cost_tolerance is not None:
-            overrides["router_cost_tolerance"] = self.settings.routed_cost_tolerance
-        return self.model_factory(**overrides).eval()
+        return self.model_factory().eval()
 
     def train(self, log_name: str, model, dataset, config, folder: str, epochs: float | None = None,
               resume: bool = False) -> dict:
@@ -295,7 +292,7 @@ def mme_jd_routed(run: SeedRun) -> Outcome:
                                                       m.passes[s]["routed"]["strategy"]))
     config = m.model.config
     knobs = {**m.lambdas, "router_threshold": float(config.router_threshold), "routed_strategy": config.routed_strategy,
-             "router_cost_tolerance": config.router_cost_tolerance}
+             "router_cost_tolerance": m.report["settings"]["router_cost_tolerance"]}
     return Outcome(figures, training_seconds(m.report), m.ratio("mme_jd_routed"), knobs=knobs,
                    extra={"routed_shares": shares})
 
@@ -382,7 +379,7 @@ def mme_jd_random_masks(run: SeedRun) -> Outcome:
                    knobs={"lambda_text": config.lambda_text, "lambda_image": config.lambda_image,
                           "router_threshold": float(config.router_threshold),
                           "routed_strategy": config.routed_strategy,
-                          "router_cost_tolerance": config.router_cost_tolerance})
+                          "router_cost_tolerance": report["settings"]["router_cost_tolerance"]})
 
 
 # ---------------------------------------------------------------------------- one-forward recipes and peers

@@ -70,7 +70,7 @@ def cue_only_columns(model, rows, config) -> Any:
 def validation_wga(model, data, settings: BenchSettings) -> float:
     """Worst-group accuracy of `model`'s general expert on validation_balanced (how the peers'
     knobs are chosen)."""
-    from ..training.mid import worst_group_accuracy
+    from ..evaluation.metrics import worst_group_accuracy
 
     outputs = collect(model, data["validation_balanced"], settings, "general")
     return worst_group_accuracy(outputs["logits"].argmax(-1), outputs["labels"], outputs["groups"])
@@ -100,7 +100,7 @@ def recipe_figures(model, data, recipe: str, splits: tuple[str, ...] = TEST_SPLI
     (recipe "general" trained on the cue-free split) their general expert. For the one-seed
     scripts of bench/ (synthetic_recipes.py, lr_sensitivity.py)."""
     from ..inference import collect_outputs
-    from ..training.mid import worst_group_accuracy
+    from ..evaluation.metrics import worst_group_accuracy
 
     def figures(logits, outputs) -> dict:
         predictions = logits.argmax(-1)

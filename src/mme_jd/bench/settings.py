@@ -60,7 +60,7 @@ class BenchSettings:
     timing_rows: int | None = None  # None: the whole test_balanced split
     # the share of validation samples "MME-JD routed (budget)" may send to a debias expert
     routed_budget: float = 0.25
-    # the mme_jd run's `router_cost_tolerance` (None: MMEJDConfig's default, 0.01): its routing
+    # the mme_jd run's `router_cost_tolerance` (None: MMEJDTrainingConfig's default, 0.01): its routing
     # is the cheapest within this of the best validation WGA
     routed_cost_tolerance: float | None = None
     # torch threads: the tiny model gains nothing from a second thread, and on shared cores
@@ -103,7 +103,9 @@ def training_arguments(settings: BenchSettings, seed: int, output_dir: str, epoc
 
 
 def training_config(settings: BenchSettings, **fields: Any):
-    """An `MMEJDTrainingConfig` with the settings' `training_overrides` and `fields`."""
+    """An `MMEJDTrainingConfig` with the settings' `routed_cost_tolerance` (when set),
+    `training_overrides` and `fields`."""
     from ..training.run import MMEJDTrainingConfig
 
-    return MMEJDTrainingConfig(**{**settings.training_overrides, **fields})
+    tolerance = {} if settings.routed_cost_tolerance is None else {"router_cost_tolerance": settings.routed_cost_tolerance}
+    return MMEJDTrainingConfig(**{**tolerance, **settings.training_overrides, **fields})

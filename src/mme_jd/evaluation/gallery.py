@@ -231,9 +231,9 @@ def inspect_examples(
         rows = _with_saliency_word_scores(model, processor, rows, batch_size)
     vocabulary = None
     if text_builder == "swap":
-        from ..training.run import _vocabulary
+        from ..data.lexicon import swap_vocabulary
 
-        vocabulary = _vocabulary(processor, True)  # word-level tokenizers: swap only to words they know
+        vocabulary = swap_vocabulary(processor)  # word-level tokenizers: swap only to words they know
 
     counterfactual_kwargs = dict(counterfactual_parts=("text", "image"), text_counterfactual=text_builder,
                                  image_counterfactual=image_builder, cues=cues or None, vocabulary=vocabulary,

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..data.lexicon import swap_vocabulary
 from ..files import atomic_write_text
 from ..modeling.configuration_mme_jd import (CF_TARGETS, DEBIAS_OBJECTIVES, EXPERT_NAMES, MMEJDLossSettings,
                                              check_choice, check_range)
@@ -183,15 +184,6 @@ def selection_groups(rows, config: MMEJDTrainingConfig, split: str, step: str, w
     print(f"[mme-jd] {step} on {split!r}: worst-group accuracy over {len(sizes)} groups of column {column!r}, "
           f"sizes {sizes}", flush=True)
     return rows, column, sizes
-
-
-def _vocabulary(processor, enabled: bool) -> set[str] | None:
-    tokenizer = getattr(processor, "tokenizer", processor)
-    vocab = tokenizer.get_vocab() if enabled else None
-    # only word-level vocabularies restrict swaps; sub-word tokenizers spell any word
-    if vocab and all(not token.startswith(("▁", "Ġ", "##")) for token in list(vocab)[:2000]) and len(vocab) < 5000:
-        return set(vocab)
-    return None
 
 
 #: TrainingArguments the trained weights depend on (a resumed run must use the same).
@@ -395,7 +387,7 @@ def train(
         model.config.cues = [cue.to_spec() for cue in config.cues]
         model.config.validate_fields()
     warned: dict[str, bool] = {}
-    vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
+    vocabulary = swap_vocabulary(processor, config.use_vocabulary_for_swap)
     report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "run_settings": settings,
                               "stages": [], "world_size": args.world_size}
     started = time.perf_counter()
@@ -458,7 +450,7 @@ def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None
     states, threshold and routed strategy. The base and the experts stay as they are."""
     config = config or MMEJDTrainingConfig()
     processor = processor if processor is not None else model.processor
-    vocabulary = _vocabulary(processor, config.use_vocabulary_for_swap)
+    vocabulary = swap_vocabulary(processor, config.use_vocabulary_for_swap)
     model.router.reset_parameters()
     return _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, None, {})
 
