@@ -659,7 +659,7 @@ def _add_bench(commands) -> None:
     bench = commands.add_parser(
         "bench", help="benchmark ERM, oracle, MID, MCTD, MME-JD and peers on the synthetic benchmark",
         description="Train and evaluate every method with the same base, data and seeds; write bench/results "
-                    "and the README's results table. --quick: one seed, fewer rows (about 10 minutes).",
+                    "and the README's results table. --quick: one seed, fewer rows (about 5 minutes on 2 idle cores).",
     )
     add_arguments(bench)
     bench.set_defaults(handler=_bench)

@@ -157,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="share of validation samples MME-JD routed (budget) may route (default 0.25)")
     parser.add_argument("--routed-cost-tolerance", type=float, default=None,
                         help="router_cost_tolerance of the MME-JD runs: the validation worst-group accuracy "
-                             "their routing may give up for cheaper inference (default: the config's, 0.01)")
+                             "their routing may give up for cheaper inference (default: MMEJDTrainingConfig's, 0.01)")
     parser.add_argument("--name", default=None, help="results file stem (default synthetic / synthetic_quick)")
     parser.add_argument("--resume", action="store_true", help="reuse finished seeds with the same settings")
     return parser

@@ -58,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "refused when the run was started with other settings")
     parser.add_argument("--force-restart", action="store_true",
                         help="remove the stages of an earlier run in --output-dir and start over")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="precision of the whole model, base and experts (default: the base's); bfloat16 / "
+                             "float16 also train in that precision (TrainingArguments bf16 / fp16)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each layer's activations in the backward pass: far less activation "
+                             "memory for about a third more compute (see README, Training on a 2B-7B base)")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                        help="batches per optimizer step (default: %(default)s)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let a --model folder / hub id run Python code of its own (a base architecture "
                              "outside transformers); off by default")
@@ -79,6 +87,7 @@ def run(args: argparse.Namespace) -> dict:
     if not isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"--dataset {args.dataset!r} holds one split; training needs a train and a validation "
                          "split: a named dataset or a datasets.save_to_disk folder of a DatasetDict.")
+    dtype = getattr(args, "dtype", None)
     if args.model == "tiny":
         from ..tiny import tiny_model
 
@@ -90,11 +99,16 @@ def run(args: argparse.Namespace) -> dict:
     else:
         from ..base import from_base
 
-        model = from_base(args.model, trust_remote_code=args.trust_remote_code)
+        model = from_base(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
+    if dtype is not None and args.model in ("tiny", "tiny-pretrained"):
+        model = model.to(getattr(torch, dtype))
     training_args = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
         num_train_epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed, logging_steps=20,
         save_steps=200, save_total_limit=1, report_to="none", use_cpu=not torch.cuda.is_available(),
+        bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        activation_checkpointing=getattr(args, "gradient_checkpointing", False),  # transformers 5: the new name
+        gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", 1),
         # several CPU processes (torchrun / accelerate launch) talk over gloo
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
     )
