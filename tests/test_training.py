@@ -308,6 +308,17 @@ def test_cli_trains_in_bf16_with_gradient_checkpointing_and_accumulation(tmp_pat
         assert lora and all(weights.get_tensor(name).dtype == torch.bfloat16 for name in lora)
 
 
+def test_debias_epochs_sets_the_warm_started_stages_schedule(data, tmp_path):
+    """`debias_epochs` trains image_debias and text_debias for their own number of epochs
+    (here 1 against the general stage's 2: half its steps) and is a setting a resume checks."""
+    config = MMEJDTrainingConfig(recipe="mme_jd", router_epochs=1, debias_epochs=1)
+    report = train(tiny_model(), data, _args(tmp_path, max_steps=-1, num_train_epochs=2, save_strategy="no"), config)
+    steps = {stage["stage"]: stage.get("steps") for stage in report["stages"]}
+    assert steps["general"] == 2 * len(data["train"]) // 16
+    assert steps["image_debias"] == steps["text_debias"] == steps["general"] // 2
+    assert report["run_settings"]["training"]["debias_epochs"] == 1
+
+
 def test_refit_router_changes_only_the_router_and_sets_its_knobs(mme_jd_run, data, tmp_path):
     from mme_jd.training import refit_router
 

@@ -70,6 +70,9 @@ class MMEJDTrainingConfig:
         first F0.5 of leaving `none`). On the synthetic benchmark F0.5 kept 86% of samples with
         the biased general expert (routed WGA 0.144 against 0.808 for the text expert alone).
     router_epochs, router_learning_rate: the router stage's schedule.
+    debias_epochs: epochs of the image_debias and text_debias stages, which start from the
+        trained general expert (None: the TrainingArguments' `num_train_epochs`, as every
+        other stage). Set with `max_steps=-1`; `max_steps` > 0 bounds every stage alike.
     router_cost_tolerance: cost-aware routing: the router stage keeps the (threshold, routed
         strategy) pair with the lowest expected inference cost among those whose validation
         worst-group accuracy is within this of the best (0: the best worst-group accuracy
@@ -113,6 +116,7 @@ class MMEJDTrainingConfig:
     router_threshold_objective: str = "worst_group"
     router_epochs: float = 30.0
     router_learning_rate: float = 3e-3
+    debias_epochs: float | None = None
     router_cost_tolerance: float = DEFAULT_COST_TOLERANCE
     router_max_routed_share: float | None = None
     mctd_text_weight: float = 1.0
@@ -401,8 +405,11 @@ def train(
         set_seed(args.seed)
         stage_started = time.perf_counter()
         if stage in ("general", "mctd", "image_debias", "text_debias"):
+            epoch_override = {}
             if stage in ("image_debias", "text_debias"):
                 copy_expert(model, "general", stage)  # warm start
+                if config.debias_epochs is not None:
+                    epoch_override = {"num_train_epochs": config.debias_epochs}
             train_rows = dataset[config.train_split]
             loss_settings = config.loss_settings(stage)
             saliency_masks = config.image_counterfactual in ("attention", "gradient")
@@ -415,7 +422,7 @@ def train(
             _remove_checkpoints(stage_dir, keep=resume, why="a checkpoint this run does not resume from (an "
                                 "earlier run's, or one its Trainer was killed while writing)")
             log = run_expert_stage(
-                model, stage, train_rows, stage_arguments(args, stage, str(stage_dir)), processor,
+                model, stage, train_rows, stage_arguments(args, stage, str(stage_dir), **epoch_override), processor,
                 config.text_counterfactual, config.image_counterfactual, vocabulary=vocabulary,
                 resume_from_checkpoint=str(resume) if resume is not None else None, callbacks=callbacks,
                 loss_settings=loss_settings,
