@@ -319,6 +319,18 @@ def test_debias_epochs_sets_the_warm_started_stages_schedule(data, tmp_path):
     assert report["run_settings"]["training"]["debias_epochs"] == 1
 
 
+def test_length_grouped_batches_train_from_raw_rows(data, tmp_path):
+    """`train_sampling_strategy="group_by_length"` (batches of like length pad less): the stage
+    gives the Trainer a `length` column (words of the text), which raw rows lack."""
+    from mme_jd.training.stages import with_length_column
+
+    rows = with_length_column(data["train"])
+    assert rows["length"] == [len(text.split()) for text in data["train"]["text"]]
+    report = train(tiny_model(), data, _args(tmp_path, train_sampling_strategy="group_by_length", save_strategy="no"),
+                   MMEJDTrainingConfig(recipe="general"))
+    assert report["stages"][0]["steps"] == 2 and math.isfinite(report["stages"][0]["train_loss"])
+
+
 def test_refit_router_changes_only_the_router_and_sets_its_knobs(mme_jd_run, data, tmp_path):
     from mme_jd.training import refit_router
 

@@ -64,6 +64,17 @@ def stage_arguments(args, stage: str, output_dir: str, **overrides: Any):
     return type(args)(**values)
 
 
+def with_length_column(rows, column: str = "length"):
+    """`rows` with a `column` of each row's length in words (its text's), for the Trainer's
+    `train_sampling_strategy="group_by_length"`: batches of rows of like length pad less. The
+    Trainer would otherwise look for `input_ids`, which raw rows do not have; words order rows as
+    their token counts do, with no tokenizer pass. A column already there is kept."""
+    if column in rows.column_names:
+        return rows
+    return rows.map(lambda text: {column: len((text or "").split())}, input_columns=["text"],
+                    desc="row lengths")
+
+
 def run_expert_stage(
     model,
     stage: str,
@@ -95,6 +106,8 @@ def run_expert_stage(
         text_counterfactual=text_counterfactual, image_counterfactual=image_counterfactual,
         lexicon=lexicon, vocabulary=vocabulary, expert=expert, loss_settings=loss_settings,
     )
+    if getattr(args, "train_sampling_strategy", None) == "group_by_length":
+        train_dataset = with_length_column(train_dataset, args.length_column_name)
     model.train()
     model.loss_settings = loss_settings
     try:
