@@ -121,7 +121,7 @@ def test_transparent_pixels_become_white():
 
 
 def test_arrays_and_other_sources_are_accepted(pipe, good_image, files):
-    array = np.asarray(good_image)
+    array = np.array(good_image)  # writable: torch.from_numpy warns on a read-only array
     sources = [array, array / 255.0, torch.from_numpy(array).permute(2, 0, 1), array[..., 0],
                files["good"].read_bytes(), io.BytesIO(files["good"].read_bytes()), files["good"],
                {"bytes": files["good"].read_bytes(), "path": None}, {"path": str(files["good"])}]

@@ -238,7 +238,7 @@ def test_a_debias_expert_trains_with_gradient_checkpointing(tiny_llava_model, im
         return [p.grad.clone() for p in params]
 
     plain = gradients()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     checkpointed = gradients()
     assert sum(g.abs().sum().item() for g in plain) > 0
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))

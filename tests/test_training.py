@@ -399,7 +399,7 @@ def test_bf16_training_lowers_the_loss(tmp_path, data):
 
 def test_gradient_checkpointing_gives_the_same_gradients_and_weights(tmp_path, data):
     """Checkpointing recomputes activations instead of storing them: the expert's gradients are
-    the same as without it, and a stage trained with TrainingArguments(gradient_checkpointing=True)
+    the same as without it, and a stage trained with TrainingArguments(activation_checkpointing=True)
     ends at the same weights."""
     from mme_jd.data.collator import CounterfactualTripleCollator
 
@@ -421,7 +421,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_weights(tmp_path, d
         return [p.grad.clone() for p in params]
 
     plain = gradients()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     checkpointed = gradients()
     assert sum(g.abs().sum().item() for g in plain) > 0
@@ -432,7 +432,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_weights(tmp_path, d
         torch.manual_seed(0)
         fresh = tiny_model()
         train(fresh, data, _args(tmp_path / str(checkpointing), max_steps=3, save_steps=1000,
-                                 gradient_checkpointing=checkpointing), MMEJDTrainingConfig(recipe="general"))
+                                 activation_checkpointing=checkpointing), MMEJDTrainingConfig(recipe="general"))
         assert any(getattr(m, "gradient_checkpointing", False) for m in fresh.modules()) == checkpointing
         weights.append({n: p.detach().clone() for n, p in fresh.named_parameters() if ".lora_" in n})
     assert all(torch.allclose(weights[0][n], weights[1][n], atol=1e-6) for n in weights[0])
