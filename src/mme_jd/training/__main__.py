@@ -72,6 +72,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpointing_argument() -> str:
+    """`activation_checkpointing`, the name transformers 5.24 gives `gradient_checkpointing`
+    (deprecated there), where this transformers has it."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def run(args: argparse.Namespace) -> dict:
     import datasets
     import torch
@@ -102,12 +113,13 @@ def run(args: argparse.Namespace) -> dict:
         model = from_base(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
     if dtype is not None and args.model in ("tiny", "tiny-pretrained"):
         model = model.to(getattr(torch, dtype))
+    checkpointing = _checkpointing_argument()
     training_args = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
         num_train_epochs=args.epochs, learning_rate=args.learning_rate, seed=args.seed, logging_steps=20,
         save_steps=200, save_total_limit=1, report_to="none", use_cpu=not torch.cuda.is_available(),
         bf16=dtype == "bfloat16", fp16=dtype == "float16",
-        activation_checkpointing=getattr(args, "gradient_checkpointing", False),  # transformers 5: the new name
+        **{checkpointing: getattr(args, "gradient_checkpointing", False)},
         gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", 1),
         # several CPU processes (torchrun / accelerate launch) talk over gloo
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
