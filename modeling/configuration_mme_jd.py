@@ -21,7 +21,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .layouts_mme_jd import GRID, MERGED_ROWS, ImageLayout
-from .routing_mme_jd import BOTH_COMBINATIONS, ROUTED_STRATEGY_NAMES, single_routed_expert
+from .routing_mme_jd import (BOTH_COMBINATIONS, DEBIAS_EXPERTS, ROUTED_STRATEGY_NAMES, Strategy, single_routed_expert,
+                             usable_strategies)
 from .routing_mme_jd import STRATEGY_NAMES as ROUTER_STRATEGIES  # the routing module's names, re-exported
 
 #: The version of this code (the `mme-jd` package's version; `mme_jd.__version__` is this
@@ -204,6 +205,10 @@ class MMEJDConfig(PreTrainedConfig):
             The router stage tunes the threshold and the routed strategy on validation
             (`MMEJDTrainingConfig`: `router_threshold_objective`, `router_cost_tolerance`,
             `router_max_routed_share`).
+        skipped_experts: debias experts the training run did not train because validation
+            showed nothing left for them to remove (`MMEJDTrainingConfig.expert_skip_reliance`):
+            they hold the general expert's weights, and routing never sends a sample to a
+            strategy that needs them (`routing_mme_jd.usable_strategies`). None: all trained.
 
     Debiasing
         mode: "general" (the general expert), "mid" (counterfactual subtraction at
@@ -278,6 +283,7 @@ class MMEJDConfig(PreTrainedConfig):
     router_pooling: str = "last"
     router_threshold: float = 0.5
     routed_strategy: str | None = None
+    skipped_experts: list[str] | None = None
     # debiasing
     mode: str = "mme_jd"
     lambda_text: float = 0.5
@@ -324,6 +330,15 @@ class MMEJDConfig(PreTrainedConfig):
         check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
         check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
         check_choice("routed_strategy", self.routed_strategy, (None, *ROUTED_STRATEGY_NAMES))
+        if self.skipped_experts:
+            unknown = set(self.skipped_experts) - set(DEBIAS_EXPERTS)
+            if unknown:
+                raise ValueError(f"MMEJDConfig.skipped_experts has {sorted(unknown)}; only debias experts "
+                                 f"{list(DEBIAS_EXPERTS)} can be skipped.")
+            if self.routed_strategy is not None and Strategy.of(self.routed_strategy) not in usable_strategies(
+                    self.skipped_experts):
+                raise ValueError(f"MMEJDConfig.routed_strategy={self.routed_strategy!r} needs an expert in "
+                                 f"skipped_experts={self.skipped_experts}; choose another routed_strategy or None.")
         check_range("router_threshold", self.router_threshold, 0.0, 1.0)
         check_range("text_mask_ratio", self.text_mask_ratio, 0.0, 1.0)
         check_range("image_mask_ratio", self.image_mask_ratio, 0.0, 1.0)

@@ -489,7 +489,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
         """Strategy id per sample (`routing_mme_jd.route`) at this config's threshold (or the one
         given) and routed strategy."""
         threshold = self.config.router_threshold if threshold is None else threshold
-        return route(router_logits, threshold, self.config.routed_strategy)
+        return route(router_logits, threshold, self.config.routed_strategy, self.config.skipped_experts)
 
     def forward(
         self,

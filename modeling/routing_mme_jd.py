@@ -27,7 +27,7 @@ strategy id or a routed combination is written here and nowhere else.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -80,16 +80,34 @@ def away_scores(router_logits: torch.Tensor) -> torch.Tensor:
     return 1.0 - router_logits.float().softmax(dim=-1)[:, Strategy.NONE]
 
 
-def route(router_logits: torch.Tensor, threshold: float, routed_strategy: str | None = None) -> torch.Tensor:
+def usable_strategies(skipped_experts: Collection[str] | None = None) -> tuple[Strategy, ...]:
+    """The strategies whose experts were all trained: every strategy but those that need one of
+    `skipped_experts` (debias experts a training run skipped: `MMEJDConfig.skipped_experts`)."""
+    skipped = set(skipped_experts or ())
+    return tuple(s for s in Strategy if not skipped & set(STRATEGY_EXPERTS[s]))
+
+
+def route(router_logits: torch.Tensor, threshold: float, routed_strategy: str | None = None,
+          skipped_experts: Collection[str] | None = None) -> torch.Tensor:
     """Strategy id per sample [B]: `none` unless 1 - P(none) >= threshold; then the fixed
     `routed_strategy` ("image", "text" or "both") or, when None, the most probable of the
-    debias strategies."""
+    debias strategies that need none of `skipped_experts` (`none` when no debias strategy is
+    left)."""
     probs = router_logits.float().softmax(dim=-1)
     away = (1.0 - probs[:, Strategy.NONE]) >= threshold
+    usable = [int(s) for s in usable_strategies(skipped_experts) if s is not Strategy.NONE]
     if routed_strategy is not None:
+        if int(Strategy.of(routed_strategy)) not in usable:
+            raise ValueError(f"routed_strategy {routed_strategy!r} needs an expert this model's training skipped "
+                             f"({sorted(skipped_experts or ())}); choose one of "
+                             f"{[Strategy(s).label for s in usable] or ['none']} or None.")
         choice = torch.full_like(probs[:, 0], int(Strategy.of(routed_strategy))).long()
-    else:
-        choice = probs[:, 1:].argmax(dim=-1) + 1  # the debias strategies follow `none`
+    elif not usable:
+        return torch.full_like(probs[:, 0], int(Strategy.NONE)).long()
+    else:  # the most probable usable debias strategy
+        debias = torch.full_like(probs, float("-inf"))
+        debias[:, usable] = probs[:, usable]
+        choice = debias.argmax(dim=-1)
     return torch.where(away, choice, torch.full_like(choice, Strategy.NONE))
 
 
@@ -199,4 +217,4 @@ def strategy_targets(labels: torch.Tensor, expert_logits: Mapping[str, torch.Ten
 
 __all__ = ["BOTH_COMBINATIONS", "DEBIAS_EXPERTS", "ROUTED_STRATEGY_NAMES", "STRATEGY_EXPERTS", "STRATEGY_NAMES",
            "Strategy", "away_scores", "candidate_thresholds", "combine", "combine_both", "expected_cost",
-           "needs_expert", "route", "single_routed_expert", "strategy_targets", "within_budget"]
+           "needs_expert", "route", "single_routed_expert", "usable_strategies", "strategy_targets", "within_budget"]

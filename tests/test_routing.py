@@ -116,3 +116,28 @@ def test_the_named_router_loads_a_state_dict_with_the_old_positional_keys():
     wrapped.load_state_dict({f"router.{key}": value for key, value in old.state_dict().items()})
     assert torch.equal(wrapped.router(pooled), old(pooled))
     assert MMEJDRouter.old_checkpoint_keys() == {r"^router\.0\.": "router.hidden.", r"^router\.2\.": "router.out."}
+
+
+def test_routing_never_sends_a_sample_to_a_skipped_expert():
+    from mme_jd.modeling.routing_mme_jd import Strategy, route, usable_strategies
+
+    assert usable_strategies(["image_debias"]) == (Strategy.NONE, Strategy.TEXT)
+    assert usable_strategies(None) == tuple(Strategy)
+    # rows whose router prefers image or both: with image_debias skipped they get text
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.2, 0.1], [0.1, 0.1, 0.2, 0.6], [0.7, 0.1, 0.1, 0.1]]))
+    assert route(logits, 0.5).tolist() == [Strategy.IMAGE, Strategy.BOTH, Strategy.NONE]
+    assert route(logits, 0.5, skipped_experts=["image_debias"]).tolist() == [Strategy.TEXT, Strategy.TEXT,
+                                                                               Strategy.NONE]
+    assert route(logits, 0.0, skipped_experts=["image_debias", "text_debias"]).tolist() == [Strategy.NONE] * 3
+    with pytest.raises(ValueError, match="routed_strategy 'both' needs an expert this model's training skipped"):
+        route(logits, 0.5, "both", skipped_experts=["image_debias"])
+
+
+def test_a_config_refuses_a_routed_strategy_that_needs_a_skipped_expert():
+    from mme_jd.modeling.configuration_mme_jd import MMEJDConfig
+
+    with pytest.raises(ValueError, match="routed_strategy='image' needs an expert in skipped_experts"):
+        MMEJDConfig(routed_strategy="image", skipped_experts=["image_debias"]).validate_fields()
+    with pytest.raises(ValueError, match="only debias experts"):
+        MMEJDConfig(skipped_experts=["general"]).validate_fields()
+    MMEJDConfig(routed_strategy="text", skipped_experts=["image_debias"]).validate_fields()

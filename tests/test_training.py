@@ -37,7 +37,9 @@ def mme_jd_run(tmp_path_factory, data):
     output = tmp_path_factory.mktemp("mme_jd_run")
     model = tiny_model()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    report = train(model, data, _args(output), MMEJDTrainingConfig(recipe="mme_jd", router_epochs=3))
+    # every expert trains (no reliance check): the tests below look at each stage's weights
+    report = train(model, data, _args(output), MMEJDTrainingConfig(recipe="mme_jd", router_epochs=3,
+                                                                    expert_skip_reliance=None))
     return output, model, initial, report
 
 
@@ -55,9 +57,9 @@ def _changed(before, after):
 def test_each_stage_changes_only_its_own_parameters(mme_jd_run):
     output, model, initial, report = mme_jd_run
     names = [stage["stage"] for stage in report["stages"]]
-    assert names == ["general", "image_debias", "text_debias", "router", "mid"]
+    assert names == ["general", "text_debias", "image_debias", "router", "mid"]
     previous = {k: v for k, v in initial.items()}
-    for stage in ("general", "image_debias", "text_debias", "router"):
+    for stage in ("general", "text_debias", "image_debias", "router"):
         state = load_file(str(output / "stages" / stage / "model.safetensors"))
         changed = _changed(previous, state)
         assert changed, stage
@@ -82,7 +84,7 @@ def test_debias_experts_are_warm_started_from_general(mme_jd_run):
     output, _, initial, _ = mme_jd_run
     general = load_file(str(output / "stages" / "general" / "model.safetensors"))
     image_stage = load_file(str(output / "stages" / "image_debias" / "model.safetensors"))
-    # text_debias is untouched during the image stage, image_debias moved away from general's weights
+    # image_debias moved away from general's weights
     a_key = next(k for k in general if ".lora_A.general." in k)
     assert not torch.equal(general[a_key], initial[a_key])
     image_key = a_key.replace(".general.", ".image_debias.")
@@ -317,6 +319,60 @@ def test_debias_epochs_sets_the_warm_started_stages_schedule(data, tmp_path):
     assert steps["general"] == 2 * len(data["train"]) // 16
     assert steps["image_debias"] == steps["text_debias"] == steps["general"] // 2
     assert report["run_settings"]["training"]["debias_epochs"] == 1
+
+
+def test_a_debias_stage_with_no_reliance_to_remove_is_skipped_and_the_checkpoint_still_routes(data, tmp_path):
+    """At expert_skip_reliance=1 no reliance exceeds the threshold: both debias stages are skipped
+    (each after its check on the router split), the experts keep the general expert's weights,
+    the checkpoint lists them and routes every sample to `none`, in a fresh process too; a resumed
+    run keeps the list."""
+    model = tiny_model()
+    config = MMEJDTrainingConfig(recipe="mme_jd", router_epochs=2, expert_skip_reliance=1.0)
+    report = train(model, data, _args(tmp_path), config)
+    logs = {log["stage"]: log for log in report["stages"]}
+    for stage, modality, reference in (("text_debias", "text", "general"), ("image_debias", "image", "general")):
+        check = logs[stage]["reliance_check"]
+        assert logs[stage]["skipped"] and "steps" not in logs[stage]
+        assert (check["modality"], check["reference"], check["rows"]) == (modality, reference, 64)
+        assert -1 <= check["reliance_beyond_chance"] <= 1 and not check["needed"]
+    assert model.config.skipped_experts == ["image_debias", "text_debias"]
+    state = model.state_dict()
+    for key in (k for k in state if ".lora_" in k and ".general." in k):
+        for expert in ("image_debias", "text_debias"):
+            assert torch.equal(state[key.replace(".general.", f".{expert}.")], state[key])
+    assert logs["router"]["routed_shares"]["none"] == 1.0
+    from mme_jd.data.collator import CounterfactualTripleCollator
+
+    batch = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)(
+        [data["validation_balanced"][i] for i in range(8)])
+    torch.save({k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}, tmp_path / "inputs.pt")
+    script = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModel\n"
+        "model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "out = model(**torch.load(sys.argv[2]), mode='mme_jd')\n"
+        "print(json.dumps({'skipped': model.config.skipped_experts, 'strategy': out.strategy.tolist()}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "final"), str(tmp_path / "inputs.pt")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert loaded == {"skipped": ["image_debias", "text_debias"], "strategy": [0] * 8}
+    resumed = tiny_model()
+    train(resumed, data, _args(tmp_path), config, resume_from_checkpoint=True)
+    assert resumed.config.skipped_experts == ["image_debias", "text_debias"]
+
+
+def test_the_reliance_check_trains_an_expert_above_its_threshold(data, tmp_path):
+    """At threshold -1 every reliance is above it: both debias stages train, and the image
+    stage's check reads the text expert trained before it."""
+    model = tiny_model()
+    report = train(model, data, _args(tmp_path), MMEJDTrainingConfig(recipe="mme_jd", router_epochs=2,
+                                                                      expert_skip_reliance=-1.0 + 1e-9))
+    logs = {log["stage"]: log for log in report["stages"]}
+    assert logs["text_debias"]["reliance_check"]["reference"] == "general" and logs["text_debias"]["steps"] == 2
+    assert logs["image_debias"]["reliance_check"]["reference"] == "text_debias" and logs["image_debias"]["steps"] == 2
+    assert not model.config.skipped_experts
 
 
 def test_length_grouped_batches_train_from_raw_rows(data, tmp_path):

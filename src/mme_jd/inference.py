@@ -26,6 +26,7 @@ def collect_outputs(
     cues: Any = None,
     group_column: str = "group",
     keep_metadata: bool = False,
+    expert: str | None = None,
 ) -> dict[str, Any]:
     """Batched inference over `dataset` rows; returns the concatenated outputs.
 
@@ -38,6 +39,7 @@ def collect_outputs(
     `keep_metadata`: also return "metadata", the collator's per-row lists concatenated over the
     batches (e.g. text_mask_positions, text_counterfactual, image_mask, image_grid: what each
     counterfactual changed, for the gallery).
+    `expert`: run this one expert on every row (its logits are `logits`), whatever the mode.
     """
     from tqdm.auto import tqdm
 
@@ -65,7 +67,7 @@ def collect_outputs(
         batch = {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict)
                      else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         with torch.no_grad():
-            out = model(**batch, mode=mode, return_experts=return_experts)
+            out = model(**batch, mode=mode, expert=expert, return_experts=return_experts)
         values = {key: getattr(out, key) for key in (
             "logits", "strategy", "router_logits", "general_logits", "image_debias_logits", "text_debias_logits",
             "text_counterfactual_logits", "image_counterfactual_logits", "pooled_hidden_state")}

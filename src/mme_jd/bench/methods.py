@@ -271,7 +271,10 @@ def expert_alone(expert: str) -> Callable[[SeedRun], Outcome]:
 
     def evaluate(run: SeedRun) -> Outcome:
         m = run.shared(mme_jd_run)
-        return Outcome({s: run.figures(s, m.passes[s]["every"][f"{expert}_logits"]) for s in TEST_SPLITS}, None)
+        # a skipped expert (`reliance_check`) holds the general expert's weights: its figures are those
+        skipped = expert in (m.model.config.skipped_experts or ())
+        return Outcome({s: run.figures(s, m.passes[s]["every"][f"{expert}_logits"]) for s in TEST_SPLITS}, None,
+                       extra={"skipped": skipped})
 
     return evaluate
 

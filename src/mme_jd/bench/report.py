@@ -58,6 +58,7 @@ def aggregate(seed_results: list[dict]) -> dict:
             "inference_ratio": _mean_std([e["inference_ratio"] for e in entries]),
             "samples_per_second": _mean_std([e["samples_per_second"] for e in entries]),
             "knobs": [e.get("knobs") for e in entries],
+            "skipped_seeds": sum(bool(e.get("skipped")) for e in entries),
         }
     timings = [r["timing"]["mme_jd"] for r in seed_results]
     timing = {}
@@ -156,6 +157,15 @@ def _ratio(timing: dict, variant: str) -> str:
     return _cell(timing["ratio_to_general"].get(variant), 2)
 
 
+def _skipped_note(entry: dict, seeds: int) -> str:
+    """What a method's line says when its expert was skipped by the training run's reliance check."""
+    skipped = entry.get("skipped_seeds", 0)
+    if not skipped:
+        return ""
+    return (f" (skipped by the training run's reliance check in {skipped} of {seeds} seeds: it then holds the "
+            "general expert's weights, and its figures are the general expert's)")
+
+
 def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> str:
     """The results Markdown: tables, the registry's method descriptions, the cost breakdown and
     every seed's knobs."""
@@ -163,7 +173,8 @@ def markdown_report(summary: dict, settings: BenchSettings, seconds: float) -> s
     routed = timing["ratio_to_general"].get("mme_jd_routed", {}).get("mean")
     within = routed is not None and routed <= ROUTED_COST_TARGET
     verdict = f"{'within' if within else 'above'} the {ROUTED_COST_TARGET:g}× target"
-    methods = "\n".join(f"- **{name}**: {METHODS[name]}" for name in summary["methods"])
+    methods = "\n".join(f"- **{name}**: {METHODS[name]}{_skipped_note(entry, len(summary['seeds']))}"
+                        for name, entry in summary["methods"].items())
     knobs = "\n".join(f"- {name}: " + "; ".join(json.dumps(k, default=str) for k in entry["knobs"])
                       for name, entry in summary["methods"].items() if any(entry["knobs"]))
     return _template("report_template.md").substitute(

@@ -27,6 +27,7 @@ _LAZY_EXPORTS = {
     "label_cue_groups": "diagnostics",
     "mask_quality": "diagnostics",
     "reliance": "diagnostics",
+    "reliance_beyond_chance": "diagnostics",
     "router_report": "diagnostics",
     "wrong_way_rows": "diagnostics",
     "write_report": "report",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
         label_cue_groups,
         mask_quality,
         reliance,
+        reliance_beyond_chance,
         router_report,
         wrong_way_rows,
     )

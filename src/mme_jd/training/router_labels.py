@@ -28,7 +28,8 @@ from torch import nn
 
 from ..evaluation.metrics import f_beta
 from ..modeling.routing_mme_jd import (STRATEGY_NAMES, ROUTED_STRATEGY_NAMES, Strategy, away_scores,
-                                       candidate_thresholds, combine, expected_cost, route, within_budget)
+                                       candidate_thresholds, combine, expected_cost, route, usable_strategies,
+                                       within_budget)
 
 #: The router stage's cost tolerance unless told otherwise (`MMEJDTrainingConfig.router_cost_tolerance`
 #: says why 0.01).
@@ -72,10 +73,12 @@ def class_weights(targets: torch.Tensor, num_classes: int = len(Strategy)) -> to
 
 
 def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: float = 0.5,
-                   max_routed_share: float | None = None) -> tuple[float, float]:
+                   max_routed_share: float | None = None,
+                   skipped_experts: list[str] | None = None) -> tuple[float, float]:
     """The threshold on 1 - P(none) that maximises F-beta of "leave none" (debias classes as
     one positive event, a right debias class counted as a hit), among the thresholds routing at
-    most `max_routed_share` of the samples (no limit: None). Returns (threshold, F-beta)."""
+    most `max_routed_share` of the samples (no limit: None); routed samples never get a strategy
+    that needs one of `skipped_experts`. Returns (threshold, F-beta)."""
     away = away_scores(router_logits)
     truth = targets.cpu()
     should = truth != Strategy.NONE
@@ -83,7 +86,7 @@ def tune_threshold(router_logits: torch.Tensor, targets: torch.Tensor, beta: flo
     for threshold in np.unique(np.concatenate([away.cpu().numpy(), [1.0]])):
         if not within_budget(away, float(threshold), max_routed_share):
             continue
-        strategy = route(router_logits, float(threshold)).cpu()
+        strategy = route(router_logits, float(threshold), skipped_experts=skipped_experts).cpu()
         routed = strategy != Strategy.NONE
         hits = int((routed & (strategy == truth) & should).sum())
         score = f_beta(hits / max(int(routed.sum()), 1), hits / max(int(should.sum()), 1), beta)
@@ -96,7 +99,7 @@ def mixture_logits(model, router_logits: torch.Tensor, expert_logits: dict[str, 
                    threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Final logits and strategies of the model's routed mixture (its routed strategy, both
     combination and temperatures) at `threshold`, from logits computed once."""
-    strategy = route(router_logits, threshold, model.config.routed_strategy)
+    strategy = route(router_logits, threshold, model.config.routed_strategy, model.config.skipped_experts)
     return _combined(model, strategy, expert_logits), strategy
 
 
@@ -121,7 +124,7 @@ def routing_candidates(model, router_logits: torch.Tensor, expert_logits: dict[s
     candidates = []
     for routed in routed_strategies if routed_strategies is not None else (model.config.routed_strategy,):
         for threshold in thresholds:
-            strategy = route(router_logits, threshold, routed)
+            strategy = route(router_logits, threshold, routed, model.config.skipped_experts)
             predictions = _combined(model, strategy, expert_logits).argmax(-1)
             score = selection_score(predictions, labels, groups)
             candidates.append({"routed_strategy": routed, "threshold": float(threshold), "score": score,
@@ -152,8 +155,10 @@ def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str
     routed mixture's worst-group accuracy on this data is within `tolerance` of the best, and
     return the one with the lowest `expected_cost` (ties: higher worst-group accuracy, then
     accuracy), as a `routing_candidates` entry."""
-    candidates = routing_candidates(model, router_logits, expert_logits, labels, groups,
-                                    (None, *ROUTED_STRATEGY_NAMES), max_routed_share)
+    usable = usable_strategies(model.config.skipped_experts)  # a skipped expert is never routed to
+    routed_strategies = (None, *(name for name in ROUTED_STRATEGY_NAMES if Strategy.of(name) in usable))
+    candidates = routing_candidates(model, router_logits, expert_logits, labels, groups, routed_strategies,
+                                    max_routed_share)
     best = max(c["score"] for c in candidates)
     eligible = [c for c in candidates if c["score"] >= best - tolerance - 1e-9]
     return min(eligible, key=lambda c: (c["cost"], -c["score"], -c["accuracy"]))
@@ -189,7 +194,8 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     model.freeze_all()
     with torch.no_grad():
         logits = model.router(pooled.to(model.router.hidden.weight.device))
-    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu(), max_routed_share=max_routed_share)
+    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu(), max_routed_share=max_routed_share,
+                                        skipped_experts=model.config.skipped_experts)
     threshold, group_score, chosen = f_threshold, None, model.config.routed_strategy
     if threshold_objective == "worst_group":
         if expert_logits is None or labels is None:

@@ -1,0 +1,53 @@
+"""Whether a debias expert has anything to remove, decided on validation before it trains.
+
+A debias expert exists to take away a modality's shortcut. Before its stage the `mme_jd`
+recipe measures, on the router's validation split, how much the model trained so far (the last
+trained debias expert, else the general expert) still follows that modality's cue-only input:
+
+    reliance beyond chance = P(pred(x) = g(x*)) − Σ_k P(pred(x) = k)·P(g(x*) = k)
+
+where g(x*) is the general expert's prediction on the cue-only counterfactual x* (the
+general expert learned the shortcut, so its reading of x* is what the shortcut says) and the
+subtracted term is the agreement of two independent predictors with the same class rates
+(`evaluation.diagnostics.reliance_beyond_chance`). At or below
+`MMEJDTrainingConfig.expert_skip_reliance` the stage is skipped: the expert keeps the general
+expert's weights, the model's config lists it in `skipped_experts`, and routing never sends a
+sample to it. On the synthetic benchmark the text expert (trained first: its swap
+counterfactual keeps the image and flips the label, so it unlearns both cues) leaves no image
+reliance, and the image stage, the most expensive one, is skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The modality whose cue-only input each debias expert's check reads.
+EXPERT_MODALITY = {"text_debias": "text", "image_debias": "image"}
+
+
+def reliance_check(model, processor, rows, config, stage: str, reference: str) -> dict[str, Any]:
+    """Measure `reference`'s reliance on `stage`'s modality's cue-only input over `rows` and
+    decide whether `stage` trains. Returns {stage, modality, reference, rows, reliance,
+    reliance_beyond_chance, general_reliance_beyond_chance, threshold, needed}."""
+    from ..evaluation.diagnostics import reliance, reliance_beyond_chance
+    from ..inference import collect_outputs
+
+    modality = EXPERT_MODALITY[stage]
+    builders = {"text_counterfactual": config.mid_text_counterfactual,
+                "image_counterfactual": config.image_counterfactual}
+    # one pass: the general expert on the originals and on the cue-only inputs
+    general = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="general",
+                              counterfactual_parts=(modality,), description=f"{stage} check", **builders)
+    cue_reading = general[f"{modality}_counterfactual_logits"].argmax(-1).numpy()
+    general_predictions = general["logits"].argmax(-1).numpy()
+    if reference == "general":
+        predictions = general_predictions
+    else:
+        predictions = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size,
+                                      expert=reference, description=f"{stage} check")["logits"].argmax(-1).numpy()
+    beyond = reliance_beyond_chance(predictions, cue_reading)
+    threshold = config.expert_skip_reliance
+    return {"stage": stage, "modality": modality, "reference": reference, "rows": len(rows),
+            "reliance": round(reliance(predictions, cue_reading), 4), "reliance_beyond_chance": round(beyond, 4),
+            "general_reliance_beyond_chance": round(reliance_beyond_chance(general_predictions, cue_reading), 4),
+            "threshold": threshold, "needed": threshold is None or beyond > threshold}
