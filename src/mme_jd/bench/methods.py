@@ -385,6 +385,26 @@ def mme_jd_random_masks(run: SeedRun) -> Outcome:
                           "router_cost_tolerance": report["settings"]["router_cost_tolerance"]})
 
 
+def mme_jd_fewer_debias_epochs(run: SeedRun) -> Outcome:
+    """mme_jd trained on its own (its general stage included, the same as the mme_jd run's) with
+    `fewer_debias_epochs` for its warm-started debias stages, routed: the cost-for-accuracy trade."""
+    run.say("training mme_jd with fewer debias epochs")
+    settings = run.settings
+    model = run.fresh_model()
+    config = training_config(settings, recipe="mme_jd", debias_epochs=settings.fewer_debias_epochs)
+    report = run.train("mme_jd_fewer_debias_epochs", model, run.data, config, "mme_jd_fewer_debias_epochs")
+    figures, shares = {}, {}
+    for split in TEST_SPLITS:
+        routed = collect(model, run.data[split], settings, "mme_jd")
+        shares[split] = strategy_shares(routed["strategy"])
+        figures[split] = {**run.figures(split, routed["logits"]), "routed_away": round(1 - shares[split]["none"], 4)}
+    config = model.config
+    return Outcome(figures, training_seconds(report), None,
+                   knobs={"debias_epochs": settings.fewer_debias_epochs, "router_threshold": float(config.router_threshold),
+                          "routed_strategy": config.routed_strategy, "skipped_experts": config.skipped_experts},
+                   extra={"routed_shares": shares})
+
+
 # ---------------------------------------------------------------------------- one-forward recipes and peers
 
 
@@ -499,6 +519,9 @@ REGISTRY: tuple[Method, ...] = (
     Method("MME-JD routed (best WGA)", "the same model, routing re-tuned on validation_balanced for the best "
                                        "worst-group accuracy whatever it costs (router_cost_tolerance 0)",
            rerouted("best_wga", lambda s: {"router_cost_tolerance": 0.0})),
+    Method("MME-JD (fewer debias epochs)", "mme_jd trained on its own with `fewer_debias_epochs` for its debias "
+                                           "stages (the rest as the mme_jd run), routed",
+           mme_jd_fewer_debias_epochs, knobs=("fewer_debias_epochs",)),
     Method("image_debias expert", "ablation: the image_debias expert of the mme_jd run alone",
            expert_alone("image_debias")),
     Method("text_debias expert", "ablation: the text_debias expert of the mme_jd run alone",
