@@ -181,11 +181,34 @@ SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "M
                "mmsd-to-mmsd2": {"test": "MMSD → MMSD2.0 test", "test_mmsd": "MMSD → MMSD test"}}
 
 
+def training_ratios(result: dict) -> dict[str, float]:
+    """Training wall time × ERM's per method of one results file: ERM's is the general stage of the
+    mme_jd run (its first stage is the general recipe); MME-JD's its whole run; MCTD's its own."""
+    logs = result.get("training", {})
+    stages = {name: {s["stage"]: s.get("seconds_total") or 0.0 for s in log.get("stages", [])}
+              for name, log in logs.items()}
+    erm = (stages.get("mme_jd") or stages.get("general") or {}).get("general")
+    if not erm:
+        return {}
+    ratios = {"general (ERM)": 1.0, "general expert of mme_jd": 1.0}
+    if "mme_jd" in stages:
+        ratios["MME-JD routed"] = sum(stages["mme_jd"].values()) / erm
+    if "mctd" in stages:
+        ratios["MCTD"] = sum(stages["mctd"].values()) / erm
+    return ratios
+
+
+def skipped_experts(result: dict) -> list[str]:
+    """The debias experts the mme_jd run skipped (its reliance checks), from its stage logs."""
+    stages = result.get("training", {}).get("mme_jd", {}).get("stages", [])
+    return [s["stage"] for s in stages if s.get("skipped")]
+
+
 def results_markdown(results_dir: Path, suffix: str = "") -> str:
     """One table over the real-data results files found in `results_dir` (those `--dataset all`
     writes), with the majority-class baseline and the settings of each run."""
-    lines = ["| Test set | Method | Accuracy | F1 (pos.) / weighted F1 | Macro F1 | Routed away |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| Test set | Method | Accuracy | F1 (pos.) / weighted F1 | Macro F1 | Routed away | Train × ERM |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     settings = []
     for name in DATASETS:
         path = results_dir / f"real_{name}{suffix}.json"
@@ -196,7 +219,10 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
         settings.append(f"{name}: {run['rows']['train']} training rows, {run['epochs']:g} epoch(s), "
                         f"lr {run['learning_rate']:g}, seed {run['seed']}, text cf `{run.get('text_counterfactual', 'swap')}`, "
                         f"text_debias `{run.get('text_debias_objective', 'reversed')}`, "
-                        f"{result['seconds'] / 60:.1f} min")
+                        f"{result['seconds'] / 60:.1f} min"
+                        + (f", skipped by the reliance check: {', '.join(skipped_experts(result))}"
+                           if skipped_experts(result) else ""))
+        ratios = training_ratios(result)
         second = "f1" if run["task"] == "sarcasm" else "weighted_f1"
         for split, label in SPLIT_NAMES[name].items():
             rows = {"majority class": result["majority_baseline"].get(split)}
@@ -208,8 +234,9 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
                     continue
                 shares = values.get("router_shares")
                 away = f"{1 - shares['none']:.3f}" if shares else ""
+                ratio = f"{ratios[method]:.2f}" if method in ratios else ""
                 lines.append(f"| {label} | {method} | {values['accuracy']:.3f} | {values[second]:.3f} | "
-                             f"{values['macro_f1']:.3f} | {away} |")
+                             f"{values['macro_f1']:.3f} | {away} | {ratio} |")
     if not settings:
         return ""
     return "\n".join(lines + ["", "Runs: " + "; ".join(settings) + "."])

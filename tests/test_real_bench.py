@@ -85,3 +85,16 @@ def test_inference_cost_script_times_every_routed_share(tmp_path):
     for share in ("0", "0.1", "0.25", "0.5", "1"):
         assert ratios[f"routed {share}"] > 0 and ratios[f"routed {share} (no reuse)"] > 0
     assert "| tiny-random" in results.with_suffix(".md").read_text()
+
+
+def test_training_ratios_and_skipped_experts_come_from_the_stage_logs():
+    real_data = _load_script()
+    result = {"training": {
+        "mme_jd": {"stages": [{"stage": "general", "seconds_total": 10.0}, {"stage": "text_debias", "seconds_total": 18.0},
+                              {"stage": "image_debias", "skipped": True, "seconds_total": 0.5},
+                              {"stage": "router", "seconds_total": 1.0}, {"stage": "mid", "seconds_total": 0.5}]},
+        "mctd": {"stages": [{"stage": "mctd", "seconds_total": 19.0}]}}}
+    assert real_data.training_ratios(result) == {"general (ERM)": 1.0, "general expert of mme_jd": 1.0,
+                                                 "MME-JD routed": 3.0, "MCTD": 1.9}
+    assert real_data.skipped_experts(result) == ["image_debias"]
+    assert real_data.training_ratios({"training": {}}) == {}
