@@ -98,7 +98,7 @@ def test_report_logs_stage_times_router_shares_and_lambdas(mme_jd_run):
     assert abs(sum(router["routed_shares"].values()) - 1) < 1e-5 and 0 <= router["threshold"] <= 1
     mid = next(s for s in report["stages"] if s["stage"] == "mid")
     assert model.config.lambda_text == mid["lambda_text"] and model.config.lambda_image == mid["lambda_image"]
-    assert all(s["seconds_total"] >= 0 for s in report["stages"])
+    assert all(s["seconds_total"] >= 0 and s["cpu_seconds_total"] >= 0 for s in report["stages"])
     saved = json.loads((output / "final" / "training_report.json").read_text())
     assert saved["recipe"] == "mme_jd" and saved["world_size"] == 1
 

@@ -123,7 +123,7 @@ def train_jtt(
     """
     processor = processor if processor is not None else model.processor
     rows = dataset[train_split]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     initial = snapshot_expert(model, "general")
     log: dict[str, Any] = {"stage": "jtt", "upweight": int(upweight), "first_epochs": first_epochs}
     if error_indices is None:
@@ -131,14 +131,16 @@ def train_jtt(
                                                             callbacks)
         restore_expert(model, initial)
         log["first_phase_seconds"] = round(time.perf_counter() - started, 2)
+        log["first_phase_cpu_seconds"] = round(time.process_time() - cpu_started, 2)
     error_indices = [int(i) for i in error_indices]
     training_rows = upweighted_rows(rows, error_indices, upweight)
     second_args = stage_arguments(args, "jtt", f"{args.output_dir}/jtt_second")
-    second_started = time.perf_counter()
+    second_started, second_cpu = time.perf_counter(), time.process_time()
     log["second_phase"] = run_expert_stage(model, "general", training_rows, second_args, processor,
                                            model.config.text_counterfactual, model.config.image_counterfactual,
                                            callbacks=callbacks)
     log["second_phase_seconds"] = round(time.perf_counter() - second_started, 2)
+    log["second_phase_cpu_seconds"] = round(time.process_time() - second_cpu, 2)
     log.update(num_errors=len(error_indices), error_share=len(error_indices) / max(1, len(rows)),
                train_rows=len(training_rows), error_indices=error_indices,
                seconds=round(time.perf_counter() - started, 2))

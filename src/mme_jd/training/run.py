@@ -420,7 +420,7 @@ def train(
             log.pop("config", None)
             report["stages"].append({**log, "resumed": "skipped (finished before)"})
             continue
-        stage_started = time.perf_counter()
+        stage_started, stage_cpu = time.perf_counter(), time.process_time()
         if stage in DEBIAS_STAGES and config.expert_skip_reliance is not None:
             check = reliance_check(model, processor, dataset[config.router_split], config, stage,
                                    reference=_last_trained_debias_expert(stages[:index], model.config))
@@ -432,6 +432,7 @@ def train(
                 model.config.skipped_experts = sorted({*(model.config.skipped_experts or ()), stage})
                 log = {"stage": stage, "expert": stage, "skipped": True, "reliance_check": check}
                 log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
+                log["cpu_seconds_total"] = round(time.process_time() - stage_cpu, 2)
                 _save_stage(model, output_dir, stage, log, settings)
                 report["stages"].append(log)
                 continue
@@ -469,6 +470,8 @@ def train(
         elif stage == "mid":
             log = _mid_stage(model, processor, dataset[config.mid_split], config, warned)
         log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
+        # this process's CPU time: on cores shared with other jobs it moves far less than wall time
+        log["cpu_seconds_total"] = round(time.process_time() - stage_cpu, 2)
         print(f"[mme-jd] stage {stage} done in {log['seconds_total']} s: "
               + ", ".join(f"{k}={v}" for k, v in log.items() if k in ("train_loss", "threshold", "routed_shares",
                                                                       "lambda_text", "lambda_image")), flush=True)
