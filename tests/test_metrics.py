@@ -7,7 +7,7 @@ import ast
 import numpy as np
 import pytest
 
-from mme_jd.evaluation.metrics import METRIC_MODULE_PATH, classification_metrics, load_metric
+from mme_jd.evaluation.metrics import METRIC_MODULE_PATH, classification_metrics, load_metric, recovery_ratio
 
 
 def approx(expected: dict[str, float]):
@@ -138,6 +138,34 @@ def test_accepts_numpy_and_integer_floats():
 def test_invalid_input_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         classification_metrics(**kwargs)
+
+
+# --------------------------------------------------------------------------- recovery ratio
+
+
+def test_recovery_ratio_hand_computed():
+    # the issue 15 prototype, F1 on MMSD2.0 test: ERM on MMSD 0.570, ERM on MMSD2.0 0.705 (gap 0.135)
+    assert recovery_ratio(0.630, 0.570, 0.705) == pytest.approx(0.060 / 0.135)  # "cue removed": 0.444...
+    assert recovery_ratio(0.630, 0.570, 0.705) == pytest.approx(4 / 9)
+    assert recovery_ratio(0.574, 0.570, 0.705) == pytest.approx(0.004 / 0.135)  # MME-JD: 0.0296
+    assert recovery_ratio(0.570, 0.570, 0.705) == 0.0  # ERM's own
+    assert recovery_ratio(0.705, 0.570, 0.705) == pytest.approx(1.0)  # the cue-free reference's
+    assert recovery_ratio(0.500, 0.570, 0.705) == pytest.approx(-0.070 / 0.135)  # lost ground: negative
+    assert recovery_ratio(0.750, 0.570, 0.705) == pytest.approx(0.180 / 0.135)  # beat the reference: above 1
+    assert recovery_ratio(np.float32(0.5), 0.25, 0.75) == pytest.approx(0.5)
+    assert type(recovery_ratio(0.630, 0.570, 0.705)) is float
+
+
+def test_recovery_ratio_is_nan_without_a_gap_and_refuses_non_f1_values():
+    import math
+
+    assert math.isnan(recovery_ratio(0.6, 0.570, 0.570))  # clean ERM no better: nothing to recover
+    assert math.isnan(recovery_ratio(0.6, 0.705, 0.570))  # clean ERM worse
+    for bad in (1.2, -0.1, float("nan"), "0.5", None, True):
+        with pytest.raises(ValueError, match="must be an F1 score"):
+            recovery_ratio(bad, 0.570, 0.705)
+    with pytest.raises(ValueError, match="f1_erm_clean"):
+        recovery_ratio(0.6, 0.570, 70.5)
 
 
 # --------------------------------------------------------------------------- evaluate module

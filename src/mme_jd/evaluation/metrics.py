@@ -1,5 +1,6 @@
 """Task metrics: accuracy, binary/macro/weighted F1, precision and recall; worst-group
-accuracy and F-beta, the two figures validation-based choices in training also score with.
+accuracy and F-beta, the two figures validation-based choices in training also score with;
+the recovery ratio of the real-data benchmark (METHOD §8).
 
 A leaf module: it imports no other `mme_jd` module, so training may import it (the one import
 from training into evaluation).
@@ -110,6 +111,34 @@ def f_beta(precision: float, recall: float, beta: float = 1.0) -> float:
     beta2 = beta * beta
     denominator = beta2 * precision + recall
     return float((1.0 + beta2) * precision * recall / denominator) if denominator else 0.0
+
+
+def recovery_ratio(f1_method: float, f1_erm_biased: float, f1_erm_clean: float) -> float:
+    """The share of what a shortcut costs that a method wins back (METHOD §8):
+
+        (F1_method − F1_ERM,biased) / (F1_ERM,clean − F1_ERM,biased)
+
+    all F1s on the same cue-free test set: `f1_erm_biased` of ERM trained on the data with the
+    shortcut (MMSD), `f1_erm_clean` of ERM trained on the cue-free data (MMSD2.0), `f1_method`
+    of the method trained on the data with the shortcut; same base, data size, epochs and seed.
+    0 is ERM's, 1 is the cue-free reference's; below 0 the method lost ground, above 1 it beat
+    the reference. E.g. 0.630 against 0.570 and 0.705: 0.060 / 0.135 = 0.444.
+
+    Returns NaN when ERM on the clean data is not better than ERM on the biased data (a gap
+    ≤ 0: there is nothing to recover and no ratio means anything; report the F1s themselves),
+    so one such seed does not stop a benchmark. Raises a `ValueError` for an F1 that is not a
+    number in [0, 1].
+    """
+    import math
+    import numbers
+
+    for name, value in (("f1_method", f1_method), ("f1_erm_biased", f1_erm_biased), ("f1_erm_clean", f1_erm_clean)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"recovery_ratio: {name}={value!r} must be an F1 score, a number in [0, 1].")
+    gap = f1_erm_clean - f1_erm_biased
+    if gap <= 0:
+        return math.nan
+    return float((f1_method - f1_erm_biased) / gap)
 
 
 def load_metric(**kwargs: Any):
