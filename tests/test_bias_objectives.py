@@ -270,3 +270,140 @@ def test_the_bias_only_expert_learns_the_cue_and_is_never_saved(data, tmp_path):
     assert model.has_bias_only_expert  # saving leaves the live model as it was
     model.remove_training_only_parts()
     assert set(model.state_dict()) == kept
+
+
+BOTH_AGAINST_THE_BIAS = dict(recipe="mme_jd", router_epochs=1, image_counterfactual="given",
+                             image_debias_objective="poe_bias_only", text_debias_objective="learned_mixin")
+
+
+def test_train_adds_the_bias_only_stage_and_saves_only_the_three_experts(data, tmp_path):
+    """train(): the bias_only stage runs after general and before the debias stages, on the
+    cue-only views both objectives use; the model has no training-only part afterwards, and
+    neither the final checkpoint nor a stage's folder holds one (the bias_only stage keeps its
+    weights beside its folder, for a resumed run); the final folder reloads through AutoModel."""
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training import MMEJDTrainingConfig, train
+    from mme_jd.training.stages import TRAINING_ONLY_NAME
+
+    model = tiny_model()
+    report = train(model, data, _args(tmp_path, save_steps=2), MMEJDTrainingConfig(**BOTH_AGAINST_THE_BIAS))
+    logs = {log["stage"]: log for log in report["stages"]}
+    assert list(logs) == ["general", "bias_only", "image_debias", "text_debias", "router", "mid"]
+    assert logs["bias_only"]["parts"] == ["text", "image"] and logs["bias_only"]["expert"] == "bias_only"
+    assert logs["text_debias"]["loss_settings"]["text_debias_objective"] == "learned_mixin"
+    assert all(math.isfinite(loss) for stage in ("bias_only", "image_debias", "text_debias")
+               for loss in logs[stage]["losses"])
+    assert not model.has_bias_only_expert and len(model.mixin_gates) == 0
+    for folder in [tmp_path / "final", *(tmp_path / "stages" / s for s in logs if s not in ("router", "mid"))]:
+        with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+            assert not any("bias_only" in k or "mixin" in k for k in weights.keys()), folder
+    assert (tmp_path / "stages" / "bias_only" / TRAINING_ONLY_NAME).is_file()
+    assert (tmp_path / "stages" / "text_debias" / "checkpoint-2" / TRAINING_ONLY_NAME).is_file()
+    assert not (tmp_path / "final" / TRAINING_ONLY_NAME).exists()
+    reloaded = AutoModel.from_pretrained(tmp_path / "final", trust_remote_code=True)
+    assert set(reloaded.state_dict()) == set(model.state_dict())
+    # the default objectives need no bias-only expert
+    assert MMEJDTrainingConfig().stages() == ("general", "image_debias", "text_debias", "router", "mid")
+    assert MMEJDTrainingConfig(recipe="mctd", text_debias_objective="learned_mixin").stages() == ("mctd",)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+RESUME_STEPS = dict(max_steps=4, save_steps=2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """The final weights of an uninterrupted run with both objectives against the bias."""
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training import MMEJDTrainingConfig, train
+
+    model = tiny_model()
+    train(model, data, _args(tmp_path_factory.mktemp("whole"), **RESUME_STEPS),
+          MMEJDTrainingConfig(**BOTH_AGAINST_THE_BIAS))
+    return model.state_dict()
+
+
+@pytest.mark.parametrize(("stage", "step", "finished"), [
+    ("image_debias", 1, ["general", "bias_only"]),  # before its first checkpoint: the bias from the bias_only stage
+    ("text_debias", 3, ["general", "bias_only", "image_debias"]),  # the gate and the bias from checkpoint-2
+])
+def test_a_run_with_training_only_parts_resumes_to_the_same_weights(stage, step, finished, data, tmp_path,
+                                                                     uninterrupted):
+    """Killed in a stage that trains against the bias-only expert: the resumed run adds the
+    bias-only expert back with its weights (from the bias_only stage's file, or from the
+    Trainer checkpoint's file with the learned-mixin gate) and ends at the uninterrupted run's
+    weights."""
+    from transformers import TrainerCallback
+
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training import MMEJDTrainingConfig, train
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if args.run_name == f"mme-jd-{stage}" and state.global_step == step:
+                raise _Interrupt()
+
+    config = MMEJDTrainingConfig(**BOTH_AGAINST_THE_BIAS)
+    with pytest.raises(_Interrupt):
+        train(tiny_model(), data, _args(tmp_path, **RESUME_STEPS), config, callbacks=[Stop()])
+    resumed = tiny_model()
+    report = train(resumed, data, _args(tmp_path, **RESUME_STEPS), config, resume_from_checkpoint=True)
+    assert [log["stage"] for log in report["stages"] if log.get("resumed")] == finished
+    got = resumed.state_dict()
+    assert set(uninterrupted) == set(got)
+    lora = [k for k in uninterrupted if ".lora_" in k]
+    assert any(not torch.equal(uninterrupted[k], tiny_model().state_dict()[k]) for k in lora)
+    for key in lora:
+        assert torch.allclose(uninterrupted[key], got[key], atol=1e-6), key
+
+
+def test_bias_objective_settings_are_checked_and_reach_the_loss():
+    from mme_jd.cues import Cue
+    from mme_jd.modeling.configuration_mme_jd import MMEJDLossSettings
+    from mme_jd.training import MMEJDTrainingConfig
+
+    config = MMEJDTrainingConfig(text_debias_objective="learned_mixin", mixin_entropy_weight=0.36)
+    assert config.loss_settings("text_debias").mixin_entropy_weight == 0.36
+    assert config.stage_text_counterfactual("text_debias") == "lexical"  # the cue-only view, untold
+    assert config.stage_text_counterfactual("image_debias") == "swap"  # its objective is "reversed"
+    told = MMEJDTrainingConfig(text_debias_objective="poe_bias_only", cues=[Cue("irony", pattern="#irony")])
+    assert told.stage_text_counterfactual("bias_only") == told.stage_text_counterfactual("text_debias") == "cue_only"
+    assert MMEJDTrainingConfig(text_debias_objective="poe_bias_only", bias_text_counterfactual="given",
+                               cues=[Cue("irony", pattern="#irony")]).stage_text_counterfactual("bias_only") == "given"
+    with pytest.raises(ValueError, match="bias_text_counterfactual='cue_only'.*none is declared"):
+        MMEJDTrainingConfig(bias_text_counterfactual="cue_only", cues=[Cue("mark", image="corner watermark")])
+    with pytest.raises(ValueError, match="bias_text_counterfactual='swap' is not allowed"):
+        MMEJDTrainingConfig(bias_text_counterfactual="swap")
+    with pytest.raises(ValueError, match="mixin_entropy_weight"):
+        MMEJDTrainingConfig(mixin_entropy_weight=-1)
+    with pytest.raises(ValueError, match="text_debias_objective"):
+        MMEJDLossSettings(text_debias_objective="mixin")
+
+
+def test_the_bias_objectives_name_what_they_miss(data):
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training import MMEJDTrainingConfig
+
+    model = tiny_model()
+    config = MMEJDTrainingConfig(text_debias_objective="learned_mixin")
+    batch = _collate(model, data["train"].select(range(4)), "text_debias", config)
+    model.loss_settings = config.loss_settings("text_debias")
+    model.train()
+    with pytest.raises(ValueError, match="needs the trained bias-only expert"):
+        model(**batch)
+    with pytest.raises(ValueError, match="bias-only expert is not added"):
+        model.expert_forward("bias_only", batch)
+    model.add_bias_only_expert()
+    with pytest.raises(ValueError, match=r"add_mixin_gate\('text_debias'\)"):
+        model(**batch)
+    with pytest.raises(ValueError, match="cue-only inputs"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+              expert="bias_only")
+    with pytest.raises(ValueError, match="a learned-mixin gate belongs to a debias expert"):
+        model.add_mixin_gate("general")
