@@ -108,7 +108,8 @@ class MMEJDTrainingConfig:
         expert. The last two add a `bias_only` stage after `general`: a fourth, training-only
         LoRA adapter, warm-started from general and trained on the cue-only inputs (built by
         `bias_text_counterfactual` and `image_counterfactual`) with the true labels, CE(f_b(x*),
-        y), then frozen while the debias experts train against it on the same cue-only views.
+        y), for the TrainingArguments' schedule (as general; `debias_epochs` does not apply),
+        then frozen while the debias experts train against it on the same cue-only views.
         It is deleted after the last stage that uses it and never saved: the checkpoint holds
         the three experts and the router (a learned-mixin gate likewise). At inference each
         debias expert runs alone.
