@@ -74,7 +74,9 @@ def save_training_only(model, folder: str | Path) -> None:
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.training_only_state_dict().items()}
     if tensors:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(Path(folder) / TRAINING_ONLY_NAME), metadata={"format": "pt"})
+        partial = Path(folder) / f".{TRAINING_ONLY_NAME}.partial"  # a killed write leaves no file under the name
+        save_file(tensors, str(partial), metadata={"format": "pt"})
+        partial.replace(Path(folder) / TRAINING_ONLY_NAME)
 
 
 def load_training_only(model, folder: str | Path) -> None:
@@ -92,8 +94,7 @@ def load_training_only(model, folder: str | Path) -> None:
     if set(tensors) != expected:
         raise ValueError(f"{path} holds other training-only tensors than the model's ({len(tensors)} against "
                          f"{len(expected)}): it was written by another run; start over (--force-restart).")
-    result = model.load_state_dict(tensors, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
+    model.load_state_dict(tensors, strict=False)
 
 
 class KeepTrainingOnlyWeights(TrainerCallback):
