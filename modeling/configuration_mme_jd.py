@@ -31,6 +31,10 @@ from .routing_mme_jd import STRATEGY_NAMES as ROUTER_STRATEGIES  # the routing m
 MME_JD_VERSION = "0.1.0"
 
 EXPERT_NAMES: tuple[str, ...] = ("general", "image_debias", "text_debias")
+#: The bias-only expert (METHOD §8): a fourth LoRA adapter added for a training run only, trained
+#: on cue-only inputs with the true labels, the bias the `BIAS_ONLY_OBJECTIVES` train a debias
+#: expert against. Never saved: a checkpoint holds the three `EXPERT_NAMES` and the router.
+BIAS_ONLY_EXPERT = "bias_only"
 
 MODES = ("general", "mid", "mctd", "mme_jd")
 CORRECTIONS = ("none", "linear")
@@ -42,7 +46,9 @@ IMAGE_FILLS = ("mean", "zero")
 OTHER_MODALITY = ("null", "keep")
 CF_TARGETS = ("complement", "uniform")
 EXPERT_EXECUTIONS = ("routed", "all")
-DEBIAS_OBJECTIVES = ("reversed", "poe")
+DEBIAS_OBJECTIVES = ("reversed", "poe", "poe_bias_only", "learned_mixin")
+#: The debias objectives whose bias is the bias-only expert (they need the `bias_only` stage).
+BIAS_ONLY_OBJECTIVES = ("poe_bias_only", "learned_mixin")
 ROUTER_POOLINGS = ("last", "mean")
 
 
@@ -117,10 +123,23 @@ class MMEJDLossSettings:
     cf_target: reversed target for more than two classes: "complement" (uniform over
         the classes other than y) or "uniform" (uniform over all classes).
     image_debias_objective / text_debias_objective: how a debias expert learns from its
-        counterfactual: "reversed" (CE(x, y) + w·CE(x*, ȳ)) or "poe" (product of experts:
-        CE(log p_expert(x) + log p_general(x*), y) with the general expert frozen on the
-        cue-only counterfactual x*, so the expert learns what the cue leaves unexplained; at
-        inference the expert runs alone).
+        counterfactual x* (its cue-only view). The bias terms are training-only: at inference
+        the expert runs alone.
+        - "reversed": CE(x, y) + w·CE(x*, ȳ) (MCTD's reversed target).
+        - "poe": product of experts CE(log_softmax(f_e(x)) + log_softmax(f_g(x*)), y) with the
+          general expert f_g frozen on x*, so the expert learns what the cue leaves unexplained.
+        - "poe_bias_only": the same product with the bias-only expert f_b (`BIAS_ONLY_EXPERT`,
+          trained on x* with the true labels, then frozen) in place of the general expert.
+        - "learned_mixin": Clark et al. (2019)'s learned-mixin +H against f_b:
+          CE(log_softmax(f_e(x)) + g(x)·log_softmax(f_b(x*)), y) + w_H·H(softmax(g(x)·log_softmax(f_b(x*))))
+          with g(x) = softplus(w·h(x) + b) a gate on the expert's pooled hidden state h(x),
+          trained with the expert and not saved; w_H is `mixin_entropy_weight`.
+        The arithmetic of the last three is `modeling_mme_jd.bias_ensemble_loss`.
+    mixin_entropy_weight: w_H of "learned_mixin", the entropy penalty that keeps the gate from
+        shrinking the bias to nothing (g → 0 is plain CE: the expert takes the cue back).
+        Clark et al. chose it on held-out data per task (their VQA-CP code's default: 0.36);
+        0.1 here is not tuned. With an exact bias and a large w_H the gate grows past 1 and
+        the expert learns the cue with the opposite sign (tests/test_bias_objectives.py).
     router_class_weights: class weights of the router's cross-entropy when the forward gets
         `router_labels` (None: uniform); the router stage sets them from its labels'
         frequencies.
@@ -131,11 +150,12 @@ class MMEJDLossSettings:
     cf_target: str = "complement"
     image_debias_objective: str = "reversed"
     text_debias_objective: str = "reversed"
+    mixin_entropy_weight: float = 0.1
     router_class_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        for name in ("text_counterfactual_weight", "image_counterfactual_weight"):
+        for name in ("text_counterfactual_weight", "image_counterfactual_weight", "mixin_entropy_weight"):
             check_range(name, getattr(self, name), 0.0, 100.0, owner)
         check_choice("cf_target", self.cf_target, CF_TARGETS, owner)
         check_choice("image_debias_objective", self.image_debias_objective, DEBIAS_OBJECTIVES, owner)
@@ -443,5 +463,6 @@ class MMEJDConfig(PreTrainedConfig):
         return float((self.expert_temperatures or {}).get(expert, 1.0))
 
 
-__all__ = ["MMEJDConfig", "MMEJDLossSettings", "BASE_FAMILIES", "EXPERT_NAMES", "MME_JD_VERSION", "REMOVED_FIELDS",
-           "ROUTER_STRATEGIES", "base_family", "check_choice", "check_range", "single_routed_expert"]
+__all__ = ["MMEJDConfig", "MMEJDLossSettings", "BASE_FAMILIES", "BIAS_ONLY_EXPERT", "BIAS_ONLY_OBJECTIVES",
+           "EXPERT_NAMES", "MME_JD_VERSION", "REMOVED_FIELDS", "ROUTER_STRATEGIES", "base_family", "check_choice",
+           "check_range", "single_routed_expert"]

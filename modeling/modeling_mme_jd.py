@@ -10,6 +10,11 @@ files.
                                        image → image_debias(x)   text → text_debias(x)
                                        both  → mean(image_debias(x), text_debias(x))
 
+Training-only parts, never saved (`is_training_only_parameter`): the bias-only expert, a fourth
+adapter trained on cue-only inputs with the true labels (`add_bias_only_expert`), and the
+learned-mixin gates (`add_mixin_gate`); the debias objectives that use them are
+`bias_ensemble_loss` (METHOD §8).
+
 The router is `MMEJDRouter`; which strategy a sample gets and how its final logits are combined
 is `routing_mme_jd` (`route`, `combine`). The experts are LoRA adapters ("general",
 "image_debias", "text_debias") of one `PeftModel` around the base; `with model.expert(name):`
@@ -49,7 +54,8 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, logging
 
-from .configuration_mme_jd import EXPERT_NAMES, MME_JD_VERSION, MMEJDConfig, MMEJDLossSettings
+from .configuration_mme_jd import (BIAS_ONLY_EXPERT, BIAS_ONLY_OBJECTIVES, EXPERT_NAMES, MME_JD_VERSION, MMEJDConfig,
+                                   MMEJDLossSettings)
 from .counterfactual_mme_jd import reversed_targets
 from .layouts_mme_jd import ImageLayout
 from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
@@ -188,6 +194,56 @@ def is_expert_parameter(name: str, expert: str) -> bool:
     return (".lora_" in name and f".{expert}." in name) or name.startswith(f"heads.{expert}.")
 
 
+def is_training_only_parameter(name: str) -> bool:
+    """Whether the tensor `name` belongs to a part that exists for a training run only and is
+    never saved: the bias-only expert (`BIAS_ONLY_EXPERT`) and the learned-mixin gates
+    (`mixin_gates.<expert>.`). The one rule `save_pretrained` leaves tensors out by."""
+    return is_expert_parameter(name, BIAS_ONLY_EXPERT) or name.startswith("mixin_gates.")
+
+
+def bias_ensemble_loss(
+    logits: torch.Tensor,
+    bias_logits: torch.Tensor,
+    labels: torch.Tensor,
+    gate: torch.Tensor | None = None,
+    entropy_weight: float = 0.0,
+) -> torch.Tensor:
+    """The loss of an expert trained in an ensemble with a fixed bias model (Clark et al., 2019;
+    METHOD §8), so that it learns what the bias leaves unexplained:
+
+        product of experts (gate None):
+            CE(log_softmax(f_e(x)) + log_softmax(f_b(x*)), y)
+        learned-mixin +H (gate g(x) >= 0, one per row):
+            CE(log_softmax(f_e(x)) + g(x)·log_softmax(f_b(x*)), y)
+            + entropy_weight · mean H(softmax(g(x)·log_softmax(f_b(x*))))
+
+    logits: f_e(x) [B, C] of the expert trained; bias_logits: f_b(x*) [B, C] of the bias (logits
+    or log-probabilities: only their log-softmax is used), never trained here (detached);
+    labels: [B] class ids. The entropy term keeps the gate from shrinking the bias to nothing.
+    """
+    bias = F.log_softmax(bias_logits.detach().float(), dim=-1)
+    if gate is not None:
+        bias = gate.float().reshape(-1, 1) * bias
+    loss = F.cross_entropy(F.log_softmax(logits.float(), dim=-1) + bias, labels)
+    if gate is not None and entropy_weight > 0:
+        scaled = F.log_softmax(bias, dim=-1)
+        loss = loss + entropy_weight * -(scaled.exp() * scaled).sum(dim=-1).mean()
+    return loss
+
+
+class MixinGate(nn.Module):
+    """The learned-mixin gate g(x) = softplus(w·h(x) + b) >= 0: how much of the bias a sample's
+    ensemble takes, from the trained expert's pooled final hidden state h(x) [B, H] → [B].
+    Training-only (`is_training_only_parameter`): it lives for its expert's stage."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.linear(pooled.to(self.linear.weight.dtype))).squeeze(-1)
+
+
 class MMEJDRouter(nn.Module):
     """The router: a small MLP from the general expert's pooled final hidden state to one logit
     per routing strategy (`routing_mme_jd.Strategy`).
@@ -299,6 +355,9 @@ class MMEJDModel(MMEJDPreTrainedModel):
         self.router = MMEJDRouter(hidden, config.router_hidden_size)
         if config.head == "linear":
             self.heads = nn.ModuleDict({name: nn.Linear(hidden, config.num_labels) for name in EXPERT_NAMES})
+        # learned-mixin gates, one per debias expert trained with that objective: training-only,
+        # empty outside its stage (`add_mixin_gate`, `remove_training_only_parts`)
+        self.mixin_gates = nn.ModuleDict()
         # what the training losses read (MMEJDLossSettings): set per stage by mme_jd.training, not saved
         self.loss_settings = MMEJDLossSettings()
         self.processor = None  # attached by mme_jd.from_base / the pipeline; saved beside the weights
@@ -343,26 +402,118 @@ class MMEJDModel(MMEJDPreTrainedModel):
 
     def expert_parameters(self, expert: str) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of one expert's trainable tensors: its LoRA matrices and, with
-        `head="linear"`, its head (`is_expert_parameter`); names as in `named_parameters()`."""
-        if expert not in EXPERT_NAMES:
-            raise ValueError(f"unknown expert {expert!r}; choose one of {list(EXPERT_NAMES)}.")
+        `head="linear"`, its head (`is_expert_parameter`); names as in `named_parameters()`.
+        The bias-only expert's too, while it is added."""
+        self._check_expert(expert)
         return ((name, param) for name, param in self.named_parameters() if is_expert_parameter(name, expert))
 
     def set_trainable(self, stage: str) -> list[nn.Parameter]:
         """Freeze everything but what a training stage trains; returns those parameters.
 
-        stage: an expert name ("general", "image_debias", "text_debias") or "router".
+        stage: an expert name ("general", "image_debias", "text_debias"; "bias_only" while it
+        is added) or "router". An expert with a learned-mixin gate trains it too.
         """
         self.freeze_all()
         if stage == "router":
             params = list(self.router.parameters())
-        elif stage in EXPERT_NAMES:
+        elif stage in EXPERT_NAMES or (stage == BIAS_ONLY_EXPERT and self.has_bias_only_expert):
             params = [param for _, param in self.expert_parameters(stage)]
+            if stage in self.mixin_gates:
+                params += list(self.mixin_gates[stage].parameters())
         else:
             raise ValueError(f"unknown training stage {stage!r}; choose one of {[*EXPERT_NAMES, 'router']}.")
         for param in params:
             param.requires_grad_(True)
         return params
+
+    def _check_expert(self, name: str) -> None:
+        """Raise a `ValueError` unless `name` is an expert (or the bias-only expert, added)."""
+        if name in EXPERT_NAMES or (name == BIAS_ONLY_EXPERT and self.has_bias_only_expert):
+            return
+        if name == BIAS_ONLY_EXPERT:
+            raise ValueError("the bias-only expert is not added: call model.add_bias_only_expert() first "
+                             "(mme_jd.training adds it for the bias_only stage of the objectives that need it).")
+        raise ValueError(f"unknown expert {name!r}; choose one of {list(EXPERT_NAMES)}.")
+
+    # ------------------------------------------------------------------ training-only parts
+    @property
+    def has_bias_only_expert(self) -> bool:
+        """Whether the training-only bias-only expert is added (`add_bias_only_expert`)."""
+        return BIAS_ONLY_EXPERT in self.vlm.peft_config
+
+    def add_bias_only_expert(self) -> None:
+        """Add the bias-only expert (METHOD §8): a fourth LoRA adapter `BIAS_ONLY_EXPERT` with the
+        experts' LoRA settings (and its own head with `head="linear"`), an exact no-op until
+        trained, frozen. It is training-only: `save_pretrained` never writes it
+        (`is_training_only_parameter`) and `remove_training_only_parts` deletes it."""
+        if self.has_bias_only_expert:
+            return
+        flags = [(param, param.requires_grad) for param in self.parameters()]
+        # peft marks adapters trainable as it injects them: the model's flags are put back
+        self.vlm.add_adapter(BIAS_ONLY_EXPERT, self.vlm.peft_config[EXPERT_NAMES[0]], autocast_adapter_dtype=False)
+        if self.config.head == "linear":
+            self.heads[BIAS_ONLY_EXPERT] = nn.Linear(self.config.text_config.hidden_size, self.config.num_labels)
+        reference = dict(self.expert_parameters(EXPERT_NAMES[0]))
+        for name, param in self.expert_parameters(BIAS_ONLY_EXPERT):  # the experts' dtype and device
+            like = reference[name.replace(f".{BIAS_ONLY_EXPERT}.", f".{EXPERT_NAMES[0]}.")]
+            param.data = param.data.to(device=like.device, dtype=like.dtype)
+            param.requires_grad_(False)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        self.reset_experts((BIAS_ONLY_EXPERT,))
+        self._training_only_changed()
+
+    def add_mixin_gate(self, expert: str) -> MixinGate:
+        """Add (or return) the learned-mixin gate of debias expert `expert` (`MixinGate`, in the
+        router's dtype and device, frozen until `set_trainable(expert)`). Training-only."""
+        if expert not in EXPERT_NAMES[1:]:
+            raise ValueError(f"a learned-mixin gate belongs to a debias expert, one of {list(EXPERT_NAMES[1:])}; "
+                             f"got {expert!r}.")
+        if expert not in self.mixin_gates:
+            like = self.router.out.weight
+            gate = MixinGate(self.config.text_config.hidden_size).to(device=like.device, dtype=like.dtype)
+            gate.requires_grad_(False)
+            self.mixin_gates[expert] = gate
+            self._training_only_changed()
+        return self.mixin_gates[expert]
+
+    def remove_bias_only_expert(self) -> None:
+        """Delete the bias-only expert (nothing when it is not added)."""
+        if not self.has_bias_only_expert:
+            return
+        if self.active_expert == BIAS_ONLY_EXPERT:
+            self._activate(EXPERT_NAMES[0])
+        flags = [(param, param.requires_grad) for param in self._lora_parameters()]
+        self.vlm.delete_adapter(BIAS_ONLY_EXPERT)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        if self.config.head == "linear":
+            del self.heads[BIAS_ONLY_EXPERT]
+        self._training_only_changed()
+
+    def remove_mixin_gates(self) -> None:
+        """Delete the learned-mixin gates."""
+        self.mixin_gates.clear()
+        self._training_only_changed()
+
+    def remove_training_only_parts(self) -> None:
+        """Delete the bias-only expert and the learned-mixin gates (what a training run adds
+        and never saves); the model is then exactly its three experts and the router."""
+        self.remove_bias_only_expert()
+        self.remove_mixin_gates()
+
+    def training_only_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors of the training-only parts (`is_training_only_parameter`), keyed as in
+        `state_dict()`: what a training run keeps beside its checkpoints to resume."""
+        return {name: tensor for name, tensor in self.state_dict().items() if is_training_only_parameter(name)}
+
+    def _training_only_changed(self) -> None:
+        # the LoRA matrices changed; transformers' save_pretrained (the Trainer's checkpoints
+        # too) leaves the keys in `_keys_to_ignore_on_save` out, and the Trainer's resume expects
+        # exactly those to be missing
+        self._lora_parameter_cache = None
+        kept = {key for key in (self._keys_to_ignore_on_save or ()) if not is_training_only_parameter(key)}
+        self._keys_to_ignore_on_save = kept | set(self.training_only_state_dict())
 
     @property
     def active_expert(self) -> str:
@@ -377,8 +528,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
         Built on peft's public per-layer switch (`LoraLayer.set_adapter`, on the LoRA layers
         only: peft's model-wide `set_adapter` walks every module). peft's switch also marks
         the activated adapter trainable and the others frozen; the flags are put back."""
-        if name not in EXPERT_NAMES:
-            raise ValueError(f"unknown expert {name!r}; choose one of {list(EXPERT_NAMES)}.")
+        self._check_expert(name)
         previous = self.active_expert
         self._activate(name)
         try:
@@ -406,10 +556,10 @@ class MMEJDModel(MMEJDPreTrainedModel):
         return self._lora_layer_cache
 
     def _lora_parameters(self) -> list[nn.Parameter]:
-        """Every expert's LoRA matrices (found once)."""
+        """Every adapter's LoRA matrices, the bias-only expert's included while it is added
+        (found once per change)."""
         if getattr(self, "_lora_parameter_cache", None) is None:
-            self._lora_parameter_cache = [param for name, param in self.vlm.named_parameters()
-                                          if any(is_expert_parameter(name, expert) for expert in EXPERT_NAMES)]
+            self._lora_parameter_cache = [param for name, param in self.vlm.named_parameters() if ".lora_" in name]
         return self._lora_parameter_cache
 
     # ------------------------------------------------------------------ computation
@@ -476,8 +626,7 @@ class MMEJDModel(MMEJDPreTrainedModel):
         The expert stays active afterwards (unlike `with model.expert(name):`): with gradient
         checkpointing, the backward pass recomputes this forward with the active adapter.
         image_features: precomputed vision features of these rows (skips the vision tower)."""
-        if name not in EXPERT_NAMES:
-            raise ValueError(f"unknown expert {name!r}; choose one of {list(EXPERT_NAMES)}.")
+        self._check_expert(name)
         self._activate(name)
         hidden, attentions = self._encode(inputs, output_attentions=output_attentions, image_features=image_features)
         mask = inputs["attention_mask"]
@@ -529,7 +678,9 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 `loss_settings.router_class_weights`.
             mode: overrides config.mode for this call.
             expert: run this one expert on every row (training of one expert, ablations);
-                with counterfactuals and labels the loss is the MCTD loss.
+                with counterfactuals and labels the loss is the MCTD loss, or in training the
+                debias expert's objective (`loss_settings`). "bias_only" (while added) with
+                labels: its loss on the counterfactuals, the cue-only views, with the true labels.
             return_experts: run every expert on every sample and return all their logits.
             metadata: the collator's per-row truth (groups, masks); ignored here.
         """
@@ -574,25 +725,55 @@ class MMEJDModel(MMEJDPreTrainedModel):
         image_logits = chunks.pop(0) if image_cf is not None else None
         return original, pooled[:batch], text_logits, image_logits
 
-    def _product_of_experts(self, name, inputs, labels, counterfactual) -> MMEJDOutput:
-        """PoE training of a debias expert against the frozen general expert's prediction on
-        the cue-only counterfactual: CE(log_softmax(f_e(x)) + log_softmax(f_g(x*)), y)."""
-        with torch.no_grad():
-            bias_logits = self.expert_forward("general", counterfactual)[0]
+    def _bias_ensemble(self, name, inputs, labels, counterfactual, objective: str) -> MMEJDOutput:
+        """Train debias expert `name` against a frozen bias on its cue-only counterfactual x*
+        (`bias_ensemble_loss`): the general expert ("poe") or the bias-only expert
+        ("poe_bias_only"; "learned_mixin" with the expert's gate on its pooled hidden state)."""
+        bias_expert = BIAS_ONLY_EXPERT if objective in BIAS_ONLY_OBJECTIVES else EXPERT_NAMES[0]
+        if bias_expert == BIAS_ONLY_EXPERT and not self.has_bias_only_expert:
+            raise ValueError(f"the {objective!r} objective of {name} needs the trained bias-only expert: run "
+                             "mme_jd.training's bias_only stage first (train() does), or model.add_bias_only_expert() "
+                             "and train it on the cue-only inputs.")
+        if objective == "learned_mixin" and name not in self.mixin_gates:
+            raise ValueError(f"the learned_mixin objective of {name} needs its gate: model.add_mixin_gate({name!r}) "
+                             "(mme_jd.training's stage adds it).")
+        with torch.no_grad():  # the bias first: the expert's pass must be the last (gradient checkpointing)
+            bias_logits = self.expert_forward(bias_expert, counterfactual)[0]
         logits, pooled, _ = self.expert_forward(name, inputs)
-        combined = F.log_softmax(logits, -1) + F.log_softmax(bias_logits, -1)
-        out = MMEJDOutput(loss=F.cross_entropy(combined, labels), logits=logits, pooled_hidden_state=pooled)
+        gate = self.mixin_gates[name](pooled) if objective == "learned_mixin" else None
+        loss = bias_ensemble_loss(logits, bias_logits, labels, gate, self.loss_settings.mixin_entropy_weight)
+        out = MMEJDOutput(loss=loss, logits=logits, pooled_hidden_state=pooled)
         setattr(out, f"{name}_logits", logits)
         setattr(out, "image_counterfactual_logits" if name == "image_debias" else "text_counterfactual_logits",
                 bias_logits)
         return out
 
+    def _bias_only(self, inputs, labels, text_cf, image_cf) -> MMEJDOutput:
+        """The bias-only expert's loss: CE(f_b(x*), y) with the TRUE labels over the cue-only
+        views given (text and/or image counterfactual, one batched pass); the originals are
+        not run. `logits` are those of the first view."""
+        views = [cf for cf in (text_cf, image_cf) if cf is not None]
+        if not views:
+            raise ValueError("the bias-only expert learns from cue-only inputs: pass text_counterfactual and/or "
+                             "image_counterfactual (CounterfactualTripleCollator(..., parts=...) builds them).")
+        pad = self.config.text_config.pad_token_id or 0
+        logits, pooled, _ = self.expert_forward(BIAS_ONLY_EXPERT, concat_inputs(views, pad))
+        loss = F.cross_entropy(logits, labels.repeat(len(views)))
+        batch = labels.shape[0]
+        parts = [part for part, cf in (("text", text_cf), ("image", image_cf)) if cf is not None]
+        chunks = dict(zip(parts, logits.split(batch)))
+        return MMEJDOutput(loss=loss, logits=chunks[parts[0]], pooled_hidden_state=pooled[:batch],
+                           text_counterfactual_logits=chunks.get("text"),
+                           image_counterfactual_logits=chunks.get("image"))
+
     def _single_expert(self, name, inputs, labels, text_cf, image_cf, cf_targets, text_valid=None) -> MMEJDOutput:
+        if labels is not None and name == BIAS_ONLY_EXPERT:
+            return self._bias_only(inputs, labels, text_cf, image_cf)
         if labels is not None and self.training:
             objective = {"image_debias": (self.loss_settings.image_debias_objective, image_cf),
                          "text_debias": (self.loss_settings.text_debias_objective, text_cf)}.get(name)
-            if objective is not None and objective[0] == "poe" and objective[1] is not None:
-                return self._product_of_experts(name, inputs, labels, objective[1])
+            if objective is not None and objective[0] != "reversed" and objective[1] is not None:
+                return self._bias_ensemble(name, inputs, labels, objective[1], objective[0])
         logits, pooled, text_logits, image_logits = self._run_with_counterfactuals(name, inputs, text_cf, image_cf)
         loss = None
         if labels is not None:
@@ -819,6 +1000,8 @@ def _part_of(tensor_name: str) -> str:
     """The part of MME-JD a tensor belongs to: the router, an expert's head or LoRA, the base."""
     if tensor_name.startswith("router."):
         return "the router"
+    if is_training_only_parameter(tensor_name):
+        return "a training-only part (bias-only expert, learned-mixin gate)"
     for expert in EXPERT_NAMES:
         if tensor_name.startswith(f"heads.{expert}."):
             return f"the {expert} head"
@@ -1076,5 +1259,5 @@ def strip_loading_environment(folder: str) -> None:
 MMEJDConfig.register_for_auto_class()
 MMEJDModel.register_for_auto_class("AutoModel")
 
-__all__ = ["MMEJDModel", "MMEJDOutput", "MMEJDPreTrainedModel", "MMEJDRouter", "answer_positions", "concat_inputs",
-           "is_expert_parameter", "select_rows"]
+__all__ = ["MMEJDModel", "MMEJDOutput", "MMEJDPreTrainedModel", "MMEJDRouter", "MixinGate", "answer_positions",
+           "bias_ensemble_loss", "concat_inputs", "is_expert_parameter", "is_training_only_parameter", "select_rows"]

@@ -109,19 +109,6 @@ def test_reliance_hand_computed():
     assert reliance(np.array([0, 0]), np.array([1, 1])) == 0.0
 
 
-def test_reliance_beyond_chance_hand_computed():
-    from mme_jd.evaluation.diagnostics import reliance_beyond_chance
-
-    # agreement 3/4; class rates original (1/4, 3/4), cue-only (1/2, 1/2): chance 1/8 + 3/8 = 1/2
-    assert reliance_beyond_chance([0, 1, 1, 1], [0, 1, 1, 0]) == pytest.approx(0.25)
-    # a model that follows the cue exactly on a balanced split: 1 - 1/2
-    assert reliance_beyond_chance([0, 1, 0, 1], [0, 1, 0, 1]) == pytest.approx(0.5)
-    # one class everywhere agrees by chance only, however often it agrees
-    assert reliance_beyond_chance([1, 1, 1, 1], [1, 1, 0, 1]) == pytest.approx(0.0)
-    # a model that goes against the cue is below chance
-    assert reliance_beyond_chance([1, 0, 1, 0], [0, 1, 0, 1]) == pytest.approx(-0.5)
-
-
 def test_reliance_errors():
     with pytest.raises(ValueError, match="empty"):
         reliance([], [])

@@ -7,7 +7,7 @@ import ast
 import numpy as np
 import pytest
 
-from mme_jd.evaluation.metrics import METRIC_MODULE_PATH, classification_metrics, load_metric
+from mme_jd.evaluation.metrics import METRIC_MODULE_PATH, classification_metrics, load_metric, recovery_ratio
 
 
 def approx(expected: dict[str, float]):
@@ -140,6 +140,34 @@ def test_invalid_input_raises(kwargs, message):
         classification_metrics(**kwargs)
 
 
+# --------------------------------------------------------------------------- recovery ratio
+
+
+def test_recovery_ratio_hand_computed():
+    # the issue 15 prototype, F1 on MMSD2.0 test: ERM on MMSD 0.570, ERM on MMSD2.0 0.705 (gap 0.135)
+    assert recovery_ratio(0.630, 0.570, 0.705) == pytest.approx(0.060 / 0.135)  # "cue removed": 0.444...
+    assert recovery_ratio(0.630, 0.570, 0.705) == pytest.approx(4 / 9)
+    assert recovery_ratio(0.574, 0.570, 0.705) == pytest.approx(0.004 / 0.135)  # MME-JD: 0.0296
+    assert recovery_ratio(0.570, 0.570, 0.705) == 0.0  # ERM's own
+    assert recovery_ratio(0.705, 0.570, 0.705) == pytest.approx(1.0)  # the cue-free reference's
+    assert recovery_ratio(0.500, 0.570, 0.705) == pytest.approx(-0.070 / 0.135)  # lost ground: negative
+    assert recovery_ratio(0.750, 0.570, 0.705) == pytest.approx(0.180 / 0.135)  # beat the reference: above 1
+    assert recovery_ratio(np.float32(0.5), 0.25, 0.75) == pytest.approx(0.5)
+    assert type(recovery_ratio(0.630, 0.570, 0.705)) is float
+
+
+def test_recovery_ratio_is_nan_without_a_gap_and_refuses_non_f1_values():
+    import math
+
+    assert math.isnan(recovery_ratio(0.6, 0.570, 0.570))  # clean ERM no better: nothing to recover
+    assert math.isnan(recovery_ratio(0.6, 0.705, 0.570))  # clean ERM worse
+    for bad in (1.2, -0.1, float("nan"), "0.5", None, True):
+        with pytest.raises(ValueError, match="must be an F1 score"):
+            recovery_ratio(bad, 0.570, 0.705)
+    with pytest.raises(ValueError, match="f1_erm_clean"):
+        recovery_ratio(0.6, 0.570, 70.5)
+
+
 # --------------------------------------------------------------------------- evaluate module
 
 
@@ -223,3 +251,18 @@ def test_matches_sklearn_on_random_inputs(num_classes):
             assert ours["recall"] == pytest.approx(
                 sklearn_metrics.recall_score(refs, preds, pos_label=1, labels=[0, 1], **kw)
             )
+
+
+def test_reliance_beyond_chance_hand_computed():
+    from mme_jd.evaluation.metrics import reliance_beyond_chance
+
+    # agreement 3/4; class rates original (1/4, 3/4), cue-only (1/2, 1/2): chance 1/8 + 3/8 = 1/2
+    assert reliance_beyond_chance([0, 1, 1, 1], [0, 1, 1, 0]) == pytest.approx(0.25)
+    # a model that follows the cue exactly on a balanced split: 1 - 1/2
+    assert reliance_beyond_chance([0, 1, 0, 1], [0, 1, 0, 1]) == pytest.approx(0.5)
+    # one class everywhere agrees by chance only, however often it agrees
+    assert reliance_beyond_chance([1, 1, 1, 1], [1, 1, 0, 1]) == pytest.approx(0.0)
+    # a model that goes against the cue is below chance
+    assert reliance_beyond_chance([1, 0, 1, 0], [0, 1, 0, 1]) == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="one cue-only prediction per prediction"):
+        reliance_beyond_chance([0, 1], [1])

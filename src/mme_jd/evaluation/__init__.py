@@ -1,6 +1,7 @@
 """Evaluation: metrics, group diagnostics and reports.
 
-* `metrics`: `classification_metrics` (numpy) and `load_metric()` (its `evaluate` front end);
+* `metrics`: `classification_metrics` (numpy), `load_metric()` (its `evaluate` front end) and
+  `recovery_ratio` (the real-data benchmark's share of the shortcut's cost won back);
 * `diagnostics`: group accuracy, reliance, mask quality, router report, calibration and
   the `Evaluator` that gathers them;
 * `report`: `write_report` (JSON, Markdown, HTML, PNG plots).
@@ -18,6 +19,7 @@ _LAZY_EXPORTS = {
     "METRIC_MODULE_PATH": "metrics",
     "classification_metrics": "metrics",
     "load_metric": "metrics",
+    "recovery_ratio": "metrics",
     "DEFAULT_STRATEGY_NAMES": "diagnostics",
     "Evaluator": "diagnostics",
     "cue_figures": "diagnostics",
@@ -27,7 +29,7 @@ _LAZY_EXPORTS = {
     "label_cue_groups": "diagnostics",
     "mask_quality": "diagnostics",
     "reliance": "diagnostics",
-    "reliance_beyond_chance": "diagnostics",
+    "reliance_beyond_chance": "metrics",
     "router_report": "diagnostics",
     "wrong_way_rows": "diagnostics",
     "write_report": "report",
@@ -48,11 +50,10 @@ if TYPE_CHECKING:  # pragma: no cover
         label_cue_groups,
         mask_quality,
         reliance,
-        reliance_beyond_chance,
         router_report,
         wrong_way_rows,
     )
-    from .metrics import METRIC_MODULE_PATH, classification_metrics, load_metric
+    from .metrics import METRIC_MODULE_PATH, classification_metrics, load_metric, reliance_beyond_chance, recovery_ratio
     from .report import write_report
 
 

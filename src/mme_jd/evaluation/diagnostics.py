@@ -39,7 +39,6 @@ __all__ = [
     "label_cue_groups",
     "mask_quality",
     "reliance",
-    "reliance_beyond_chance",
     "router_report",
     "to_builtin",
     "wrong_way_rows",
@@ -237,20 +236,6 @@ def reliance(original_predictions, counterfactual_predictions) -> float:
     if n == 0:
         raise ValueError("Cannot compute reliance on empty input.")
     return float(np.mean(original == counterfactual))
-
-
-def reliance_beyond_chance(original_predictions, counterfactual_predictions) -> float:
-    """`reliance` minus the agreement two independent predictors with the same class rates
-    would reach, Σ_k P(pred(x) = k)·P(pred(x*) = k): 0 when the prediction on the original owes
-    nothing to what the cue-only input says, whatever the class balance (the numerator of
-    Cohen's kappa). A model that predicts one class everywhere, or a cue-only input read as one
-    class everywhere, gets 0."""
-    original = _as_1d(original_predictions, "original_predictions").astype(np.int64)
-    counterfactual = _as_1d(counterfactual_predictions, "counterfactual_predictions").astype(np.int64)
-    observed = reliance(original, counterfactual)
-    size = int(max(original.max(), counterfactual.max())) + 1
-    chance = float(np.dot(np.bincount(original, minlength=size), np.bincount(counterfactual, minlength=size)))
-    return observed - chance / len(original) ** 2
 
 
 # --------------------------------------------------------------------------- declared cues

@@ -1,5 +1,6 @@
 """Task metrics: accuracy, binary/macro/weighted F1, precision and recall; worst-group
-accuracy and F-beta, the two figures validation-based choices in training also score with.
+accuracy and F-beta, the two figures validation-based choices in training also score with;
+the recovery ratio of the real-data benchmark (METHOD §8).
 
 A leaf module: it imports no other `mme_jd` module, so training may import it (the one import
 from training into evaluation).
@@ -104,12 +105,59 @@ def worst_group_accuracy(predictions, labels, groups=None) -> float:
     return float(min(correct[groups == group].mean() for group in np.unique(groups)))
 
 
+def reliance_beyond_chance(original_predictions, counterfactual_predictions) -> float:
+    """How often the prediction on the original equals the prediction on the cue-only input
+    (`diagnostics.reliance`), minus the agreement two independent predictors with the same class
+    rates would reach, Σ_k P(pred(x) = k)·P(pred(x*) = k): 0 when the prediction on the original
+    owes nothing to what the cue-only input says, whatever the class balance (the numerator of
+    Cohen's kappa). A model that predicts one class everywhere, or a cue-only input read as one
+    class everywhere, gets 0; a model that goes against the cue, below 0."""
+    import numpy as np
+
+    original = _array(original_predictions).astype(np.int64).ravel()
+    counterfactual = _array(counterfactual_predictions).astype(np.int64).ravel()
+    if original.shape != counterfactual.shape or original.size == 0:
+        raise ValueError(f"need one cue-only prediction per prediction, and at least one: got {original.size} and "
+                         f"{counterfactual.size}.")
+    size = int(max(original.max(), counterfactual.max())) + 1
+    chance = float(np.dot(np.bincount(original, minlength=size), np.bincount(counterfactual, minlength=size)))
+    return float((original == counterfactual).mean()) - chance / original.size ** 2
+
+
 def f_beta(precision: float, recall: float, beta: float = 1.0) -> float:
     """F_β = (1+β²)·P·R / (β²·P + R) of a precision P and a recall R; 0.0 when P = R = 0.
     β < 1 weighs precision more (β = 0.5: the router's threshold), β > 1 recall."""
     beta2 = beta * beta
     denominator = beta2 * precision + recall
     return float((1.0 + beta2) * precision * recall / denominator) if denominator else 0.0
+
+
+def recovery_ratio(f1_method: float, f1_erm_biased: float, f1_erm_clean: float) -> float:
+    """The share of what a shortcut costs that a method wins back (METHOD §8):
+
+        (F1_method − F1_ERM,biased) / (F1_ERM,clean − F1_ERM,biased)
+
+    all F1s on the same cue-free test set: `f1_erm_biased` of ERM trained on the data with the
+    shortcut (MMSD), `f1_erm_clean` of ERM trained on the cue-free data (MMSD2.0), `f1_method`
+    of the method trained on the data with the shortcut; same base, data size, epochs and seed.
+    0 is ERM's, 1 is the cue-free reference's; below 0 the method lost ground, above 1 it beat
+    the reference. E.g. 0.630 against 0.570 and 0.705: 0.060 / 0.135 = 0.444.
+
+    Returns NaN when ERM on the clean data is not better than ERM on the biased data (a gap
+    ≤ 0: there is nothing to recover and no ratio means anything; report the F1s themselves),
+    so one such seed does not stop a benchmark. Raises a `ValueError` for an F1 that is not a
+    number in [0, 1].
+    """
+    import math
+    import numbers
+
+    for name, value in (("f1_method", f1_method), ("f1_erm_biased", f1_erm_biased), ("f1_erm_clean", f1_erm_clean)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"recovery_ratio: {name}={value!r} must be an F1 score, a number in [0, 1].")
+    gap = f1_erm_clean - f1_erm_biased
+    if gap <= 0:
+        return math.nan
+    return float((f1_method - f1_erm_biased) / gap)
 
 
 def load_metric(**kwargs: Any):

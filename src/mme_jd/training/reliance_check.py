@@ -9,7 +9,7 @@ trained debias expert, else the general expert) still follows that modality's cu
 where g(x*) is the general expert's prediction on the cue-only counterfactual x* (the
 general expert learned the shortcut, so its reading of x* is what the shortcut says) and the
 subtracted term is the agreement of two independent predictors with the same class rates
-(`evaluation.diagnostics.reliance_beyond_chance`). At or below
+(`evaluation.metrics.reliance_beyond_chance`). At or below
 `MMEJDTrainingConfig.expert_skip_reliance` the stage is skipped: the expert keeps the general
 expert's weights, the model's config lists it in `skipped_experts`, and routing never sends a
 sample to it. On the synthetic benchmark the text expert (trained first: its swap
@@ -29,7 +29,7 @@ def reliance_check(model, processor, rows, config, stage: str, reference: str) -
     """Measure `reference`'s reliance on `stage`'s modality's cue-only input over `rows` and
     decide whether `stage` trains. Returns {stage, modality, reference, rows, reliance,
     reliance_beyond_chance, general_reliance_beyond_chance, threshold, needed}."""
-    from ..evaluation.diagnostics import reliance, reliance_beyond_chance
+    from ..evaluation.metrics import reliance_beyond_chance
     from ..inference import collect_outputs
 
     modality = EXPERT_MODALITY[stage]
@@ -48,6 +48,6 @@ def reliance_check(model, processor, rows, config, stage: str, reference: str) -
     beyond = reliance_beyond_chance(predictions, cue_reading)
     threshold = config.expert_skip_reliance
     return {"stage": stage, "modality": modality, "reference": reference, "rows": len(rows),
-            "reliance": round(reliance(predictions, cue_reading), 4), "reliance_beyond_chance": round(beyond, 4),
+            "reliance": round(float((predictions == cue_reading).mean()), 4), "reliance_beyond_chance": round(beyond, 4),
             "general_reliance_beyond_chance": round(reliance_beyond_chance(general_predictions, cue_reading), 4),
             "threshold": threshold, "needed": threshold is None or beyond > threshold}

@@ -5,6 +5,8 @@
     recipe "mctd":    mctd (general adapter on originals + both counterfactuals)
     recipe "mme_jd":  general → text_debias, image_debias (warm start; each skipped when validation
                       shows no reliance left for it to remove: `reliance_check`) → router → fit λ
+                      (→ bias_only → ... when a debias objective trains against the bias-only
+                      expert: `MMEJDTrainingConfig.stages()`)
 
 Each finished stage saves its weights under `output_dir/stages/<stage>/` with a `done.json`
 marker; a rerun with `resume_from_checkpoint=True` skips finished stages and resumes the
@@ -37,13 +39,15 @@ import torch
 
 from ..data.lexicon import swap_vocabulary
 from ..files import atomic_write_text
-from ..modeling.configuration_mme_jd import (CF_TARGETS, DEBIAS_OBJECTIVES, EXPERT_NAMES, MMEJDLossSettings,
-                                             check_choice, check_range)
+from ..modeling.configuration_mme_jd import (BIAS_ONLY_OBJECTIVES, CF_TARGETS, DEBIAS_OBJECTIVES, EXPERT_NAMES,
+                                             MMEJDLossSettings, check_choice, check_range)
+from ..modeling.modeling_mme_jd import is_training_only_parameter
 from ..modeling.routing_mme_jd import strategy_targets
 from .mid import fit_lambdas
 from .reliance_check import reliance_check
 from .router_labels import DEFAULT_COST_TOLERANCE, train_router
-from .stages import copy_expert, run_expert_stage, stage_arguments, stage_parts
+from .stages import (STAGES, TRAINING_ONLY_NAME, copy_expert, load_training_only, run_expert_stage,
+                     save_training_only, stage_arguments, stage_parts)
 
 logger = logging.getLogger("mme_jd")
 
@@ -55,6 +59,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
     # the image expert nothing to remove (`reliance_check` then skips that stage)
     "mme_jd": ("general", "text_debias", "image_debias", "router", "mid"),
 }
+#: Text builders of the cue-only view the bias-only expert learns from (and its debias expert
+#: is trained against): each keeps the cue and masks the content.
+BIAS_TEXT_COUNTERFACTUALS = ("lexical", "cue_only", "given")
 
 #: The warm-started debias stages, each preceded by its `reliance_check`.
 DEBIAS_STAGES = ("text_debias", "image_debias")
@@ -108,8 +115,25 @@ class MMEJDTrainingConfig:
         debiasing.
     cf_target: reversed target for more than two classes: "complement" (uniform over the
         classes other than y) or "uniform" (uniform over all classes).
-    image_debias_objective / text_debias_objective: "reversed" or "poe" for the debias
-        experts (see `MMEJDLossSettings`).
+    image_debias_objective / text_debias_objective: the debias experts' objectives (see
+        `MMEJDLossSettings`): "reversed" (MCTD's reversed targets), "poe" (product of experts
+        with the frozen general expert on the counterfactual), "poe_bias_only" or
+        "learned_mixin" (Clark et al., 2019, with its entropy term) against the bias-only
+        expert. The last two add a `bias_only` stage after `general`: a fourth, training-only
+        LoRA adapter, warm-started from general and trained on the cue-only inputs (built by
+        `bias_text_counterfactual` and `image_counterfactual`) with the true labels, CE(f_b(x*),
+        y), for the TrainingArguments' schedule (as general; `debias_epochs` does not apply),
+        then frozen while the debias experts train against it on the same cue-only views.
+        It is deleted after the last stage that uses it and never saved: the checkpoint holds
+        the three experts and the router (a learned-mixin gate likewise). At inference each
+        debias expert runs alone.
+    mixin_entropy_weight: w_H, the weight of learned-mixin's entropy term (see
+        `MMEJDLossSettings`; 0.1 is not tuned).
+    bias_text_counterfactual: the text builder of the cue-only view of "poe_bias_only" /
+        "learned_mixin": "lexical" (keeps hashtags, emoji and function words: needs no cue
+        named), "cue_only" (keeps the declared text cues: exact when the shortcut is known) or
+        "given" (dataset truth); None (default): "cue_only" when `cues` declare a text cue,
+        else "lexical".
     use_vocabulary_for_swap: restrict swap replacements to the tokenizer's vocabulary (for
         word-level tokenizers such as the tiny default's).
     cues: declared cues (`mme_jd.cues.Cue`, or `MMEJDConfig.cues` spec dicts). They give the
@@ -139,6 +163,8 @@ class MMEJDTrainingConfig:
     cf_target: str = MMEJDLossSettings.cf_target
     image_debias_objective: str = MMEJDLossSettings.image_debias_objective
     text_debias_objective: str = MMEJDLossSettings.text_debias_objective
+    mixin_entropy_weight: float = MMEJDLossSettings.mixin_entropy_weight
+    bias_text_counterfactual: str | None = None
     use_vocabulary_for_swap: bool = True
     inference_batch_size: int = 128
     cues: list[Any] | None = None
@@ -157,10 +183,49 @@ class MMEJDTrainingConfig:
         check_choice("cf_target", self.cf_target, CF_TARGETS, owner)
         check_choice("image_debias_objective", self.image_debias_objective, DEBIAS_OBJECTIVES, owner)
         check_choice("text_debias_objective", self.text_debias_objective, DEBIAS_OBJECTIVES, owner)
+        check_range("mixin_entropy_weight", self.mixin_entropy_weight, 0.0, 100.0, owner)
+        check_choice("bias_text_counterfactual", self.bias_text_counterfactual, (None, *BIAS_TEXT_COUNTERFACTUALS),
+                     owner)
         if self.cues:
             from ..cues import Cue
 
             self.cues = [c if isinstance(c, Cue) else Cue.from_spec(c) for c in self.cues]
+        if self.bias_text_counterfactual == "cue_only" and not self._declares_a_text_cue:
+            raise ValueError(f"{owner}.bias_text_counterfactual='cue_only' keeps the declared text cues, and none is "
+                             "declared: declare them with cues=[Cue(name, pattern=...)] or use 'lexical'.")
+
+    @property
+    def _declares_a_text_cue(self) -> bool:
+        return any(cue.image is None for cue in self.cues or ())
+
+    @property
+    def needs_bias_only_expert(self) -> bool:
+        """Whether a debias objective of this run trains against the bias-only expert."""
+        return self.recipe == "mme_jd" and bool(
+            {self.image_debias_objective, self.text_debias_objective} & set(BIAS_ONLY_OBJECTIVES))
+
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run trains: the recipe's (`RECIPES`), with `bias_only` after
+        `general` when a debias objective needs the bias-only expert."""
+        stages = RECIPES[self.recipe]
+        if self.needs_bias_only_expert:
+            at = stages.index("general") + 1
+            stages = (*stages[:at], "bias_only", *stages[at:])
+        return stages
+
+    def stage_text_counterfactual(self, stage: str) -> str:
+        """The text builder of an expert stage: the cue-only view's (`bias_text_counterfactual`,
+        or by default "cue_only" with a declared text cue, else "lexical") for the bias_only
+        stage and for a debias expert trained against the bias-only expert; the training builder
+        `text_counterfactual` otherwise."""
+        if self.uses_bias_only_expert(stage):
+            return self.bias_text_counterfactual or ("cue_only" if self._declares_a_text_cue else "lexical")
+        return self.text_counterfactual
+
+    def uses_bias_only_expert(self, stage: str) -> bool:
+        """Whether `stage` trains the bias-only expert or trains a debias expert against it."""
+        objective = {"image_debias": self.image_debias_objective, "text_debias": self.text_debias_objective}
+        return self.needs_bias_only_expert and (stage == "bias_only" or objective.get(stage) in BIAS_ONLY_OBJECTIVES)
 
     def loss_settings(self, stage: str) -> MMEJDLossSettings:
         """What the model's forward reads for its loss during expert stage `stage`: this
@@ -171,7 +236,8 @@ class MMEJDTrainingConfig:
             weights = {"text_counterfactual_weight": self.mctd_text_weight,
                        "image_counterfactual_weight": self.mctd_image_weight}
         return MMEJDLossSettings(cf_target=self.cf_target, image_debias_objective=self.image_debias_objective,
-                                 text_debias_objective=self.text_debias_objective, **weights)
+                                 text_debias_objective=self.text_debias_objective,
+                                 mixin_entropy_weight=self.mixin_entropy_weight, **weights)
 
 
 def selection_groups(rows, config: MMEJDTrainingConfig, split: str, step: str, warned: dict[str, bool] | None = None):
@@ -286,17 +352,19 @@ def _check_resumable(output_dir: Path, settings: dict, stages: tuple[str, ...]) 
             )
 
 
-def _last_complete_checkpoint(stage_dir: Path) -> Path | None:
+def _last_complete_checkpoint(stage_dir: Path, needs: tuple[str, ...] = ()) -> Path | None:
     """The Trainer checkpoint to resume from: the highest-numbered `checkpoint-N` whose
-    `trainer_state.json`, which the Trainer writes last, reads as JSON. A newer one without it
-    was being written when the process was killed: resuming from it fails."""
+    `trainer_state.json`, which the Trainer writes last, reads as JSON, and that holds the
+    files `needs` (written after it, by a callback). A newer one without them was being
+    written when the process was killed: resuming from it fails."""
     numbered = [p for p in stage_dir.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
     for checkpoint in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True):
         try:
             json.loads((checkpoint / "trainer_state.json").read_text())
-            return checkpoint
         except (OSError, ValueError):
             continue
+        if all((checkpoint / name).is_file() for name in needs):
+            return checkpoint
     return None
 
 
@@ -327,9 +395,15 @@ def _on_main_process(write) -> None:
 
 
 def _save_stage(model, output_dir: Path, stage: str, log: dict, settings: dict) -> None:
+    """Save a finished stage: the model's folder (never its training-only parts), the bias_only
+    stage's training-only weights beside it (`TRAINING_ONLY_NAME`, for a resumed run), then the
+    `done.json` marker."""
+
     def write() -> None:
         folder = output_dir / "stages" / stage
         model.save_pretrained(folder)
+        if stage == "bias_only":
+            save_training_only(model, folder)
         marker = {**log, "config": model.config.to_diff_dict(), "settings": settings}
         atomic_write_text(folder / "done.json", json.dumps(marker, indent=2, default=str))
 
@@ -341,7 +415,13 @@ def _load_stage(model, output_dir: Path, stage: str) -> dict:
     store checkpoint keys in another layout and converts them on load)."""
     folder = output_dir / "stages" / stage
     saved = type(model).from_pretrained(folder)
-    model.load_state_dict(saved.state_dict())
+    result = model.load_state_dict(saved.state_dict(), strict=False)
+    missing = [key for key in result.missing_keys if not is_training_only_parameter(key)]
+    if missing or result.unexpected_keys:  # a saved folder holds all but the training-only parts
+        raise ValueError(f"the finished stage in {str(folder)!r} does not match the model (missing {missing[:3]}, "
+                         f"unexpected {result.unexpected_keys[:3]}): start over (--force-restart).")
+    if stage == "bias_only":
+        load_training_only(model, folder)
     log = json.loads((folder / "done.json").read_text())
     for key in ("router_threshold", "routed_strategy", "lambda_text", "lambda_image", "mode", "skipped_experts"):
         if key in log["config"]:
@@ -389,7 +469,7 @@ def train(
                              "MMEJDTrainingConfig (train_split, router_split, mid_split).")
     output_dir = Path(args.output_dir)
     settings = run_settings(model, dataset, args, config)  # before this run changes the model's config
-    stages = RECIPES[config.recipe]
+    stages = config.stages()
     if force_restart:
         _on_main_process(lambda: shutil.rmtree(output_dir / "stages", ignore_errors=True))
         resume_from_checkpoint = False
@@ -412,13 +492,19 @@ def train(
     vocabulary = swap_vocabulary(processor, config.use_vocabulary_for_swap)
     report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "run_settings": settings,
                               "stages": [], "world_size": args.world_size}
+    # the training-only bias-only expert lives from its stage to the last stage that trains against it
+    last_bias_use = max((i for i, s in enumerate(stages) if config.uses_bias_only_expert(s)), default=None)
     started = time.perf_counter()
     for index, stage in enumerate(stages):
         print(f"[mme-jd] stage {index + 1}/{len(stages)}: {stage}", flush=True)
+        if stage == "bias_only":
+            model.add_bias_only_expert()
         if resume_from_checkpoint and _done_marker(output_dir, stage).exists():
             log = _load_stage(model, output_dir, stage)
             log.pop("config", None)
             report["stages"].append({**log, "resumed": "skipped (finished before)"})
+            if index == last_bias_use:
+                model.remove_training_only_parts()
             continue
         stage_started, stage_cpu = time.perf_counter(), time.process_time()
         if stage in DEBIAS_STAGES and config.expert_skip_reliance is not None:
@@ -435,30 +521,34 @@ def train(
                 log["cpu_seconds_total"] = round(time.process_time() - stage_cpu, 2)
                 _save_stage(model, output_dir, stage, log, settings)
                 report["stages"].append(log)
+                if index == last_bias_use:
+                    model.remove_training_only_parts()
                 continue
         else:
             check = None
         set_seed(args.seed)  # after the check: a stage trains as it would without one
-        if stage in ("general", "mctd", *DEBIAS_STAGES):
+        if stage in ("general", "mctd", "bias_only", *DEBIAS_STAGES):
             epoch_override = {}
-            if stage in DEBIAS_STAGES:
-                copy_expert(model, "general", stage)  # warm start
-                if config.debias_epochs is not None:
-                    epoch_override = {"num_train_epochs": config.debias_epochs}
+            if stage in ("bias_only", *DEBIAS_STAGES):
+                copy_expert(model, "general", STAGES[stage][0])  # warm start
+            if stage in DEBIAS_STAGES and config.debias_epochs is not None:
+                epoch_override = {"num_train_epochs": config.debias_epochs}
             train_rows = dataset[config.train_split]
             loss_settings = config.loss_settings(stage)
             saliency_masks = config.image_counterfactual in ("attention", "gradient")
             if "image" in stage_parts(stage, loss_settings) and saliency_masks:
                 train_rows = precompute_image_masks(model, processor, train_rows, config)
             stage_dir = output_dir / "stages" / stage
-            resume = _last_complete_checkpoint(stage_dir) if resume_from_checkpoint else None
+            # with training-only parts, a checkpoint is complete once their file is written beside it
+            needs = (TRAINING_ONLY_NAME,) if model.has_bias_only_expert else ()
+            resume = _last_complete_checkpoint(stage_dir, needs) if resume_from_checkpoint else None
             # checkpoints that are not resumed from belong to an earlier run (or were being written
             # when it was killed): the Trainer's rotation and a later resume would pick them up
             _remove_checkpoints(stage_dir, keep=resume, why="a checkpoint this run does not resume from (an "
                                 "earlier run's, or one its Trainer was killed while writing)")
             log = run_expert_stage(
                 model, stage, train_rows, stage_arguments(args, stage, str(stage_dir), **epoch_override), processor,
-                config.text_counterfactual, config.image_counterfactual, vocabulary=vocabulary,
+                config.stage_text_counterfactual(stage), config.image_counterfactual, vocabulary=vocabulary,
                 resume_from_checkpoint=str(resume) if resume is not None else None, callbacks=callbacks,
                 loss_settings=loss_settings,
             )
@@ -477,6 +567,8 @@ def train(
                                                                       "lambda_text", "lambda_image")), flush=True)
         _save_stage(model, output_dir, stage, log, settings)
         report["stages"].append(log)
+        if index == last_bias_use:
+            model.remove_training_only_parts()
     model.config.mode = {"general": "general", "mid": "mid", "mctd": "mctd", "mme_jd": "mme_jd"}[config.recipe]
     final = output_dir / "final"
     report["seconds"] = round(time.perf_counter() - started, 2)
