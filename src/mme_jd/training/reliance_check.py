@@ -25,21 +25,20 @@ from typing import Any
 EXPERT_MODALITY = {"text_debias": "text", "image_debias": "image"}
 
 
-def reliance_check(model, processor, rows, config, stage: str, reference: str) -> dict[str, Any]:
+def reliance_check(model, processor, rows, config, stage: str, reference: str,
+                   general_passes: dict[str, Any]) -> dict[str, Any]:
     """Measure `reference`'s reliance on `stage`'s modality's cue-only input over `rows` and
-    decide whether `stage` trains. Returns {stage, modality, reference, rows, reliance,
-    reliance_beyond_chance, general_reliance_beyond_chance, threshold, needed}."""
+    decide whether `stage` trains. `general_passes`: the general expert's logits on `rows`
+    (`general_logits`) and on their cue-only inputs (`text_counterfactual_logits`,
+    `image_counterfactual_logits`; `training.run.CueOnlyPasses`, which MID's λ fit reuses).
+    Returns {stage, modality, reference, rows, reliance, reliance_beyond_chance,
+    general_reliance_beyond_chance, threshold, needed}."""
     from ..evaluation.metrics import reliance_beyond_chance
     from ..inference import collect_outputs
 
     modality = EXPERT_MODALITY[stage]
-    builders = {"text_counterfactual": config.mid_text_counterfactual,
-                "image_counterfactual": config.image_counterfactual}
-    # one pass: the general expert on the originals and on the cue-only inputs
-    general = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="general",
-                              counterfactual_parts=(modality,), description=f"{stage} check", **builders)
-    cue_reading = general[f"{modality}_counterfactual_logits"].argmax(-1).numpy()
-    general_predictions = general["logits"].argmax(-1).numpy()
+    cue_reading = general_passes[f"{modality}_counterfactual_logits"].argmax(-1).numpy()
+    general_predictions = general_passes["general_logits"].argmax(-1).numpy()
     if reference == "general":
         predictions = general_predictions
     else:

@@ -492,6 +492,7 @@ def train(
     vocabulary = swap_vocabulary(processor, config.use_vocabulary_for_swap)
     report: dict[str, Any] = {"recipe": config.recipe, "settings": asdict(config), "run_settings": settings,
                               "stages": [], "world_size": args.world_size}
+    cue_only_passes = CueOnlyPasses(model, processor, dataset, config, warned)
     # the training-only bias-only expert lives from its stage to the last stage that trains against it
     last_bias_use = max((i for i, s in enumerate(stages) if config.uses_bias_only_expert(s)), default=None)
     started = time.perf_counter()
@@ -509,7 +510,8 @@ def train(
         stage_started, stage_cpu = time.perf_counter(), time.process_time()
         if stage in DEBIAS_STAGES and config.expert_skip_reliance is not None:
             check = reliance_check(model, processor, dataset[config.router_split], config, stage,
-                                   reference=_last_trained_debias_expert(stages[:index], model.config))
+                                   reference=_last_trained_debias_expert(stages[:index], model.config),
+                                   general_passes=cue_only_passes.get(config.router_split)[0])
             print(f"[mme-jd] {stage} check: reliance beyond chance {check['reliance_beyond_chance']} of "
                   f"{check['reference']} on the {check['modality']} cue-only input (threshold "
                   f"{check['threshold']}): {'train' if check['needed'] else 'skip'}", flush=True)
@@ -558,7 +560,7 @@ def train(
             log = _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, callbacks,
                                 warned)
         elif stage == "mid":
-            log = _mid_stage(model, processor, dataset[config.mid_split], config, warned)
+            log = _mid_stage(model, config, cue_only_passes)
         log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
         # this process's CPU time: on cores shared with other jobs it moves far less than wall time
         log["cpu_seconds_total"] = round(time.process_time() - stage_cpu, 2)
@@ -645,17 +647,36 @@ def _router_stage(model, processor, rows, args, config, vocabulary, callbacks, w
     return {**log, "selection_groups": {"column": group_column, "sizes": sizes}}
 
 
-def _mid_stage(model, processor, rows, config, warned) -> dict:
-    from ..inference import collect_outputs
+class CueOnlyPasses:
+    """The general expert's logits on a validation split's originals and on their cue-only inputs
+    (MID's counterfactuals: `mid_text_counterfactual` text, `image_counterfactual` image), run
+    once per split and training run: the reliance checks before the debias stages and MID's λ
+    fit read the same passes. Valid once the general stage is done (no later stage changes the
+    general expert). `get(split)` → (outputs, group column or None, group sizes)."""
 
-    rows, group_column, sizes = selection_groups(rows, config, config.mid_split, "MID lambda selection", warned)
-    outputs = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="mid",
-                              counterfactual_parts=("text", "image"),
-                              text_counterfactual=config.mid_text_counterfactual,
-                              image_counterfactual=config.image_counterfactual, progress=True,
-                              description="fit MID", group_column=group_column or "group")
-    if group_column is None:
-        outputs.pop("groups", None)
+    def __init__(self, model, processor, dataset, config: MMEJDTrainingConfig, warned: dict[str, bool]):
+        self.model, self.processor, self.dataset, self.config, self.warned = model, processor, dataset, config, warned
+        self._passes: dict[str, tuple[dict, str | None, dict]] = {}
+
+    def get(self, split: str) -> tuple[dict, str | None, dict]:
+        if split not in self._passes:
+            from ..inference import collect_outputs
+
+            rows, group_column, sizes = selection_groups(self.dataset[split], self.config, split,
+                                                         "reliance checks and MID lambda selection", self.warned)
+            outputs = collect_outputs(self.model, self.processor, rows, batch_size=self.config.inference_batch_size,
+                                      mode="mid", counterfactual_parts=("text", "image"),
+                                      text_counterfactual=self.config.mid_text_counterfactual,
+                                      image_counterfactual=self.config.image_counterfactual, progress=True,
+                                      description="cue-only passes", group_column=group_column or "group")
+            if group_column is None:
+                outputs.pop("groups", None)
+            self._passes[split] = (outputs, group_column, sizes)
+        return self._passes[split]
+
+
+def _mid_stage(model, config, cue_only_passes: CueOnlyPasses) -> dict:
+    outputs, group_column, sizes = cue_only_passes.get(config.mid_split)
     fitted = fit_lambdas(outputs["general_logits"], outputs["text_counterfactual_logits"],
                          outputs["image_counterfactual_logits"], outputs["labels"], outputs.get("groups"))
     model.config.lambda_text = fitted["lambda_text"]
