@@ -182,11 +182,12 @@ SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "M
 
 
 def training_ratios(result: dict) -> dict[str, float]:
-    """Training wall time × ERM's per method of one results file: ERM's is the general stage of the
-    mme_jd run (its first stage is the general recipe); MME-JD's its whole run; MCTD's its own."""
+    """Training time × ERM's per method of one results file, in the process's CPU seconds (wall
+    seconds in files written before they were recorded): ERM's is the general stage of the mme_jd
+    run (its first stage is the general recipe); MME-JD's its whole run; MCTD's its own."""
     logs = result.get("training", {})
-    stages = {name: {s["stage"]: s.get("seconds_total") or 0.0 for s in log.get("stages", [])}
-              for name, log in logs.items()}
+    stages = {name: {s["stage"]: s.get("cpu_seconds_total", s.get("seconds_total")) or 0.0
+                     for s in log.get("stages", [])} for name, log in logs.items()}
     erm = (stages.get("mme_jd") or stages.get("general") or {}).get("general")
     if not erm:
         return {}
