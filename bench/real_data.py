@@ -7,7 +7,12 @@
     mmsd2           train / validation / test of MMSD2.0 (sarcasm; image stand-in)
     mmsd-to-mmsd2   train and validation of MMSD (with its hashtag / emoji cues), test on the
                     MMSD2.0 test split (cues removed, labels fixed): robustness to text cues.
-                    MMSD's own test split is reported too (`test_mmsd`), to show the gap.
+                    MMSD's own test split is reported too (`test_mmsd`), to show the gap. Two
+                    references train in the same run, same base, rows, epochs and seed: ERM on
+                    MMSD2.0's training split (the cue-free reference) and "cue removed" (ERM
+                    trained and tested with the declared cues, `MMSD_CUES`, deleted); every
+                    method's recovery ratio on the MMSD2.0 test is (F1 − F1 of ERM on MMSD) /
+                    (F1 of ERM on MMSD2.0 − F1 of ERM on MMSD) (`evaluation.metrics.recovery_ratio`).
 
 The MMSD / MMSD2.0 tweet images are not available offline: those rows have image=None and
 the collator gives them a flat grey image and their five image attribute words in the prompt.
@@ -60,6 +65,12 @@ DEFAULTS = {
     "mmsd2": (1000, 300, 1000, 1.0),
     "mmsd-to-mmsd2": (1000, 300, 800, 1.0),
 }
+#: MMSD's shortcuts, declared: hashtags (MMSD writes them "# word") and its emoji codes.
+MMSD_CUES = ({"name": "hashtag", "kind": "text", "pattern": r"#\s?\w+"},
+             {"name": "emoji", "kind": "text", "pattern": r"emoji_\w+"})
+#: The references of the mmsd-to-mmsd2 run, by method name.
+CUE_FREE_REFERENCE = "ERM on MMSD2.0 (cue-free reference)"
+CUE_REMOVED = "cue removed (ERM without the declared cues)"
 _URL = re.compile(r"(https?://|www\.)\S+")
 _USER = re.compile(r"@\w+")
 
@@ -102,11 +113,13 @@ def load_data(name: str, num_train: int | None, num_validation: int | None, num_
         data, task = load_mmsd2(), "sarcasm"
     elif name == "mmsd-to-mmsd2":
         mmsd, task = load_mmsd(), "sarcasm"
-        data = DatasetDict(train=mmsd["train"], validation=mmsd["validation"], test=load_mmsd2(splits="test")["test"],
-                           test_mmsd=mmsd["test"])
+        mmsd2 = load_mmsd2(splits=["train", "test"])
+        data = DatasetDict(train=mmsd["train"], validation=mmsd["validation"], test=mmsd2["test"],
+                           test_mmsd=mmsd["test"], train_mmsd2=mmsd2["train"])
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}.")
-    counts = {"train": num_train, "validation": num_validation, "test": num_test, "test_mmsd": num_test}
+    counts = {"train": num_train, "validation": num_validation, "test": num_test, "test_mmsd": num_test,
+              "train_mmsd2": num_train}
     data = DatasetDict({split: _subset(rows, counts[split], seed) for split, rows in data.items()})
     if normalize:  # only the text column is read and written (images are not decoded)
         data = data.map(lambda text: {"text": normalize_tweet(text)}, input_columns=["text"])
@@ -148,6 +161,29 @@ def evaluate(model, rows, recipe: str, task: str, batch_size: int, with_mid: boo
     return results
 
 
+def without_cues(data):
+    """`data` with the declared MMSD cues' words deleted from every text (`cue_removed`)."""
+    from mme_jd.modeling.counterfactual_mme_jd import cue_removed_text_counterfactual
+
+    patterns = [cue["pattern"] for cue in MMSD_CUES]
+    return data.map(lambda text: {"text": cue_removed_text_counterfactual(text, patterns)[0]}, input_columns=["text"],
+                    desc="cues removed")
+
+
+def add_recovery_ratios(methods: dict[str, dict], split: str = "test") -> None:
+    """Each method's `recovery_ratio` on `split` (MMSD2.0 test), from the F1 of ERM on MMSD (the
+    mme_jd run's general expert, or the general recipe) and of the cue-free reference."""
+    from mme_jd.evaluation.metrics import recovery_ratio
+
+    erm = methods.get("general (ERM)", methods.get("general expert of mme_jd", {})).get(split)
+    reference = methods.get(CUE_FREE_REFERENCE, {}).get(split)
+    if not erm or not reference:
+        return
+    for values in methods.values():
+        if split in values:
+            values[split]["recovery_ratio"] = round(recovery_ratio(values[split]["f1"], erm["f1"], reference["f1"]), 4)
+
+
 def majority_baseline(data, task: str) -> dict[str, dict]:
     labels = torch.tensor(data["train"]["label"])
     majority = int(torch.bincount(labels).argmax())
@@ -175,7 +211,8 @@ def print_table(results: dict, task: str) -> None:
 
 
 README_START, README_END = "<!-- bench:real:start -->", "<!-- bench:real:end -->"
-METHOD_ORDER = ("general (ERM)", "general expert of mme_jd", "MID (λ fitted on validation)", "MCTD",
+METHOD_ORDER = (CUE_FREE_REFERENCE, CUE_REMOVED, "general (ERM)", "general expert of mme_jd",
+                "MID (λ fitted on validation)", "MCTD",
                 "image_debias expert alone", "text_debias expert alone", "MME-JD routed")
 SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "MMSD2.0 test"},
                "mmsd-to-mmsd2": {"test": "MMSD → MMSD2.0 test", "test_mmsd": "MMSD → MMSD test"}}
@@ -208,8 +245,8 @@ def skipped_experts(result: dict) -> list[str]:
 def results_markdown(results_dir: Path, suffix: str = "") -> str:
     """One table over the real-data results files found in `results_dir` (those `--dataset all`
     writes), with the majority-class baseline and the settings of each run."""
-    lines = ["| Test set | Method | Accuracy | F1 (pos.) / weighted F1 | Macro F1 | Routed away | Train × ERM |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| Test set | Method | Accuracy | F1 (pos.) / weighted F1 | Macro F1 | Recovery | Routed away | Train × ERM |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     settings = []
     for name in DATASETS:
         path = results_dir / f"real_{name}{suffix}.json"
@@ -236,8 +273,9 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
                 shares = values.get("router_shares")
                 away = f"{1 - shares['none']:.3f}" if shares else ""
                 ratio = f"{ratios[method]:.2f}" if method in ratios else ""
+                recovery = f"{values['recovery_ratio']:.2f}" if values.get("recovery_ratio") is not None else ""
                 lines.append(f"| {label} | {method} | {values['accuracy']:.3f} | {values[second]:.3f} | "
-                             f"{values['macro_f1']:.3f} | {away} | {ratio} |")
+                             f"{values['macro_f1']:.3f} | {recovery} | {away} | {ratio} |")
     if not settings:
         return ""
     return "\n".join(lines + ["", "Runs: " + "; ".join(settings) + "."])
@@ -331,6 +369,26 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         log["cpu_seconds"] = round(_cpu_seconds() - recipe_cpu, 1)
         results["training"][recipe] = log
         print_table(results["methods"], task)
+    if name == "mmsd-to-mmsd2" and not cli.no_references:
+        for method, train_split, transform in ((CUE_FREE_REFERENCE, "train_mmsd2", None),
+                                               (CUE_REMOVED, "train", without_cues)):
+            reference_data = transform(data) if transform else data
+            model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
+            args = TrainingArguments(
+                output_dir=f"{cli.output}/{name}/{train_split}{'_no_cues' if transform else ''}",
+                per_device_train_batch_size=cli.batch_size, num_train_epochs=epochs, learning_rate=cli.learning_rate,
+                warmup_steps=0.06, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
+                seed=cli.seed, disable_tqdm=True)
+            config = MMEJDTrainingConfig(recipe="general", train_split=train_split, router_split="validation",
+                                         mid_split="validation", inference_batch_size=64)
+            report = train(model, reference_data, args, config)
+            results["training"][method] = {"stages": [{k: v for k, v in stage.items() if k != "losses"}
+                                                      for stage in report["stages"]]}
+            for split in [s for s in reference_data if s.startswith("test")]:
+                values = evaluate(model, reference_data[split], "general", task, 64, False)["general (ERM)"]
+                results["methods"].setdefault(method, {})[split] = values
+        add_recovery_ratios(results["methods"])
+        print_table(results["methods"], task)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 1)
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
@@ -364,12 +422,17 @@ def main() -> None:
     parser.add_argument("--with-mid", action="store_true", help="also evaluate MID (3 rows per sample)")
     parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical"],
                         help="text counterfactual builder of MCTD and the text_debias expert")
-    parser.add_argument("--text-debias-objective", default="auto", choices=["auto", "reversed", "poe"],
+    parser.add_argument("--text-debias-objective", default="auto",
+                        choices=["auto", "reversed", "poe", "poe_bias_only", "learned_mixin"],
                         help="reversed targets on the counterfactual, or product-of-experts against the "
                              "general expert's prediction on it; auto: reversed for sentiment (a swapped "
                              "sentiment word reverses the label), poe for sarcasm (it does not reliably: "
                              "reversed targets collapsed the text expert to the majority class on MMSD2.0)")
-    parser.add_argument("--image-debias-objective", default="reversed", choices=["reversed", "poe"])
+    parser.add_argument("--image-debias-objective", default="reversed",
+                        choices=["reversed", "poe", "poe_bias_only", "learned_mixin"])
+    parser.add_argument("--no-references", action="store_true",
+                        help="mmsd-to-mmsd2: leave out ERM on MMSD2.0 and the cue-removed ERM (and so the "
+                             "recovery ratios)")
     parser.add_argument("--output", default="outputs/real_data")
     parser.add_argument("--results", default=None,
                         help="JSON path (default bench/results/real_<dataset>.json; not with --dataset all)")

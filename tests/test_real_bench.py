@@ -98,3 +98,20 @@ def test_training_ratios_and_skipped_experts_come_from_the_stage_logs():
                                                  "MME-JD routed": 3.0, "MCTD": 1.9}
     assert real_data.skipped_experts(result) == ["image_debias"]
     assert real_data.training_ratios({"training": {}}) == {}
+
+
+def test_recovery_ratios_use_erm_on_mmsd_and_the_cue_free_reference_and_cues_are_deleted():
+    real_data = _load_script()
+    methods = {"general expert of mme_jd": {"test": {"f1": 0.570}}, real_data.CUE_FREE_REFERENCE: {"test": {"f1": 0.705}},
+               real_data.CUE_REMOVED: {"test": {"f1": 0.630}}, "MME-JD routed": {"test": {"f1": 0.574},
+                                                                                 "test_mmsd": {"f1": 0.7}}}
+    real_data.add_recovery_ratios(methods)
+    assert methods[real_data.CUE_REMOVED]["test"]["recovery_ratio"] == 0.4444  # the prototype
+    assert methods["MME-JD routed"]["test"]["recovery_ratio"] == 0.0296
+    assert methods["general expert of mme_jd"]["test"]["recovery_ratio"] == 0.0
+    assert methods[real_data.CUE_FREE_REFERENCE]["test"]["recovery_ratio"] == 1.0
+    assert "recovery_ratio" not in methods["MME-JD routed"]["test_mmsd"]  # MMSD's own test: no reference there
+    from datasets import Dataset, DatasetDict
+
+    data = DatasetDict(train=Dataset.from_dict({"text": ["great # not day emoji_12 ok", "no cue here"]}))
+    assert real_data.without_cues(data)["train"]["text"] == ["great day ok", "no cue here"]
