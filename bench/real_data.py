@@ -248,13 +248,18 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
     lines = ["| Test set | Method | Accuracy | F1 (pos.) / weighted F1 | Macro F1 | Recovery | Routed away | Train × ERM |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     settings = []
+    runs = []
     for name in DATASETS:
-        path = results_dir / f"real_{name}{suffix}.json"
+        runs.append((name, results_dir / f"real_{name}{suffix}.json", ""))
+        if not suffix:  # variants written with --results real_<dataset>_<variant>.json (e.g. _told)
+            runs += [(name, path, path.stem[len(f"real_{name}_"):])
+                     for path in sorted(results_dir.glob(f"real_{name}_*.json")) if not path.stem.endswith("_quick")]
+    for name, path, variant in runs:
         if not path.exists():
             continue
         result = json.loads(path.read_text())
         run = result["settings"]
-        settings.append(f"{name}: {run['rows']['train']} training rows, {run['epochs']:g} epoch(s), "
+        settings.append(f"{name}{f' [{variant}]' if variant else ''}: {run['rows']['train']} training rows, {run['epochs']:g} epoch(s), "
                         f"lr {run['learning_rate']:g}, seed {run['seed']}, text cf `{run.get('text_counterfactual', 'swap')}`, "
                         f"text_debias `{run.get('text_debias_objective', 'reversed')}`, "
                         f"{result['seconds'] / 60:.1f} min"
@@ -263,6 +268,7 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
         ratios = training_ratios(result)
         second = "f1" if run["task"] == "sarcasm" else "weighted_f1"
         for split, label in SPLIT_NAMES[name].items():
+            label = f"{label} [{variant}]" if variant else label
             rows = {"majority class": result["majority_baseline"].get(split)}
             methods = sorted(result["methods"],
                              key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
@@ -302,10 +308,32 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_dataset(name: str, cli: argparse.Namespace) -> dict:
-    """Train and evaluate every recipe on one dataset; write and return its results."""
+def training_arguments(cli: argparse.Namespace, output_dir: str, epochs: float):
+    """The TrainingArguments of every model of a run (recipes and references alike): batches of
+    rows of like length (`--random-batches` turns that off), no checkpoints, CPU."""
     from transformers import TrainingArguments
 
+    return TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=cli.batch_size, num_train_epochs=epochs,
+        learning_rate=cli.learning_rate, warmup_steps=0.06, logging_steps=10, save_strategy="no", report_to="none",
+        use_cpu=True, seed=cli.seed, disable_tqdm=True,
+        train_sampling_strategy="random" if cli.random_batches else "group_by_length",
+    )
+
+
+def declared_cues(name: str, cli: argparse.Namespace) -> list | None:
+    """The cues a "told" run declares (`--cues`, mmsd-to-mmsd2 only): `MMSD_CUES`."""
+    if not cli.cues:
+        return None
+    if name != "mmsd-to-mmsd2":
+        raise SystemExit("--cues declares MMSD's hashtag and emoji cues: use it with --dataset mmsd-to-mmsd2.")
+    from mme_jd.cues import Cue
+
+    return [Cue.from_spec(spec) for spec in MMSD_CUES]
+
+
+def run_dataset(name: str, cli: argparse.Namespace) -> dict:
+    """Train and evaluate every recipe on one dataset; write and return its results."""
     from mme_jd.minilm import minilm_mme_jd
     from mme_jd.training import MMEJDTrainingConfig, train
 
@@ -342,15 +370,11 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     for recipe in train_recipes:
         model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
         results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum
-        args = TrainingArguments(
-            output_dir=f"{cli.output}/{name}/{recipe}", per_device_train_batch_size=cli.batch_size,
-            num_train_epochs=epochs, learning_rate=cli.learning_rate, warmup_steps=0.06, logging_steps=10,
-            save_strategy="no", report_to="none", use_cpu=True, seed=cli.seed, disable_tqdm=True,
-        )
+        args = training_arguments(cli, f"{cli.output}/{name}/{recipe}", epochs)
         config = MMEJDTrainingConfig(recipe=recipe, router_split="validation", mid_split="validation",
                                      inference_batch_size=64, text_counterfactual=cli.text_counterfactual,
                                      text_debias_objective=text_objective,
-                                     image_debias_objective=cli.image_debias_objective)
+                                     image_debias_objective=cli.image_debias_objective, cues=declared_cues(name, cli))
         recipe_started, recipe_cpu = time.perf_counter(), _cpu_seconds()
         report = train(model, data, args, config)
         stages = [{k: v for k, v in s.items() if k != "losses"} for s in report["stages"]]
@@ -374,11 +398,8 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
                                                (CUE_REMOVED, "train", without_cues)):
             reference_data = transform(data) if transform else data
             model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
-            args = TrainingArguments(
-                output_dir=f"{cli.output}/{name}/{train_split}{'_no_cues' if transform else ''}",
-                per_device_train_batch_size=cli.batch_size, num_train_epochs=epochs, learning_rate=cli.learning_rate,
-                warmup_steps=0.06, logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
-                seed=cli.seed, disable_tqdm=True)
+            args = training_arguments(cli, f"{cli.output}/{name}/{train_split}{'_no_cues' if transform else ''}",
+                                      epochs)
             config = MMEJDTrainingConfig(recipe="general", train_split=train_split, router_split="validation",
                                          mid_split="validation", inference_batch_size=64)
             report = train(model, reference_data, args, config)
@@ -430,6 +451,11 @@ def main() -> None:
                              "reversed targets collapsed the text expert to the majority class on MMSD2.0)")
     parser.add_argument("--image-debias-objective", default="reversed",
                         choices=["reversed", "poe", "poe_bias_only", "learned_mixin"])
+    parser.add_argument("--cues", action="store_true",
+                        help="told: declare MMSD's hashtag and emoji cues (MMSD_CUES; mmsd-to-mmsd2 only): the "
+                             "cue-only views keep them (cue_only) and validation selection uses their groups")
+    parser.add_argument("--random-batches", action="store_true",
+                        help="random batches (default: batches of rows of like length, less padding)")
     parser.add_argument("--no-references", action="store_true",
                         help="mmsd-to-mmsd2: leave out ERM on MMSD2.0 and the cue-removed ERM (and so the "
                              "recovery ratios)")

@@ -639,6 +639,8 @@ def _router_stage(model, processor, rows, args, config, vocabulary, callbacks, w
         args, "router", str(Path(args.output_dir) / "stages" / "router"), num_train_epochs=config.router_epochs,
         learning_rate=config.router_learning_rate, max_steps=-1, per_device_train_batch_size=64,
         save_strategy="no", warmup_steps=0, logging_steps=50,
+        # cached pooled states have no length to group by
+        **({"train_sampling_strategy": "random"} if hasattr(args, "train_sampling_strategy") else {}),
     )
     log = train_router(model, outputs["pooled_hidden_state"], targets, router_args, callbacks,
                        threshold_objective=config.router_threshold_objective, expert_logits=experts,
