@@ -321,58 +321,73 @@ def test_debias_epochs_sets_the_warm_started_stages_schedule(data, tmp_path):
     assert report["run_settings"]["training"]["debias_epochs"] == 1
 
 
-def test_a_debias_stage_with_no_reliance_to_remove_is_skipped_and_the_checkpoint_still_routes(data, tmp_path):
-    """At expert_skip_reliance=1 no reliance exceeds the threshold: both debias stages are skipped
-    (each after its check on the router split), the experts keep the general expert's weights,
-    the checkpoint lists them and routes every sample to `none`, in a fresh process too; a resumed
-    run keeps the list."""
+def test_a_debias_stage_with_no_reliance_left_is_skipped_and_the_checkpoint_still_routes(data, tmp_path):
+    """The default check (expert_skip_reliance 0.05) on the tiny model: the text stage, the first,
+    trains; the general expert follows the image cue-only input (reliance beyond chance 0.5 here)
+    and the text expert does not (below 0), so the image stage is skipped: its expert keeps the
+    general expert's weights, the checkpoint lists it and never routes to it, in a fresh process
+    too; a resumed run keeps the list."""
     model = tiny_model()
-    config = MMEJDTrainingConfig(recipe="mme_jd", router_epochs=2, expert_skip_reliance=1.0)
+    config = MMEJDTrainingConfig(recipe="mme_jd", router_epochs=2)
     report = train(model, data, _args(tmp_path), config)
     logs = {log["stage"]: log for log in report["stages"]}
-    for stage, modality, reference in (("text_debias", "text", "general"), ("image_debias", "image", "general")):
-        check = logs[stage]["reliance_check"]
-        assert logs[stage]["skipped"] and "steps" not in logs[stage]
-        assert (check["modality"], check["reference"], check["rows"]) == (modality, reference, 64)
-        assert -1 <= check["reliance_beyond_chance"] <= 1 and not check["needed"]
-    assert model.config.skipped_experts == ["image_debias", "text_debias"]
+    text, image = logs["text_debias"]["reliance_check"], logs["image_debias"]["reliance_check"]
+    assert (text["modality"], text["reference"], text["rows"], text["needed"]) == ("text", "general", 64, True)
+    assert logs["text_debias"]["steps"] == 2
+    assert (image["modality"], image["reference"], image["needed"]) == ("image", "text_debias", False)
+    assert image["general_reliance_beyond_chance"] > 0.05 >= image["reliance_beyond_chance"]
+    assert logs["image_debias"]["skipped"] and "steps" not in logs["image_debias"]
+    assert model.config.skipped_experts == ["image_debias"]
     state = model.state_dict()
     for key in (k for k in state if ".lora_" in k and ".general." in k):
-        for expert in ("image_debias", "text_debias"):
-            assert torch.equal(state[key.replace(".general.", f".{expert}.")], state[key])
-    assert logs["router"]["routed_shares"]["none"] == 1.0
+        assert torch.equal(state[key.replace(".general.", ".image_debias.")], state[key])
+    assert logs["router"]["routed_shares"]["image"] == logs["router"]["routed_shares"]["both"] == 0.0
     from mme_jd.data.collator import CounterfactualTripleCollator
 
     batch = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)(
-        [data["validation_balanced"][i] for i in range(8)])
+        [data["validation_balanced"][i] for i in range(16)])
     torch.save({k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}, tmp_path / "inputs.pt")
     script = (
         "import json, sys, torch\n"
         "from transformers import AutoModel\n"
         "model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "model.config.router_threshold = 0.0  # every sample leaves `none`: the usable debias strategy only\n"
+        "model.config.routed_strategy = None\n"
         "out = model(**torch.load(sys.argv[2]), mode='mme_jd')\n"
-        "print(json.dumps({'skipped': model.config.skipped_experts, 'strategy': out.strategy.tolist()}))\n"
+        "print(json.dumps({'skipped': model.config.skipped_experts, 'strategy': sorted(set(out.strategy.tolist()))}))\n"
     )
     run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "final"), str(tmp_path / "inputs.pt")],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     loaded = json.loads(run.stdout.strip().splitlines()[-1])
-    assert loaded == {"skipped": ["image_debias", "text_debias"], "strategy": [0] * 8}
+    assert loaded == {"skipped": ["image_debias"], "strategy": [2]}  # text only, never image (1) or both (3)
     resumed = tiny_model()
     train(resumed, data, _args(tmp_path), config, resume_from_checkpoint=True)
-    assert resumed.config.skipped_experts == ["image_debias", "text_debias"]
+    assert resumed.config.skipped_experts == ["image_debias"]
 
 
-def test_the_reliance_check_trains_an_expert_above_its_threshold(data, tmp_path):
-    """At threshold -1 every reliance is above it: both debias stages train, and the image
-    stage's check reads the text expert trained before it."""
+def test_every_stage_trains_when_no_debias_expert_took_a_reliance_away(data, tmp_path):
+    """Threshold 1: the general expert's image reliance (0.5) is not above it, so nothing was
+    taken away and both debias stages train; the image stage's check reads the text expert."""
     model = tiny_model()
     report = train(model, data, _args(tmp_path), MMEJDTrainingConfig(recipe="mme_jd", router_epochs=2,
-                                                                      expert_skip_reliance=-1.0 + 1e-9))
+                                                                      expert_skip_reliance=1.0))
     logs = {log["stage"]: log for log in report["stages"]}
     assert logs["text_debias"]["reliance_check"]["reference"] == "general" and logs["text_debias"]["steps"] == 2
     assert logs["image_debias"]["reliance_check"]["reference"] == "text_debias" and logs["image_debias"]["steps"] == 2
     assert not model.config.skipped_experts
+
+
+def test_a_stage_is_skipped_only_when_an_earlier_debias_expert_took_the_reliance_away():
+    from mme_jd.training.reliance_check import stage_needed
+
+    assert stage_needed("text_debias", general_beyond=0.2, reference_beyond=0.01, threshold=0.05) is False
+    assert stage_needed("text_debias", general_beyond=0.2, reference_beyond=0.10, threshold=0.05) is True
+    # a flat reading of the cue-only input by the general expert measures nothing: train
+    assert stage_needed("text_debias", general_beyond=0.01, reference_beyond=0.0, threshold=0.05) is True
+    # the first debias stage (no earlier debias expert) always trains
+    assert stage_needed("general", general_beyond=0.0, reference_beyond=0.0, threshold=0.05) is True
+    assert stage_needed("text_debias", general_beyond=0.2, reference_beyond=0.0, threshold=None) is True
 
 
 def test_length_grouped_batches_train_from_raw_rows(data, tmp_path):
