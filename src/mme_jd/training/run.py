@@ -92,8 +92,11 @@ class MMEJDTrainingConfig:
         already removed the shortcut. The first debias stage always trains, as does one whose
         cue-only input the general expert reads flatly (nothing measured). None: no check.
         Default 0.05, about two standard errors of the figure on 400 validation rows; on the
-        synthetic benchmark the general expert's is 0.13-0.17 for the text cue and the text
-        expert's image reliance at most 0.016 (bench/results/synthetic.md's training logs).
+        synthetic benchmark the general expert's image reliance is 0.07-0.21 and the text
+        expert's at most 0.016 (the training logs of bench/results/synthetic_seed*.json).
+    debias_epochs: epochs of the image_debias and text_debias stages, which start from the
+        trained general expert (None: the TrainingArguments' `num_train_epochs`, as every
+        other stage). Set with `max_steps=-1`; `max_steps` > 0 bounds every stage alike.
     router_cost_tolerance: cost-aware routing: the router stage keeps the (threshold, routed
         strategy) pair with the lowest expected inference cost among those whose validation
         worst-group accuracy is within this of the best (0: the best worst-group accuracy
