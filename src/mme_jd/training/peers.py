@@ -1,4 +1,4 @@
-"""Peer debiasing methods on the same base, collator and Trainer as MME-JD: JTT and Group DRO.
+"""Peer debiasing methods on the same base, collator and Trainer as MME-JD: JTT, Group DRO and DFR.
 
 Both train the `general` expert (a LoRA adapter on the frozen base) through
 `transformers.Trainer` with `CounterfactualTripleCollator` (originals only), so they differ from
@@ -17,7 +17,13 @@ ERM only in what the loss sees:
   synthetic benchmark (1% groups) q went to 0 on exactly the worst groups. Single-process:
   under DDP each process would keep its own q.
 
-Knobs (`upweight`, first-phase epochs, η) are the caller's; the benchmark chooses them on the
+* DFR ("Deep Feature Reweighting", Kirichenko et al. 2023): keep the trained general expert's
+  features and retrain only its class head (`head="linear"`) on a group-balanced subset of
+  validation rows: every group cut to the smallest group's size, L2-regularised logistic
+  regression on the head's inputs (the answer position's final hidden state), averaged over
+  `subsets` random subsets as in the paper.
+
+Knobs (`upweight`, first-phase epochs, η, DFR's L2 weight) are the caller's; the benchmark chooses them on the
 group-balanced validation split.
 """
 
@@ -35,6 +41,9 @@ from .stages import run_expert_stage, stage_arguments
 
 __all__ = [
     "GroupDROTrainer",
+    "balanced_subset",
+    "head_inputs",
+    "train_dfr",
     "jtt_error_indices",
     "restore_expert",
     "snapshot_expert",
@@ -247,3 +256,72 @@ def train_group_dro(
             "group_weights": trainer.group_weights.tolist(), "group_weight_history": trainer.group_weight_history,
             "group_loss_history": trainer.group_loss_history,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 2)}
+
+
+# ---------------------------------------------------------------------------- DFR
+
+
+def head_inputs(model, processor, rows, batch_size: int = 64, expert: str = "general") -> tuple[torch.Tensor, dict]:
+    """What `expert`'s linear class head reads on `rows` (its input, captured by a forward hook)
+    and the collected outputs (labels, groups, logits) of the same pass."""
+    from ..inference import collect_outputs
+
+    if model.config.head != "linear":
+        raise ValueError(f"DFR retrains a linear class head; this model's head is {model.config.head!r}. Build it "
+                         "with head='linear' (mme_jd.from_base(..., head='linear')).")
+    captured: list[torch.Tensor] = []
+    hook = model.heads[expert].register_forward_hook(lambda module, args, output: captured.append(args[0].detach()))
+    try:
+        outputs = collect_outputs(model, processor, rows, batch_size=batch_size, expert=expert,
+                                  description="DFR features", group_column="cue_group"
+                                  if "cue_group" in rows.column_names else "group")
+    finally:
+        hook.remove()
+    return torch.cat(captured).float().cpu(), outputs
+
+
+def balanced_subset(groups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a group-balanced subset: from every group present, as many rows (drawn without
+    replacement) as the smallest group has."""
+    ids = torch.unique(groups)
+    smallest = min(int((groups == g).sum()) for g in ids)
+    chosen = [torch.nonzero(groups == g).flatten()[torch.randperm(int((groups == g).sum()), generator=generator)[:smallest]]
+              for g in ids]
+    return torch.cat(chosen).sort().values
+
+
+def train_dfr(model, processor, rows, l2: float = 1.0, subsets: int = 10, seed: int = 0,
+              batch_size: int = 64, steps: int = 200) -> dict[str, Any]:
+    """Refit the general expert's linear head on group-balanced subsets of `rows` (their `group`
+    or `cue_group` column: label × cue), the weights averaged over `subsets` fits (each L-BFGS on
+    the mean cross-entropy plus `l2`·‖W‖²/2 over the subset). The LoRA weights stay. Returns a
+    log: subset size, groups, the loss of each fit."""
+    features, outputs = head_inputs(model, processor, rows, batch_size)
+    if "groups" not in outputs:
+        raise ValueError("DFR needs groups: give the rows a 'group' column, or declared cues' 'cue_group' "
+                         "(mme_jd.cues.add_cue_columns).")
+    labels, groups = outputs["labels"], outputs["groups"]
+    head = model.heads["general"]
+    generator = torch.Generator().manual_seed(seed)
+    weights, biases, losses = [], [], []
+    for _ in range(subsets):
+        index = balanced_subset(groups, generator)
+        x, y = features[index], labels[index]
+        weight = head.weight.detach().float().cpu().clone().requires_grad_(True)
+        bias = head.bias.detach().float().cpu().clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = F.cross_entropy(x @ weight.T + bias, y) + l2 * weight.pow(2).sum() / 2
+            loss.backward()
+            return loss
+
+        losses.append(float(optimizer.step(closure).detach()))
+        weights.append(weight.detach())
+        biases.append(bias.detach())
+    with torch.no_grad():
+        head.weight.copy_(torch.stack(weights).mean(0).to(head.weight))
+        head.bias.copy_(torch.stack(biases).mean(0).to(head.bias))
+    return {"stage": "dfr", "l2": l2, "subsets": subsets, "subset_rows": len(index),
+            "groups": int(torch.unique(groups).numel()), "losses": [round(v, 4) for v in losses]}
