@@ -197,6 +197,21 @@ def test_saliency_image_masks_need_a_model(model, rows):
     assert all(row["core_word_positions"][0] in p for row, p in zip(rows, positions))
 
 
+def test_rows_without_an_image_mask_nothing_and_need_no_saliency_pass(model, rows):
+    """The flat grey stand-in of a row without an image stays as it is when its patches are
+    filled with its mean: such rows mask nothing, and a batch of them runs no saliency pass
+    (no saliency model is needed); in a mixed batch only the rows with an image are masked."""
+    stand_ins = [{**row, "image": None, "image_description": "dog park"} for row in rows]
+    collator = CounterfactualTripleCollator(model.processor, model.config, image_counterfactual="attention")
+    batch = collator(stand_ins)
+    assert [sum(m) for m in batch["metadata"]["image_mask"]] == [0] * len(rows)
+    assert torch.equal(batch["image_counterfactual"]["pixel_values"], batch["pixel_values"])
+    mixed = CounterfactualTripleCollator(model.processor, model.config, image_counterfactual="attention",
+                                         saliency_model=model)(stand_ins[:3] + rows[3:])
+    expected = round(model.config.image_mask_ratio * IMAGE_TOKENS)
+    assert [sum(m) for m in mixed["metadata"]["image_mask"]] == [0, 0, 0] + [expected] * (len(rows) - 3)
+
+
 def test_originals_only(model, rows):
     full = CounterfactualTripleCollator(model.processor, model.config, image_counterfactual="given")(rows)
     batch = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)(rows)

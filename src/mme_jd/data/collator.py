@@ -192,7 +192,12 @@ class CounterfactualTripleCollator:
             word_scores=scores, cue_patterns=self.text_cue_patterns,
         )
 
-    def _image_masks(self, rows: list[dict], original: dict) -> list[torch.Tensor]:
+    def image_masks(self, rows: list[dict], original: dict) -> list[torch.Tensor]:
+        """The image counterfactual's token mask per row (True: the patch is filled), for the
+        processed originals `original`: a precomputed column, `given` boxes, the declared cues'
+        regions (`cue_only`), else the saliency of `saliency_model`'s general expert. A row
+        without an image (the flat grey stand-in, which filling with its own mean leaves as it
+        is) masks nothing, and a batch of such rows needs no saliency pass."""
         if all(row.get("image_counterfactual_mask") is not None for row in rows):
             return [torch.as_tensor(row["image_counterfactual_mask"], dtype=torch.bool) for row in rows]
         if self.image_counterfactual == "given":
@@ -201,6 +206,9 @@ class CounterfactualTripleCollator:
             return boxes_to_token_masks([row["core_box"] for row in rows], image_token_grids(self.config, original))
         if self.image_counterfactual == "cue_only":
             return cue_only_token_masks(self.image_cue_specs, image_token_grids(self.config, original))
+        has_image = [row.get(self.image_column) is not None for row in rows]
+        if not any(has_image):
+            return [torch.zeros(r * c, dtype=torch.bool) for r, c in image_token_grids(self.config, original)]
         if self.saliency_model is None:
             raise ValueError(
                 f"image_counterfactual='{self.image_counterfactual}' needs the general expert's saliency: pass "
@@ -212,7 +220,8 @@ class CounterfactualTripleCollator:
             scores, _ = self.saliency_model.image_saliency(
                 {k: v.to(device) if torch.is_tensor(v) else v for k, v in original.items()}, self.image_counterfactual
             )
-        return [m.cpu() for m in top_token_masks(scores, self.config.image_mask_ratio)]
+        masks = [m.cpu() for m in top_token_masks(scores, self.config.image_mask_ratio)]
+        return [mask if image else torch.zeros_like(mask) for mask, image in zip(masks, has_image)]
 
     # ------------------------------------------------------------------ call
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
@@ -247,7 +256,7 @@ class CounterfactualTripleCollator:
             metadata["text_mask_positions"] = [p for _, p in built]
             metadata["text_counterfactual"] = [cf for cf, _ in built]
         if "image" in parts:
-            masks = self._image_masks(rows, triple["original"])
+            masks = self.image_masks(rows, triple["original"])
             image_cf = triple["image_counterfactual"]
             image_cf["pixel_values"] = mask_image_tokens(self.config, image_cf, masks)
             batch["image_counterfactual"] = image_cf

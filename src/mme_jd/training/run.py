@@ -608,21 +608,21 @@ def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None
 
 def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
     """Add the `image_counterfactual_mask` column: the current general expert's top
-    `image_mask_ratio` image tokens, computed once instead of in every epoch's collator."""
+    `image_mask_ratio` image tokens (`CounterfactualTripleCollator.image_masks`: nothing for a
+    row without an image), computed once instead of in every epoch's collator."""
     from ..data.collator import CounterfactualTripleCollator
-    from ..modeling.counterfactual_mme_jd import top_token_masks
 
     if "image_counterfactual_mask" in rows.column_names:
         return rows
-    collator = CounterfactualTripleCollator(processor, model.config, include_counterfactuals=False)
+    collator = CounterfactualTripleCollator(processor, model.config, include_counterfactuals=False,
+                                            image_counterfactual=config.image_counterfactual, saliency_model=model)
     masks: list[list[bool]] = []
     model.eval()
-    device = next(model.parameters()).device
     for start in range(0, len(rows), config.inference_batch_size):
-        batch = collator([rows[i] for i in range(start, min(start + config.inference_batch_size, len(rows)))])
-        inputs = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v) and k != "labels"}
-        scores, _ = model.image_saliency(inputs, config.image_counterfactual)
-        masks.extend(m.tolist() for m in top_token_masks(scores, model.config.image_mask_ratio))
+        batch_rows = [rows[i] for i in range(start, min(start + config.inference_batch_size, len(rows)))]
+        batch = collator(batch_rows)
+        original = {k: v for k, v in batch.items() if torch.is_tensor(v) and k != "labels"}
+        masks.extend(m.tolist() for m in collator.image_masks(batch_rows, original))
     return rows.add_column("image_counterfactual_mask", masks)
 
 
