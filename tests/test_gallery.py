@@ -115,7 +115,9 @@ def test_gallery_structure(setup, tmp_path):
     assert set(examples[1]["scores"]) == {"final (mme_jd)", "general", "image_debias", "text_debias",
                                           "text counterfactual", "image counterfactual"}
     # self-contained: images embedded, no script, no address leaving the page, a CSP forbidding loads
-    assert page.no_image == 1 and not examples[0]["has_image"] and examples[0]["masked_patches"]
+    # the row without an image: its grey stand-in masks nothing (filling it with its mean changes nothing)
+    assert page.no_image == 1 and not examples[0]["has_image"] and not examples[0]["masked_patches"]
+    assert all(e["masked_patches"] for e in examples[1:])
     assert len(page.images) == 2 * (ROWS - 1)
     assert all(src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for src in page.images)
     assert all(address.startswith(("#", "data:")) for address in page.addresses), page.addresses
