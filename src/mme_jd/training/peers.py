@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from ..data.collator import CounterfactualTripleCollator
-from .stages import run_expert_stage, stage_arguments
+from .stages import run_expert_stage, stage_arguments, with_length_column
 
 __all__ = [
     "GroupDROTrainer",
@@ -243,6 +243,8 @@ def train_group_dro(
     model.set_trainable("general")
     collator = CounterfactualTripleCollator(processor, model.config, include_counterfactuals=False, expert="general")
     stage_args = stage_arguments(args, "group-dro", f"{args.output_dir}/group_dro")
+    if getattr(stage_args, "train_sampling_strategy", None) == "group_by_length":  # as `run_expert_stage`
+        rows = with_length_column(rows, stage_args.length_column_name)
     model.train()
     trainer = GroupDROTrainer(model=model, args=stage_args, train_dataset=rows, data_collator=collator,
                               callbacks=callbacks, num_groups=num_groups, step_size=step_size,

@@ -15,8 +15,8 @@ The stage is skipped only when the general expert relied on that modality's cue 
 `MMEJDTrainingConfig.expert_skip_reliance`) and an earlier debias expert no longer does (at or
 below it): a debias expert already removed the shortcut. The first debias stage always trains,
 and so does any stage whose cue-only input the general expert reads flatly (no reliance to
-measure): on MMSD the general expert reads the image cue-only input, a grey stand-in, as one
-class for every row, and a flat reading does not show there is no shortcut. A skipped
+measure), since a flat reading does not show there is no shortcut. (The image stage of a
+dataset without images, such as MMSD offline, is skipped before any check: `train`.) A skipped
 expert keeps the general expert's weights, the model's config lists it in `skipped_experts`, and
 routing never sends a sample to it. On the synthetic benchmark the text expert (trained first:
 its swap counterfactual keeps the image and flips the label, so it unlearns both cues) leaves no

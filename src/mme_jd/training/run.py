@@ -4,7 +4,8 @@
     recipe "mid":     general → fit λ_t, λ_v on the balanced validation split
     recipe "mctd":    mctd (general adapter on originals + both counterfactuals)
     recipe "mme_jd":  general → text_debias, image_debias (warm start; each skipped when validation
-                      shows no reliance left for it to remove: `reliance_check`) → router → fit λ
+                      shows no reliance left for it to remove: `reliance_check`; image_debias also
+                      when no training row has an image) → router → fit λ
                       (→ bias_only → ... when a debias objective trains against the bias-only
                       expert: `MMEJDTrainingConfig.stages()`)
 
@@ -62,6 +63,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
 #: Text builders of the cue-only view the bias-only expert learns from (and its debias expert
 #: is trained against): each keeps the cue and masks the content.
 BIAS_TEXT_COUNTERFACTUALS = ("lexical", "cue_only", "given")
+
+#: The group column reported when the selection groups were inferred (`infer_selection_groups`).
+INFERRED_GROUPS = "inferred: label x cue-only reading"
 
 #: The warm-started debias stages, each preceded by its `reliance_check`.
 DEBIAS_STAGES = ("text_debias", "image_debias")
@@ -144,7 +148,13 @@ class MMEJDTrainingConfig:
         choice (the router's threshold, routed strategy and cost tolerance; MID's λ), are
         saved in the model's config, and are what the `cue_only` / `cue_removed` builders
         keep or delete. Without cues the synthetic `group` column is used where present;
-        with no groups at all selection falls back to macro F1 on validation (warned once).
+        with no groups at all they are inferred (`infer_selection_groups`).
+    infer_selection_groups: with no cue declared and no `group` column, every validation-based
+        choice scores worst-group accuracy over inferred groups: label × the general expert's
+        prediction on the text cue-only input (`mid_text_counterfactual`; `mid.inferred_groups`),
+        which needs no cue named. False: macro F1 on validation (warned once), which rewards
+        the shortcut wherever validation carries it: on MMSD it kept 99.4% of samples with
+        the general expert (`training.mid` says more).
     """
 
     recipe: str = "mme_jd"
@@ -171,6 +181,7 @@ class MMEJDTrainingConfig:
     use_vocabulary_for_swap: bool = True
     inference_batch_size: int = 128
     cues: list[Any] | None = None
+    infer_selection_groups: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -244,10 +255,10 @@ class MMEJDTrainingConfig:
 
 
 def selection_groups(rows, config: MMEJDTrainingConfig, split: str, step: str, warned: dict[str, bool] | None = None):
-    """(rows, group column or None) for a validation-based selection step, logging which groups
-    it uses and their sizes: the declared cues' ``cue_group`` (computed once as columns), else the
-    synthetic `group` column, else none (then selection scores macro F1: warned once per
-    `warned` dict)."""
+    """(rows, group column or None, group sizes) for a validation-based selection step, logging
+    which groups it uses and their sizes: the declared cues' ``cue_group`` (computed once as
+    columns), else the synthetic `group` column, else none: `CueOnlyPasses` then infers them
+    (`infer_selection_groups`), or selection scores macro F1 (warned once per `warned` dict)."""
     import numpy as np
 
     from ..training.mid import FALLBACK_SELECTION_METRIC
@@ -262,6 +273,8 @@ def selection_groups(rows, config: MMEJDTrainingConfig, split: str, step: str, w
         names = cue_group_names([c.name for c in config.cues], labels)
     elif "group" in rows.column_names:
         column, names = "group", None
+    elif config.infer_selection_groups:
+        return rows, None, {}
     else:
         if warned is None or not warned.get("no_groups"):
             logger.warning("%s on %r: no groups (declare cues with MMEJDTrainingConfig.cues or --cue NAME=REGEX); "
@@ -511,26 +524,31 @@ def train(
                 model.remove_training_only_parts()
             continue
         stage_started, stage_cpu = time.perf_counter(), time.process_time()
-        if stage in DEBIAS_STAGES and config.expert_skip_reliance is not None:
+        if stage == "image_debias" and not has_images(dataset[config.train_split]):
+            # an image-less row's image counterfactual is the row itself: trained to reverse its
+            # label, the expert would learn contradictory targets on identical inputs
+            check = {"stage": stage, "needed": False, "reason": "no training row has an image"}
+            print(f"[mme-jd] {stage}: skipped, no row of {config.train_split!r} has an image", flush=True)
+        elif stage in DEBIAS_STAGES and config.expert_skip_reliance is not None:
             check = reliance_check(model, processor, dataset[config.router_split], config, stage,
                                    reference=_last_trained_debias_expert(stages[:index], model.config),
                                    general_passes=cue_only_passes.get(config.router_split)[0])
             print(f"[mme-jd] {stage} check: reliance beyond chance {check['reliance_beyond_chance']} of "
                   f"{check['reference']} on the {check['modality']} cue-only input (threshold "
                   f"{check['threshold']}): {'train' if check['needed'] else 'skip'}", flush=True)
-            if not check["needed"]:
-                copy_expert(model, "general", stage)  # what a skipped expert holds
-                model.config.skipped_experts = sorted({*(model.config.skipped_experts or ()), stage})
-                log = {"stage": stage, "expert": stage, "skipped": True, "reliance_check": check}
-                log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
-                log["cpu_seconds_total"] = round(time.process_time() - stage_cpu, 2)
-                _save_stage(model, output_dir, stage, log, settings)
-                report["stages"].append(log)
-                if index == last_bias_use:
-                    model.remove_training_only_parts()
-                continue
         else:
             check = None
+        if check is not None and not check["needed"]:
+            copy_expert(model, "general", stage)  # what a skipped expert holds
+            model.config.skipped_experts = sorted({*(model.config.skipped_experts or ()), stage})
+            log = {"stage": stage, "expert": stage, "skipped": True, "reliance_check": check}
+            log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
+            log["cpu_seconds_total"] = round(time.process_time() - stage_cpu, 2)
+            _save_stage(model, output_dir, stage, log, settings)
+            report["stages"].append(log)
+            if index == last_bias_use:
+                model.remove_training_only_parts()
+            continue
         set_seed(args.seed)  # after the check: a stage trains as it would without one
         if stage in ("general", "mctd", "bias_only", *DEBIAS_STAGES):
             epoch_override = {}
@@ -560,8 +578,7 @@ def train(
             if check is not None:
                 log["reliance_check"] = check
         elif stage == "router":
-            log = _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, callbacks,
-                                warned)
+            log = _router_stage(model, processor, dataset, args, config, callbacks, cue_only_passes)
         elif stage == "mid":
             log = _mid_stage(model, config, cue_only_passes)
         log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
@@ -587,6 +604,14 @@ def train(
     return report
 
 
+def has_images(rows) -> bool:
+    """Whether any row of `rows` has an image (read from the Arrow column: nothing is decoded)."""
+    if "image" not in rows.column_names:
+        return False
+    column = rows.select_columns(["image"]).with_format("arrow")[:].column("image")
+    return column.null_count < len(rows)
+
+
 def _last_trained_debias_expert(earlier_stages: tuple[str, ...], model_config) -> str:
     """The expert a debias stage's reliance check reads: the last debias expert trained before
     it in this run (not skipped), else the general expert."""
@@ -601,9 +626,9 @@ def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None
     states, threshold and routed strategy. The base and the experts stay as they are."""
     config = config or MMEJDTrainingConfig()
     processor = processor if processor is not None else model.processor
-    vocabulary = swap_vocabulary(processor, config.use_vocabulary_for_swap)
     model.router.reset_parameters()
-    return _router_stage(model, processor, dataset[config.router_split], args, config, vocabulary, None, {})
+    passes = CueOnlyPasses(model, processor, dataset, config, {})
+    return _router_stage(model, processor, dataset, args, config, None, passes)
 
 
 def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
@@ -626,16 +651,17 @@ def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
     return rows.add_column("image_counterfactual_mask", masks)
 
 
-def _router_stage(model, processor, rows, args, config, vocabulary, callbacks, warned) -> dict:
+def _router_stage(model, processor, dataset, args, config, callbacks, cue_only_passes: CueOnlyPasses) -> dict:
     from ..inference import collect_outputs
 
-    rows, group_column, sizes = selection_groups(rows, config, config.router_split, "router selection", warned)
-    outputs = collect_outputs(model, processor, rows, batch_size=config.inference_batch_size, mode="mme_jd",
-                              return_experts=True, progress=True, description="router labels",
-                              group_column=group_column or "group")
-    if group_column is None:
-        outputs.pop("groups", None)
+    # the selection groups (declared, given or inferred) of the router split, as MID's λ fit reads them
+    passes, group_column, sizes = cue_only_passes.get(config.router_split)
+    outputs = collect_outputs(model, processor, dataset[config.router_split], batch_size=config.inference_batch_size,
+                              mode="mme_jd", return_experts=True, progress=True, description="router labels")
     labels = outputs["labels"]
+    if not torch.equal(labels, passes["labels"]):
+        raise RuntimeError("the router split's rows came back in another order than in its cue-only passes.")
+    outputs["groups"] = passes.get("groups")
     experts = {name: outputs[f"{name}_logits"] for name in EXPERT_NAMES}
     targets = strategy_targets(labels, experts, model.config.both_combination)
     router_args = stage_arguments(
@@ -655,9 +681,11 @@ def _router_stage(model, processor, rows, args, config, vocabulary, callbacks, w
 class CueOnlyPasses:
     """The general expert's logits on a validation split's originals and on their cue-only inputs
     (MID's counterfactuals: `mid_text_counterfactual` text, `image_counterfactual` image), run
-    once per split and training run: the reliance checks before the debias stages and MID's λ
-    fit read the same passes. Valid once the general stage is done (no later stage changes the
-    general expert). `get(split)` → (outputs, group column or None, group sizes)."""
+    once per split and training run: the reliance checks before the debias stages, MID's λ fit
+    and the router's selection read the same passes, and the same selection groups (`groups` in
+    the outputs: declared, given, or inferred from the text cue-only reading). Valid once the
+    general stage is done (no later stage changes the general expert). `get(split)` → (outputs,
+    group column or None, group sizes)."""
 
     def __init__(self, model, processor, dataset, config: MMEJDTrainingConfig, warned: dict[str, bool]):
         self.model, self.processor, self.dataset, self.config, self.warned = model, processor, dataset, config, warned
@@ -676,8 +704,23 @@ class CueOnlyPasses:
                                       description="cue-only passes", group_column=group_column or "group")
             if group_column is None:
                 outputs.pop("groups", None)
+                if self.config.infer_selection_groups:
+                    group_column, sizes = INFERRED_GROUPS, self._infer(rows, outputs, split)
             self._passes[split] = (outputs, group_column, sizes)
         return self._passes[split]
+
+    @staticmethod
+    def _infer(rows, outputs: dict, split: str) -> dict[str, int]:
+        from .mid import inferred_groups
+
+        outputs["groups"], sizes = inferred_groups(outputs["labels"], outputs["text_counterfactual_logits"].argmax(-1))
+        names = getattr(rows.features.get("label"), "names", None)
+        name = (lambda k: names[k] if names and 0 <= k < len(names) else str(k))
+        named = {f"{name(label)}|cue-only reads {'any' if reading is None else name(reading)}": n
+                 for (label, reading), n in sizes.items()}
+        print(f"[mme-jd] selection on {split!r}: worst-group accuracy over {len(named)} inferred groups (label × the "
+              f"general expert's prediction on the text cue-only input), sizes {named}", flush=True)
+        return named
 
 
 def _mid_stage(model, config, cue_only_passes: CueOnlyPasses) -> dict:
