@@ -78,6 +78,12 @@ GROUP_DRO = "Group DRO (cue groups; step size chosen on cue groups)"
 #: (the synthetic bench's grids: `BenchSettings.jtt_upweights`, `group_dro_step_sizes`).
 JTT_UPWEIGHTS = (3, 6)
 GROUP_DRO_STEP_SIZES = (0.01, 0.1)
+#: Per-seed files (`--seeds`) and their aggregate: shown as mean ± std, not as single runs.
+_SEED_FILE = re.compile(r"_seeds?\d*$")
+#: `--dataset all`: the issue's two real tracks (MMSD2.0 alone runs by name).
+ALL = ("mmsd-to-mmsd2", "mvsa_single")
+#: `--full`: every row of every split, 2 epochs.
+FULL_EPOCHS = 2.0
 _URL = re.compile(r"(https?://|www\.)\S+")
 _USER = re.compile(r"@\w+")
 
@@ -353,7 +359,8 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
         runs.append((name, results_dir / f"real_{name}{suffix}.json", ""))
         if not suffix:  # variants written with --results real_<dataset>_<variant>.json (e.g. _told)
             runs += [(name, path, path.stem[len(f"real_{name}_"):])
-                     for path in sorted(results_dir.glob(f"real_{name}_*.json")) if not path.stem.endswith("_quick")]
+                     for path in sorted(results_dir.glob(f"real_{name}_*.json")) if not _SEED_FILE.search(path.stem)
+                     and not path.stem.endswith("_quick")]
     for name, path, variant in runs:
         if not path.exists():
             continue
@@ -387,9 +394,21 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
     return "\n".join(lines + ["", "Runs: " + "; ".join(settings) + "."])
 
 
+def seeds_markdown(results_dir: Path) -> str:
+    """The mean ± std tables of the `--seeds` aggregates in `results_dir` (bench/real_seeds.py)."""
+    from real_seeds import markdown
+
+    tables = [markdown(json.loads(path.read_text())) for path in sorted(results_dir.glob("real_*_seeds.json"))]
+    return "\n\n".join(tables)
+
+
 def write_tables(results_dir: Path, readme: Path | None, suffix: str = "") -> str:
-    """Write `real<suffix>.md` beside the results and (when given) the README's real-data section."""
+    """Write `real<suffix>.md` beside the results and (when given) the README's real-data section:
+    the mean ± std over seeds where a `--seeds` run wrote one, then every single run."""
     table = results_markdown(results_dir, suffix)
+    over_seeds = seeds_markdown(results_dir) if not suffix else ""
+    if over_seeds:
+        table = ("Mean ± std over seeds (`--seeds`):\n\n" + over_seeds + "\n\nSingle runs:\n\n" + table).strip()
     if not table:
         return ""
     header = ("Base: MiniLM-LLaVA (`mme_jd.minilm`): " + NOTE + "\n\n")
@@ -397,7 +416,7 @@ def write_tables(results_dir: Path, readme: Path | None, suffix: str = "") -> st
     if readme is not None:
         from mme_jd.bench import update_readme
 
-        update_readme(readme, header + table + "\n\nCommand: `python bench/real_data.py --dataset all` "
+        update_readme(readme, header + table + "\n\nCommand: `python bench/real_data.py --dataset all --seeds 0,1,2` "
                       "(part of `make bench`); files: `bench/results/real_*.json`, `bench/results/real.md`.",
                       README_START, README_END)
     return table
@@ -532,8 +551,8 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 1)
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
-    suffix = "_quick" if cli.quick else ""
-    path = Path(cli.results) if cli.results else Path(__file__).parent / "results" / f"real_{name}{suffix}.json"
+    suffix = "_quick" if cli.quick else "_full" if cli.full else ""
+    path = Path(cli.results) if cli.results else Path(cli.results_dir) / f"real_{name}{suffix}.json"
     write_json(path, results)
     print(f"[{name}] majority baseline: {results['majority_baseline']}")
     print_table(results["methods"], task)
@@ -541,10 +560,66 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     return results
 
 
+def _configure(threads: int) -> None:
+    """Process-wide settings of a run: offline hub, quiet mme_jd logger, torch threads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("mme_jd").setLevel(logging.ERROR)  # the stand-in is announced in the JSON's note
+    torch.set_num_threads(threads)
+
+
+def _one_seed(name: str, cli: argparse.Namespace) -> str:
+    """One seed's run in a worker process (`--jobs`); returns its results path."""
+    _configure(cli.threads)
+    run_dataset(name, cli)
+    return cli.results
+
+
+def run_seeds(name: str, cli: argparse.Namespace, results_dir: Path) -> str:
+    """`run_dataset` once per seed of `--seeds` (files real_<name>_seed<k>.json), `--jobs` at a
+    time in their own processes (each on `--threads` / jobs threads: on 2 cores two one-thread
+    runs get more done than one two-thread run), then their mean ± std, table and recovery plot
+    (bench/real_seeds.py: real_<name>_seeds.json/.md, real_<name>_recovery.png)."""
+    import copy
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from real_seeds import write_aggregate
+
+    seeds = [int(seed) for seed in cli.seeds.split(",") if seed.strip()]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {cli.seeds!r} repeats a seed.")
+    stem = f"real_{name}{'_full' if cli.full else ''}"
+    runs = []
+    for seed in seeds:
+        run = copy.copy(cli)
+        run.seed, run.results = seed, str(results_dir / f"{stem}_seed{seed}.json")
+        run.output = f"{cli.output}/seed{seed}"
+        runs.append(run)
+    jobs = max(1, min(cli.jobs, len(runs)))
+    if jobs == 1:
+        paths = [_one_seed(name, run) for run in runs]
+    else:
+        for run in runs:
+            run.threads = max(1, cli.threads // jobs)
+        # spawn: a forked child would inherit torch's thread pools
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            paths = list(pool.map(_one_seed, [name] * len(runs), runs))
+    return write_aggregate([Path(path) for path in paths], stem[len("real_"):], results_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="all", choices=(*DATASETS, "all"),
-                        help="one dataset, or all three in turn (one JSON each)")
+                        help="one dataset, or all: MMSD -> MMSD2.0 and MVSA-Single in turn (one JSON each)")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds, e.g. 0,1,2: one run per seed (real_<dataset>_seed<k>.json), "
+                             "then their mean ± std and recovery plot (real_<dataset>_seeds.json/.md, "
+                             "real_<dataset>_recovery.png); the README shows these")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --seeds: seeds run at once, each in its own process on --threads/jobs threads")
+    parser.add_argument("--full", action="store_true",
+                        help=f"every row of every split, {FULL_EPOCHS:g} epochs (MMSD 19,816 training rows, MVSA-Single "
+                             "3,608); files real_<dataset>_full*.json")
     parser.add_argument("--num-train", type=int, default=None, help="training rows (default: per dataset; 0 = all)")
     parser.add_argument("--num-validation", type=int, default=None, help="validation rows for the router and MID (0 = all)")
     parser.add_argument("--num-test", type=int, default=None, help="test rows (default: per dataset; 0 = all)")
@@ -586,6 +661,8 @@ def main() -> None:
     parser.add_argument("--output", default="outputs/real_data")
     parser.add_argument("--results", default=None,
                         help="JSON path (default bench/results/real_<dataset>.json; not with --dataset all)")
+    parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"),
+                        help="folder of the default results files, the --seeds files and real.md")
     parser.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"),
                         help="README whose real-data section is rewritten from bench/results ('' : none)")
     parser.add_argument("--quick", action="store_true",
@@ -594,7 +671,7 @@ def main() -> None:
     parser.add_argument("--tables-only", action="store_true",
                         help="only rebuild bench/results/real.md and the README section from the JSON files")
     cli = parser.parse_args()
-    results_dir = Path(__file__).resolve().parent / "results"
+    results_dir = Path(cli.results_dir)
     readme = Path(cli.readme) if cli.readme and not cli.quick else None
     suffix = "_quick" if cli.quick else ""
     if cli.quick:
@@ -604,11 +681,14 @@ def main() -> None:
     if cli.tables_only:
         print(write_tables(results_dir, readme, suffix) or f"no real_*{suffix}.json in {results_dir}")
         return
-    if cli.dataset == "all" and cli.results:
-        parser.error("--results names one file: leave it out with --dataset all.")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.getLogger("mme_jd").setLevel(logging.ERROR)  # the stand-in is announced in the JSON's note
-    torch.set_num_threads(cli.threads)
+    if cli.results and (cli.dataset == "all" or cli.seeds):
+        parser.error("--results names one file: leave it out with --dataset all or --seeds.")
+    if cli.full:
+        if cli.quick:
+            parser.error("--full and --quick contradict each other: choose one.")
+        cli.num_train = cli.num_validation = cli.num_test = 0
+        cli.epochs = cli.epochs if cli.epochs is not None else FULL_EPOCHS
+    _configure(cli.threads)
     from mme_jd.data.real import default_data_dir
 
     data_dir = default_data_dir()
@@ -616,8 +696,11 @@ def main() -> None:
         print("real-data bench skipped: no dataset folder (set MME_JD_DATA_DIR or put the data in "
               "../shared/data beside the repository).")
         return
-    for name in DATASETS if cli.dataset == "all" else (cli.dataset,):
-        run_dataset(name, cli)
+    for name in ALL if cli.dataset == "all" else (cli.dataset,):
+        if cli.seeds:
+            print(run_seeds(name, cli, results_dir), flush=True)
+        else:
+            run_dataset(name, cli)
     if not cli.results:
         print(write_tables(results_dir, readme, suffix))
 

