@@ -29,12 +29,14 @@ trained twice. Writes bench/results/real_<dataset>.json (atomically) and prints 
 Texts are normalised (URLs → "url", @mentions → "@user"; `--raw-text` keeps them).
 
 The figures are a FLOOR, not the paper's setting: MiniLM-LLaVA is a 22M-parameter sentence
-encoder with an untrained 64 px vision tower and a random lm_head, trained with LoRA for
-one epoch on 1,000 rows by default. The defaults fit the three datasets (`--dataset all`)
-into ~20 minutes on 2 idle CPU cores; cores shared with other jobs are several times slower.
-More data learns more, e.g. (~35 minutes for this one on 2 idle cores)
+encoder with an untrained 64 px vision tower and a random lm_head, trained with LoRA for one
+epoch (4,000 MMSD rows, 1,000 MVSA-Single rows, every validation row by default).
 
-    python bench/real_data.py --dataset mvsa_single --num-train 0 --epochs 2
+    python bench/real_data.py --dataset all --seeds 0,1,2 --jobs 2     # make bench's real part
+    python bench/real_data.py --dataset mmsd-to-mmsd2 --full           # every row, 2 epochs
+
+`--seeds` runs one process per seed (`--jobs` at once) and writes their mean ± std
+(bench/real_seeds.py); `--cues` declares MMSD's cues (told); `--quick` is a smoke run.
 """
 
 from __future__ import annotations
@@ -55,11 +57,10 @@ from mme_jd.files import atomic_write_text
 from mme_jd.provenance import run_environment
 
 DATASETS = ("mvsa_single", "mmsd2", "mmsd-to-mmsd2")
-#: Defaults per dataset: (num_train, num_validation, num_test, epochs), chosen for ~20 min in all
-#: on 2 idle CPU cores, where one training row pass (forward + backward, batch 8) takes ~0.04 s
-#: (one epoch: 145 s on the 3,608 MVSA rows, 84 s on 2,000 MMSD rows); mme_jd + mctd make ~6.6
-#: passes per training row, plus the router / MID inference on validation and the evaluation.
-#: Cores shared with other jobs are far slower (4-8× measured here).
+#: Defaults per dataset: (num_train, num_validation, num_test, epochs; None: every row). One
+#: training row pass (forward + backward, batch 8) costs ~0.04 CPU s; MMSD → MMSD2.0 trains
+#: ERM-sized passes for MME-JD (general, bias-only, text expert on two rows), MCTD (two rows),
+#: the two references, JTT and Group DRO (two knobs each): the results files record the seconds.
 DEFAULTS = {
     "mvsa_single": (1000, None, None, 1.0),
     "mmsd2": (1000, 300, 1000, 1.0),
