@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(router threshold and routed strategy, cost tolerance, MID's lambda) and whose "
                              "tokens/region the cue_only / cue_removed builders use: NAME=REGEX, "
                              "NAME=image:FUNCTION or a .json/.yaml file; repeat for several (without any: the "
-                             "synthetic group column, else macro F1 on validation)")
+                             "synthetic group column, else groups inferred from the general expert's reading of the text "
+                             "cue-only input)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="skip finished stages, resume the interrupted one from its last complete checkpoint; "
