@@ -213,7 +213,7 @@ def recovery_plot(aggregated: dict, path: str | os.PathLike, split: str = "test"
     row, top, plot_width, margin = 30, 56, 520, 16
     left = margin + name_width + 12
     bottom_axis = top + row * len(bars)
-    height = bottom_axis + 58
+    height = bottom_axis + 76
     image_width = left + value_pad + plot_width + value_pad + margin
     low = min([0.0] + [s["mean"] - s["std"] for _, s in bars])
     high = max([1.0] + [s["mean"] + s["std"] for _, s in bars])
@@ -250,10 +250,11 @@ def recovery_plot(aggregated: dict, path: str | os.PathLike, split: str = "test"
             draw.text((x(mean + std) + 6, middle - 8), text, fill="black", font=font)
         else:
             draw.text((x(mean - std) - 6 - width(text), middle - 8), text, fill="black", font=font)
-    for value, label in ((0.0, "ERM on MMSD"), (1.0, "cue-free reference")):
+    for line, (value, label) in enumerate(((0.0, "ERM on MMSD (0)"), (1.0, "cue-free reference (1)"))):
         draw.line([(x(value), top - 6), (x(value), bottom_axis)], fill=(60, 60, 60), width=2)
         label_x = min(max(x(value) - width(label) / 2, margin), image_width - margin - width(label))
-        draw.text((label_x, bottom_axis + 24), label, fill=(60, 60, 60), font=font)
+        # one line each: the two marks sit close together when a method's ratio is far below 0
+        draw.text((label_x, bottom_axis + 24 + 18 * line), label, fill=(60, 60, 60), font=font)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     target = Path(path)
