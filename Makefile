@@ -56,7 +56,7 @@ lock: test-latest
 # routed-inference cost against the share routed
 bench: $(STAMP)
 	$(PY) -m mme_jd.cli bench $(if $(QUICK),--quick,)
-	$(PY) bench/real_data.py --dataset all $(if $(QUICK),--quick,--seeds 0,1,2 --jobs 2)
+	$(PY) bench/real_data.py --dataset all $(if $(QUICK),--quick,--seeds 0,1,2 --jobs 3)
 	$(PY) bench/inference_cost.py $(if $(QUICK),--rows 128 --repeats 3 --results bench/results/inference_cost_quick.json,)
 
 bench-quick: $(STAMP)

@@ -32,7 +32,7 @@ The figures are a FLOOR, not the paper's setting: MiniLM-LLaVA is a 22M-paramete
 encoder with an untrained 64 px vision tower and a random lm_head, trained with LoRA for one
 epoch (4,000 MMSD rows, 1,000 MVSA-Single rows, every validation row by default).
 
-    python bench/real_data.py --dataset all --seeds 0,1,2 --jobs 2     # make bench's real part
+    python bench/real_data.py --dataset all --seeds 0,1,2 --jobs 3     # make bench's real part
     python bench/real_data.py --dataset mmsd-to-mmsd2 --full           # every row, 2 epochs
 
 `--seeds` runs one process per seed (`--jobs` at once) and writes their mean ± std
@@ -598,11 +598,16 @@ def _one_seed(name: str, cli: argparse.Namespace) -> str:
     return cli.results
 
 
-def run_seeds(name: str, cli: argparse.Namespace, results_dir: Path) -> str:
-    """`run_dataset` once per seed of `--seeds` (files real_<name>_seed<k>.json), `--jobs` at a
-    time in their own processes (each on `--threads` / jobs threads: on 2 cores two one-thread
-    runs get more done than one two-thread run), then their mean ± std, table and recovery plot
-    (bench/real_seeds.py: real_<name>_seeds.json/.md, real_<name>_recovery.png)."""
+def run_seeds(names: list[str], cli: argparse.Namespace, results_dir: Path) -> list[str]:
+    """`run_dataset` once per dataset of `names` and seed of `--seeds` (files
+    real_<name>_seed<k>.json), `--jobs` at a time in their own processes from one queue, the
+    longest first (each on max(1, `--threads` // jobs) threads), then each dataset's mean ±
+    std, table and recovery plot (bench/real_seeds.py: real_<name>_seeds.json/.md,
+    real_<name>_recovery.png). One queue over every dataset: a short dataset's seeds fill a
+    core that the long one's last seed would leave idle. On 2 cores, `--jobs 3` runs three
+    one-thread seeds at once: they share the cores and finish together, where with 2 jobs the
+    third seed would run alone on one core (one run gains almost nothing from a second torch
+    thread at these batch sizes). Returns the aggregates' markdown, one per dataset."""
     import copy
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -612,23 +617,25 @@ def run_seeds(name: str, cli: argparse.Namespace, results_dir: Path) -> str:
     seeds = [int(seed) for seed in cli.seeds.split(",") if seed.strip()]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds {cli.seeds!r} repeats a seed.")
-    stem = f"real_{name}{'_full' if cli.full else ''}"
-    runs = []
-    for seed in seeds:
-        run = copy.copy(cli)
-        run.seed, run.results = seed, str(results_dir / f"{stem}_seed{seed}.json")
-        run.output = f"{cli.output}/seed{seed}"
-        runs.append(run)
+    stems = {name: f"real_{name}{'_full' if cli.full else ''}" for name in names}
+    runs = []  # in the order given: the caller lists the longest dataset first
+    for name in names:
+        for seed in seeds:
+            run = copy.copy(cli)
+            run.seed, run.results = seed, str(results_dir / f"{stems[name]}_seed{seed}.json")
+            run.output = f"{cli.output}/seed{seed}"
+            runs.append((name, run))
     jobs = max(1, min(cli.jobs, len(runs)))
     if jobs == 1:
-        paths = [_one_seed(name, run) for run in runs]
+        paths = [_one_seed(name, run) for name, run in runs]
     else:
-        for run in runs:
+        for _, run in runs:
             run.threads = max(1, cli.threads // jobs)
         # spawn: a forked child would inherit torch's thread pools
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            paths = list(pool.map(_one_seed, [name] * len(runs), runs))
-    return write_aggregate([Path(path) for path in paths], stem[len("real_"):], results_dir)
+            paths = list(pool.map(_one_seed, [name for name, _ in runs], [run for _, run in runs]))
+    by_name = {name: [Path(path) for (run_name, _), path in zip(runs, paths) if run_name == name] for name in names}
+    return [write_aggregate(by_name[name], stems[name][len("real_"):], results_dir) for name in names]
 
 
 def main() -> None:
@@ -640,7 +647,8 @@ def main() -> None:
                              "then their mean ± std and recovery plot (real_<dataset>_seeds.json/.md, "
                              "real_<dataset>_recovery.png); the README shows these")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="with --seeds: seeds run at once, each in its own process on --threads/jobs threads")
+                        help="with --seeds: runs at once (one queue over datasets and seeds), each in its own process "
+                             "on max(1, threads // jobs) threads; 3 on 2 cores lets three seeds finish together")
     parser.add_argument("--full", action="store_true",
                         help=f"every row of every split, {FULL_EPOCHS:g} epochs (MMSD 19,816 training rows, MVSA-Single "
                              "3,608); files real_<dataset>_full*.json")
@@ -730,10 +738,12 @@ def main() -> None:
         print("real-data bench skipped: no dataset folder (set MME_JD_DATA_DIR or put the data in "
               "../shared/data beside the repository).")
         return
-    for name in ALL if cli.dataset == "all" else (cli.dataset,):
-        if cli.seeds:
-            print(run_seeds(name, cli, results_dir), flush=True)
-        else:
+    names = list(ALL if cli.dataset == "all" else (cli.dataset,))
+    if cli.seeds:
+        for aggregate in run_seeds(names, cli, results_dir):
+            print(aggregate, flush=True)
+    else:
+        for name in names:
             run_dataset(name, cli)
     if not cli.results:
         print(write_tables(results_dir, readme, suffix))

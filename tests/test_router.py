@@ -179,3 +179,60 @@ def test_router_stage_keeps_the_cheapest_routing_within_the_tolerance(tmp_path):
     assert shares["none"] == pytest.approx(0.5) and shares["text"] == pytest.approx(0.5)
     wga, _ = routing(cost_tolerance=0.2)
     assert wga == pytest.approx(7 / 8) and model.single_routed_expert == "text_debias"
+
+
+def test_routing_is_tuned_on_out_of_fold_router_scores(tmp_path):
+    """The router trains on the split its routing is tuned on. On pooled states that carry no
+    signal about which rows the text expert gets right, a router fitted to every row still
+    separates them in sample (it memorises), so in-sample tuning keeps a partial routing that
+    looks perfect (the general expert is right on the other rows); out-of-fold scores (`router_selection_folds`) show the memorised split is
+    worth nothing on unseen rows, and the routing sends every row to the text expert, which
+    is right on 3 rows in 4. The router's weights after cross-fitting are those it had before."""
+    from transformers import TrainingArguments
+
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training import MMEJDTrainingConfig
+    from mme_jd.training.router_labels import out_of_fold_router_logits, train_router
+
+    assert MMEJDTrainingConfig().router_selection_folds == 5
+    with pytest.raises(ValueError, match="router_selection_folds must be 0"):
+        MMEJDTrainingConfig(router_selection_folds=1)
+    torch.manual_seed(0)
+    rows = 80
+    labels = torch.randint(0, 2, (rows,))
+    groups = labels.clone()
+    text_right = torch.rand(rows) < 0.75  # which rows the text expert gets right: unrelated to the states
+    one_hot = torch.nn.functional.one_hot(labels, 2).float()
+    experts = {"general": torch.where(text_right[:, None], 1 - one_hot, one_hot),  # right where text is not
+               "image_debias": 1 - one_hot,
+               "text_debias": torch.where(text_right[:, None], one_hot, 1 - one_hot)}
+    targets = torch.where(text_right, 2, 0)  # text where it is right, else none
+    model = tiny_model()
+    hidden = model.router.hidden.in_features
+    pooled = torch.randn(rows, hidden) * 3
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=60,
+                             learning_rate=0.01, report_to="none", use_cpu=True, save_strategy="no",
+                             disable_tqdm=True, seed=0)
+    before = {name: value.clone() for name, value in model.router.state_dict().items()}
+    held_out = out_of_fold_router_logits(model, pooled, targets, args, folds=5, seed=0)
+    assert all(torch.equal(before[name], value) for name, value in model.router.state_dict().items())
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        out_of_fold_router_logits(model, pooled[:6], targets[:6], args, folds=5)
+
+    def report(folds):
+        model.router.load_state_dict(before)
+        return train_router(model, pooled, targets, args, threshold_objective="worst_group", expert_logits=experts,
+                            labels=labels, groups=groups, cost_tolerance=0.0, selection_folds=folds)
+
+    in_sample = report(0)
+    assert in_sample["selection_scores"] == "in sample"
+    in_sample_hits = (model.router(pooled).argmax(-1) == targets).float().mean()
+    assert in_sample_hits > 0.95  # memorised
+    assert in_sample["validation_worst_group_accuracy"] > 0.95 and in_sample["routed_strategy"] is None
+    out_of_fold_hits = (held_out.argmax(-1) == targets).float().mean()
+    assert out_of_fold_hits < 0.85  # about the base rate (0.75): nothing to learn
+    crossed = report(5)
+    assert crossed["selection_scores"] == "out of fold (5 folds)"
+    assert crossed["validation_worst_group_accuracy"] < 0.9
+    assert (crossed["routed_strategy"], crossed["threshold"]) == ("text", 0.0)
+    assert crossed["routed_shares"]["text"] == 1.0

@@ -14,6 +14,10 @@ it keeps (threshold and routed strategy), tuned on validation data.
                    macro F1 without groups); the cheapest within `router_cost_tolerance` of the
                    best is kept (`cheapest_routing`).
   Both respect `router_max_routed_share` (a limit on the share routed away).
+* Cross-fitting (`router_selection_folds`): the router trains on the same split its routing
+  is tuned on, so its in-sample scores single out the very rows it memorised; the routing is
+  tuned on out-of-fold scores instead (`out_of_fold_router_logits`), and the router is then
+  trained on every row.
 The mixtures scored here are `routing_mme_jd.route` and `combine` over logits computed once: the
 same arithmetic as `MMEJDModel`'s routed forward.
 """
@@ -164,11 +168,72 @@ def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str
     return min(eligible, key=lambda c: (c["cost"], -c["score"], -c["accuracy"]))
 
 
+#: Folds of the router stage's cross-fitted selection unless told otherwise
+#: (`MMEJDTrainingConfig.router_selection_folds` says why).
+DEFAULT_SELECTION_FOLDS = 5
+
+
+def _fit_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callbacks: list | None = None,
+                quiet: bool = False):
+    """Train `model.router` (from its current weights) on these rows; returns (TrainOutput,
+    class weights). The rest of the model stays frozen. quiet: no progress bar, no logs."""
+    from dataclasses import replace
+
+    from transformers import PrinterCallback, ProgressCallback, Trainer
+
+    if quiet:
+        args = replace(args, disable_tqdm=True, logging_strategy="no", report_to=[])
+
+    model.set_trainable("router")
+    weights = class_weights(targets)
+    objective = RouterObjective(model.router, weights.to(pooled.device))
+    trainer = Trainer(model=objective, args=args, train_dataset=RouterFeatures(pooled.cpu(), targets.cpu()),
+                      callbacks=callbacks)
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+    result = trainer.train()
+    model.freeze_all()
+    return result, weights
+
+
+def _router_logits(model, pooled: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.router(pooled.to(model.router.hidden.weight.device)).cpu()
+
+
+def out_of_fold_router_logits(model, pooled: torch.Tensor, targets: torch.Tensor, args, folds: int,
+                              seed: int = 0) -> torch.Tensor:
+    """Each row's router logits from a router trained, from the router's current weights, on
+    the other `folds` - 1 folds only (a seeded random partition). Scores on rows the router
+    never saw: the router trains on the same split its routing is tuned on, and its in-sample
+    scores single out exactly the rows it memorised (`train_router`). The router's weights are
+    left as they were."""
+    if folds < 2 or len(targets) < 2 * folds:
+        raise ValueError(f"cross-fitting needs at least 2 folds of at least 2 rows; got {folds} folds over "
+                         f"{len(targets)} rows. Use fewer folds, or router_selection_folds=0 (in-sample).")
+    initial = {name: value.clone() for name, value in model.router.state_dict().items()}
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
+    logits = torch.empty(len(targets), len(Strategy))
+    try:
+        for held_out in order.chunk(folds):
+            kept = torch.ones(len(targets), dtype=torch.bool)
+            kept[held_out] = False
+            model.router.load_state_dict(initial)
+            _fit_router(model, pooled[kept], targets[kept], args, quiet=True)
+            logits[held_out] = _router_logits(model, pooled[held_out])
+    finally:
+        model.router.load_state_dict(initial)
+        model.freeze_all()
+    return logits
+
+
 def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callbacks: list | None = None,
                  threshold_objective: str = "f0.5", expert_logits: dict[str, torch.Tensor] | None = None,
                  labels: torch.Tensor | None = None, groups: torch.Tensor | None = None,
                  cost_tolerance: float = DEFAULT_COST_TOLERANCE,
-                 max_routed_share: float | None = None) -> dict[str, Any]:
+                 max_routed_share: float | None = None,
+                 selection_folds: int = DEFAULT_SELECTION_FOLDS) -> dict[str, Any]:
     """Train `model.router` on cached pooled states with the Trainer; tune the threshold.
 
     threshold_objective: "f0.5" (METHOD §4: F0.5 of leaving `none`, precision first) or
@@ -178,23 +243,23 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     worst-group accuracy is within this of the best (`cheapest_routing`).
     max_routed_share: tune only among thresholds routing at most this share of the samples
     (None: any).
+    selection_folds: ≥ 2: the threshold and routed strategy are tuned on out-of-fold router
+    scores (`out_of_fold_router_logits`, seeded by `args.seed`), then the router is trained
+    on every row and keeps them; 0: tuned on the trained router's in-sample scores.
     Sets the model's router threshold and routed strategy, and the class weights of the
     router's loss (`model.loss_settings.router_class_weights`, also in the returned log)."""
-    from transformers import Trainer
-
     from .mid import selection_metric
 
-    model.set_trainable("router")
-    weights = class_weights(targets)
+    selection_logits = None
+    if selection_folds:
+        selection_logits = out_of_fold_router_logits(model, pooled, targets, args, selection_folds,
+                                                     seed=args.seed)
+    result, weights = _fit_router(model, pooled, targets, args, callbacks)
     model.loss_settings.router_class_weights = [float(w) for w in weights]
-    objective = RouterObjective(model.router, weights.to(pooled.device))
-    trainer = Trainer(model=objective, args=args, train_dataset=RouterFeatures(pooled.cpu(), targets.cpu()),
-                      callbacks=callbacks)
-    result = trainer.train()
-    model.freeze_all()
-    with torch.no_grad():
-        logits = model.router(pooled.to(model.router.hidden.weight.device))
-    f_threshold, fbeta = tune_threshold(logits.cpu(), targets.cpu(), max_routed_share=max_routed_share,
+    logits = _router_logits(model, pooled)
+    if selection_logits is None:
+        selection_logits = logits
+    f_threshold, fbeta = tune_threshold(selection_logits, targets.cpu(), max_routed_share=max_routed_share,
                                         skipped_experts=model.config.skipped_experts)
     threshold, group_score, chosen = f_threshold, None, model.config.routed_strategy
     if threshold_objective == "worst_group":
@@ -203,7 +268,7 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
         # the threshold and what routed samples get (the router's choice, or one fixed debias
         # strategy), jointly: the cheapest routing within `cost_tolerance` of the mixture's best
         # worst-group accuracy on this data (tolerance 0: the best; ties go to the cheaper)
-        chosen_routing = cheapest_routing(model, logits.cpu(), expert_logits, labels, groups, cost_tolerance,
+        chosen_routing = cheapest_routing(model, selection_logits, expert_logits, labels, groups, cost_tolerance,
                                           max_routed_share)
         group_score, threshold, chosen = (chosen_routing["score"], chosen_routing["threshold"],
                                           chosen_routing["routed_strategy"])
@@ -211,7 +276,8 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
         raise ValueError(f"unknown threshold_objective {threshold_objective!r}; choose 'f0.5' or 'worst_group'.")
     model.config.routed_strategy = chosen
     model.config.router_threshold = threshold
-    shares = torch.bincount(model.route(logits).cpu(), minlength=len(Strategy)).float() / len(targets)
+    # the shares of the scores the routing was tuned on (out of fold: as on rows the router never saw)
+    shares = torch.bincount(model.route(selection_logits).cpu(), minlength=len(Strategy)).float() / len(targets)
     label_shares = torch.bincount(targets, minlength=len(Strategy)).float() / len(targets)
     return {"stage": "router", "steps": result.global_step, "train_loss": result.training_loss,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 2), "threshold": threshold,
@@ -220,4 +286,5 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
             "selection_metric": selection_metric(groups), "validation_selection_score": group_score,
             "routed_strategy": chosen, "label_shares": dict(zip(STRATEGY_NAMES, label_shares.tolist())),
             "routed_shares": dict(zip(STRATEGY_NAMES, shares.tolist())),
+            "selection_scores": f"out of fold ({selection_folds} folds)" if selection_folds else "in sample",
             "router_class_weights": model.loss_settings.router_class_weights}
