@@ -49,7 +49,9 @@ import platform
 import re
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,6 +77,11 @@ CUE_REMOVED = "cue removed (ERM without the declared cues)"
 DFR = "DFR (ERM's head refitted on cue-balanced validation)"
 JTT = "JTT (ERM's errors upweighted; upweight chosen on cue groups)"
 GROUP_DRO = "Group DRO (cue groups; step size chosen on cue groups)"
+#: The same peers on data with no declared cue (MVSA-Single): the groups MME-JD's untold
+#: selection infers (`PeerGroups.inferred`).
+DFR_INFERRED = "DFR (ERM's head refitted on validation balanced over inferred groups)"
+JTT_INFERRED = "JTT (ERM's errors upweighted; upweight chosen on inferred groups)"
+GROUP_DRO_INFERRED = "Group DRO (inferred groups; step size chosen on them)"
 MID = "MID (λ fitted on validation)"
 #: The told peers' knobs, each chosen by worst-group accuracy over the cue groups of validation
 #: (the synthetic bench's grids: `BenchSettings.jtt_upweights`, `group_dro_step_sizes`).
@@ -189,17 +196,13 @@ def without_cues(data):
 DFR_L2 = (0.1, 1.0, 10.0)
 
 
-def dfr_on_general(model, data, seed: int) -> dict:
+def dfr_on_general(model, validation, seed: int) -> dict:
     """DFR (`training.peers.train_dfr`) on the general expert of `model`, in place: its linear
-    head refitted on the cue-balanced first half of validation (groups: label × the declared
-    MMSD cues), the L2 weight (`DFR_L2`) chosen by worst-group accuracy on the second half,
-    which only scores. Returns the log."""
-    from mme_jd.cues import Cue, add_cue_columns
-    from mme_jd.evaluation.metrics import worst_group_accuracy
-    from mme_jd.inference import collect_outputs
+    head refitted on the group-balanced first half of `validation` (its `group` column: cue or
+    inferred groups, `PeerGroups`), the L2 weight (`DFR_L2`) chosen by worst-group accuracy on
+    the second half, which only scores. Returns the log."""
     from mme_jd.training.peers import restore_expert, snapshot_expert, train_dfr
 
-    validation = add_cue_columns(data["validation"], [Cue.from_spec(spec) for spec in MMSD_CUES])
     halves = validation.train_test_split(test_size=0.5, seed=seed)
     fit, score = halves["train"], halves["test"]
     initial = snapshot_expert(model, "general")
@@ -207,8 +210,7 @@ def dfr_on_general(model, data, seed: int) -> dict:
     for l2 in DFR_L2:
         restore_expert(model, initial)
         log = train_dfr(model, model.processor, fit, l2=l2, seed=seed)
-        out = collect_outputs(model, model.processor, score, batch_size=64, mode="general", group_column="cue_group")
-        wga = worst_group_accuracy(out["logits"].argmax(-1), out["labels"], out["groups"])
+        wga = _group_wga(model, score)
         candidates[str(l2)] = round(wga, 4)
         if best is None or wga > best[0]:
             best = (wga, l2, snapshot_expert(model, "general"), log)
@@ -217,12 +219,12 @@ def dfr_on_general(model, data, seed: int) -> dict:
             "validation_worst_group_accuracy": candidates}
 
 
-def _cue_group_wga(model, rows) -> float:
-    """Worst-group accuracy of `model`'s general expert over `rows`' cue groups."""
+def _group_wga(model, rows) -> float:
+    """Worst-group accuracy of `model`'s general expert over `rows`' `group` column."""
     from mme_jd.evaluation.metrics import worst_group_accuracy
     from mme_jd.inference import collect_outputs
 
-    out = collect_outputs(model, model.processor, rows, batch_size=64, mode="general", group_column="cue_group")
+    out = collect_outputs(model, model.processor, rows, batch_size=64, mode="general", group_column="group")
     return worst_group_accuracy(out["logits"].argmax(-1), out["labels"], out["groups"])
 
 
@@ -232,47 +234,96 @@ def _mmsd_cues():
     return [Cue.from_spec(spec) for spec in MMSD_CUES]
 
 
-def told_peers(erm_model, data, task: str, cli: argparse.Namespace, epochs: float, erm_cpu_seconds: float):
-    """JTT and Group DRO on MMSD with its declared cue groups, each on a fresh model with the
-    run's seed, rows and schedule, its knob (`JTT_UPWEIGHTS`, `GROUP_DRO_STEP_SIZES`) chosen by
-    worst-group accuracy over validation's cue groups. JTT's first phase is ERM for the run's
-    epochs, which is `erm_model`'s general expert (same data, seed and arguments): only its error
-    set is computed here. Yields (method, model, training log with `cpu_seconds_training`)."""
-    from mme_jd.cues import add_cue_columns
+def _with_group_column(rows, groups):
+    """`rows` with `groups` (one int per row) as their `group` column, replacing any."""
+    rows = rows.remove_columns([c for c in ("group",) if c in rows.column_names])
+    return rows.add_column("group", [int(g) for g in groups])
+
+
+@dataclass
+class PeerGroups:
+    """The groups DFR, JTT and Group DRO are given: `train` and `validation` rows with a `group`
+    column, `count` groups, and the method names that say which groups they were."""
+
+    train: Any
+    validation: Any
+    count: int
+    names: dict[str, str]
+
+    @classmethod
+    def declared_cues(cls, data) -> "PeerGroups":
+        """Told: label × the declared MMSD cues' presence (`MMSD_CUES`)."""
+        from mme_jd.cues import add_cue_columns
+
+        def grouped(rows):
+            rows = add_cue_columns(rows, _mmsd_cues())
+            return _with_group_column(rows.remove_columns(["cue_group"]), rows["cue_group"])
+
+        return cls(grouped(data["train"]), grouped(data["validation"]), 2 * 2 ** len(MMSD_CUES),
+                   {"dfr": DFR, "jtt": JTT, "group_dro": GROUP_DRO})
+
+    @classmethod
+    def inferred(cls, erm_model, data) -> "PeerGroups":
+        """Untold: label × ERM's prediction on the text cue-only input (the `lexical` builder),
+        exactly the groups MME-JD's untold selection infers (`training.mid.inferred_groups`,
+        `training.run.CueOnlyPasses`), here for the training rows too (one pass of ERM over
+        them): a peer gets no more than MME-JD knows."""
+        from mme_jd.inference import collect_outputs
+        from mme_jd.training import MMEJDTrainingConfig
+        from mme_jd.training.mid import inferred_groups
+
+        builder = MMEJDTrainingConfig().mid_text_counterfactual
+
+        def grouped(rows):
+            out = collect_outputs(erm_model, erm_model.processor, rows, batch_size=64, mode="general",
+                                  counterfactual_parts=("text",), text_counterfactual=builder,
+                                  description="inferred groups")
+            ids, sizes = inferred_groups(out["labels"], out["text_counterfactual_logits"].argmax(-1))
+            return _with_group_column(rows, ids), len(sizes)
+
+        train, train_count = grouped(data["train"])
+        validation, validation_count = grouped(data["validation"])
+        return cls(train, validation, max(train_count, validation_count),
+                   {"dfr": DFR_INFERRED, "jtt": JTT_INFERRED, "group_dro": GROUP_DRO_INFERRED})
+
+
+def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: argparse.Namespace, epochs: float,
+                erm_cpu_seconds: float):
+    """JTT and Group DRO with `groups`, each on a fresh model with the run's seed, rows and
+    schedule, its knob (`JTT_UPWEIGHTS`, `GROUP_DRO_STEP_SIZES`) chosen by worst-group accuracy
+    over the validation groups. JTT's first phase is ERM for the run's epochs, which is
+    `erm_model`'s general expert (same data, seed and arguments): only its error set is computed
+    here. Yields (method, model, training log with `cpu_seconds_training`)."""
     from mme_jd.minilm import minilm_mme_jd
     from mme_jd.training.peers import jtt_error_indices, restore_expert, snapshot_expert, train_group_dro, train_jtt
 
-    validation = add_cue_columns(data["validation"], _mmsd_cues())
     started = time.process_time()
     errors = jtt_error_indices(erm_model, erm_model.processor, data["train"], batch_size=64)
     first_phase = erm_cpu_seconds + time.process_time() - started  # ERM's training + the error pass
-    grouped = add_cue_columns(data["train"], _mmsd_cues())
-    grouped = grouped.remove_columns([c for c in ("group",) if c in grouped.column_names])
-    grouped = grouped.rename_column("cue_group", "group")
     searches = (
-        (JTT, JTT_UPWEIGHTS, lambda model, args, upweight: train_jtt(model, data, args, upweight=upweight,
-                                                                     error_indices=errors)),
-        (GROUP_DRO, GROUP_DRO_STEP_SIZES, lambda model, args, step: train_group_dro(
-            model, {"train": grouped}, args, step_size=step, num_groups=2 * 2 ** len(MMSD_CUES))),
+        ("jtt", JTT_UPWEIGHTS, lambda model, args, upweight: train_jtt(model, data, args, upweight=upweight,
+                                                                       error_indices=errors)),
+        ("group_dro", GROUP_DRO_STEP_SIZES, lambda model, args, step: train_group_dro(
+            model, {"train": groups.train}, args, step_size=step, num_groups=groups.count)),
     )
-    for method, knobs, fit in searches:
+    for peer, knobs, fit in searches:
         model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
         initial = snapshot_expert(model, "general")
         candidates, best = {}, None
         for knob in knobs:
             restore_expert(model, initial)
-            args = training_arguments(cli, f"{cli.output}/mmsd-to-mmsd2/{method.split()[0].lower()}_{knob}", epochs)
+            args = training_arguments(cli, f"{cli.output}/{name}/{peer}_{knob}", epochs)
             knob_started = time.process_time()
             log = fit(model, args, knob)
             cpu = time.process_time() - knob_started
-            wga = _cue_group_wga(model, validation)
+            wga = _group_wga(model, groups.validation)
             candidates[str(knob)] = {"validation_worst_group_accuracy": round(wga, 4), "cpu_seconds": round(cpu, 1)}
             if best is None or wga > best[0]:
                 best = (wga, knob, snapshot_expert(model, "general"), cpu)
         restore_expert(model, best[2])
-        extra = first_phase if method == JTT else 0.0
-        yield method, model, {"knob": best[1], "candidates": candidates, "num_errors": len(errors),
-                              "cpu_seconds_training": round(best[3] + extra, 1)}
+        extra = first_phase if peer == "jtt" else 0.0
+        yield groups.names[peer], model, {"knob": best[1], "candidates": candidates, "num_errors": len(errors),
+                                          "cpu_seconds_training": round(best[3] + extra, 1)}
 
 
 def add_mid(path: Path) -> dict:
@@ -339,7 +390,7 @@ def print_table(results: dict, task: str) -> None:
 
 README_START, README_END = "<!-- bench:real:start -->", "<!-- bench:real:end -->"
 METHOD_ORDER = (CUE_FREE_REFERENCE, CUE_REMOVED, "general (ERM)", "general expert of mme_jd", DFR, JTT, GROUP_DRO,
-                MID, "MCTD",
+                DFR_INFERRED, JTT_INFERRED, GROUP_DRO_INFERRED, MID, "MCTD",
                 "image_debias expert alone", "text_debias expert alone", "MME-JD routed")
 SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "MMSD2.0 test"},
                "mmsd-to-mmsd2": {"test": "MMSD → MMSD2.0 test", "test_mmsd": "MMSD → MMSD test"}}
@@ -535,20 +586,22 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         log["seconds_evaluation"] = round(time.perf_counter() - evaluation_started, 1)
         log["cpu_seconds"] = round(_cpu_seconds() - recipe_cpu, 1)
         results["training"][recipe] = log
-        if recipe == "mme_jd" and name == "mmsd-to-mmsd2" and cli.head == "linear" and not cli.no_references:
-            # DFR on ERM's features (the mme_jd run's general expert), after every mme_jd figure is taken
+        if recipe == "mme_jd" and cli.head == "linear" and not cli.no_references:
+            # DFR, JTT and Group DRO on ERM (the mme_jd run's general expert), after every mme_jd
+            # figure is taken: told the declared cues' groups on MMSD, else the inferred ones
             from mme_jd.training.peers import restore_expert, snapshot_expert
 
             erm_general = snapshot_expert(model, "general")
-            dfr_log = dfr_on_general(model, data, cli.seed)
-            results["training"][DFR] = dfr_log
+            groups = (PeerGroups.declared_cues(data) if name == "mmsd-to-mmsd2" else PeerGroups.inferred(model, data))
+            dfr_log = dfr_on_general(model, groups.validation, cli.seed)
+            results["training"][groups.names["dfr"]] = dfr_log
             for split in [s for s in data if s.startswith("test")]:
-                results["methods"].setdefault(DFR, {})[split] = evaluate(model, data[split], "general", task, 64,
-                                                                          False)["general (ERM)"]
-            if not cli.no_told_peers:
+                results["methods"].setdefault(groups.names["dfr"], {})[split] = evaluate(
+                    model, data[split], "general", task, 64, False)["general (ERM)"]
+            if not cli.no_group_peers:
                 erm_cpu = next(s["cpu_seconds_total"] for s in stages if s["stage"] == "general")
                 restore_expert(model, erm_general)  # ERM's head, before DFR refitted it: JTT's first phase
-                for method, peer, peer_log in told_peers(model, data, task, cli, epochs, erm_cpu):
+                for method, peer, peer_log in group_peers(model, data, groups, name, task, cli, epochs, erm_cpu):
                     results["training"][method] = peer_log
                     for split in [s for s in data if s.startswith("test")]:
                         results["methods"].setdefault(method, {})[split] = evaluate(
@@ -690,10 +743,11 @@ def main() -> None:
     parser.add_argument("--random-batches", action="store_true",
                         help="random batches (default: batches of rows of like length, less padding)")
     parser.add_argument("--no-references", action="store_true",
-                        help="mmsd-to-mmsd2: leave out ERM on MMSD2.0 and the cue-removed ERM (and so the "
-                             "recovery ratios)")
-    parser.add_argument("--no-told-peers", action="store_true",
-                        help="mmsd-to-mmsd2: leave out JTT and Group DRO (trained with MMSD's cue groups)")
+                        help="leave out the references (mmsd-to-mmsd2: ERM on MMSD2.0 and the cue-removed ERM, and "
+                             "so the recovery ratios) and the peers DFR, JTT and Group DRO")
+    parser.add_argument("--no-group-peers", action="store_true",
+                        help="leave out JTT and Group DRO (MMSD's cue groups on mmsd-to-mmsd2, inferred groups "
+                             "elsewhere); DFR stays")
     parser.add_argument("--output", default="outputs/real_data")
     parser.add_argument("--results", default=None,
                         help="JSON path (default bench/results/real_<dataset>.json; not with --dataset all)")

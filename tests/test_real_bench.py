@@ -13,11 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "real_data.py"
+if str(ROOT / "bench") not in sys.path:  # the script imports its sibling real_seeds, as when run
+    sys.path.insert(0, str(ROOT / "bench"))
 
 
 def _load_script():
     spec = importlib.util.spec_from_file_location("real_data", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -50,8 +53,16 @@ def test_a_tiny_real_data_run_writes_results_and_the_readme_table(tmp_path):
         assert 0.0 <= values["test"]["accuracy"] <= 1.0 and "macro_f1" in values["test"]
     shares = methods["MME-JD routed"]["test"]["router_shares"]
     assert abs(sum(shares.values()) - 1.0) < 1e-3
-
     real_data = _load_script()
+    # no cue declared: DFR, JTT and Group DRO get the groups MME-JD's selection infers
+    assert {real_data.DFR_INFERRED, real_data.JTT_INFERRED, real_data.GROUP_DRO_INFERRED} <= set(methods)
+    assert real_data.DFR not in methods and real_data.JTT not in methods
+    for peer, knobs in ((real_data.JTT_INFERRED, real_data.JTT_UPWEIGHTS),
+                        (real_data.GROUP_DRO_INFERRED, real_data.GROUP_DRO_STEP_SIZES)):
+        log = written["training"][peer]
+        assert set(log["candidates"]) == {str(k) for k in knobs} and log["cpu_seconds_training"] > 0
+    assert written["training"][real_data.DFR_INFERRED]["l2"] in real_data.DFR_L2
+
     readme = tmp_path / "README.md"
     readme.write_text("# project\n")
     table = real_data.write_tables(tmp_path, readme)
