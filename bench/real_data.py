@@ -568,7 +568,8 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         config = MMEJDTrainingConfig(recipe=recipe, router_split="validation", mid_split="validation",
                                      inference_batch_size=64, text_counterfactual=cli.text_counterfactual,
                                      text_debias_objective=text_objective,
-                                     image_debias_objective=cli.image_debias_objective, cues=declared_cues(name, cli))
+                                     image_debias_objective=cli.image_debias_objective, cues=declared_cues(name, cli),
+                                     bias_text_counterfactual=None if cli.bias_view == "auto" else cli.bias_view)
         recipe_started, recipe_cpu = time.perf_counter(), _cpu_seconds()
         report = train(model, data, args, config)
         stages = [{k: v for k, v in s.items() if k != "losses"} for s in report["stages"]]
@@ -737,6 +738,10 @@ def main() -> None:
                              "0.68: bench/results/real_mmsd-to-mmsd2_rows4000*.json)")
     parser.add_argument("--image-debias-objective", default="reversed",
                         choices=["reversed", "poe", "poe_bias_only", "learned_mixin"])
+    parser.add_argument("--bias-view", default="auto", choices=["auto", "lexical", "cue_only"],
+                        help="the text cue-only view the bias-only expert learns from "
+                             "(MMEJDTrainingConfig.bias_text_counterfactual); auto: cue_only with --cues, else "
+                             "lexical")
     parser.add_argument("--cues", action="store_true",
                         help="told: declare MMSD's hashtag and emoji cues (MMSD_CUES; mmsd-to-mmsd2 only): the "
                              "cue-only views keep them (cue_only) and validation selection uses their groups")
