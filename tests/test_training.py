@@ -272,17 +272,19 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
     from mme_jd.cli import main
 
     code = main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
-                 "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02"])
+                 "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02",
+                 "--router-selection-folds", "3"])
     assert code == 0
     assert "checkpoint:" in capsys.readouterr().out
     report = json.loads((tmp_path / "final" / "training_report.json").read_text())
     assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
     assert report["settings"]["router_cost_tolerance"] == 0.02  # a training knob: not in config.json
+    assert report["settings"]["router_selection_folds"] == 3
     assert "router_cost_tolerance" not in json.loads((tmp_path / "final" / "config.json").read_text())
     capsys.readouterr()
     assert main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
-                 "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02", "--learning-rate",
-                 "0.01", "--resume"]) == 1
+                 "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02",
+                 "--router-selection-folds", "3", "--learning-rate", "0.01", "--resume"]) == 1
     error = capsys.readouterr().err
     assert "learning_rate: 0.001 then, 0.01 now" in error and "--force-restart" in error
     assert main(["train", "--output-dir", str(tmp_path), "--dataset", "nope"]) == 1

@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "costs)")
     parser.add_argument("--router-max-routed-share", type=float, default=None,
                         help="route at most this share of the validation samples (default: no limit)")
+    parser.add_argument("--router-selection-folds", type=int, default=None,
+                        help="tune the routing on out-of-fold router scores over this many folds of the "
+                             "validation split (default: MMEJDTrainingConfig's, 5; 0 = on the trained router's "
+                             "in-sample scores)")
     parser.add_argument("--cue", action="append", default=None, metavar="NAME=REGEX",
                         help="a declared cue whose label x presence groups drive every validation-based choice "
                              "(router threshold and routed strategy, cost tolerance, MID's lambda) and whose "
@@ -130,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
 
     # flags left out keep MMEJDTrainingConfig's defaults
     given = {name: getattr(args, name) for name in ("text_debias_objective", "router_cost_tolerance",
-                                                    "router_max_routed_share") if getattr(args, name) is not None}
+                                                    "router_max_routed_share", "router_selection_folds")
+             if getattr(args, name, None) is not None}
     config = MMEJDTrainingConfig(recipe=args.recipe, text_counterfactual=args.text_counterfactual,
                                  cues=parse_cues(getattr(args, "cue", None)) or None,
                                  image_counterfactual=args.image_counterfactual,
