@@ -236,3 +236,8 @@ def test_routing_is_tuned_on_out_of_fold_router_scores(tmp_path):
     assert crossed["validation_worst_group_accuracy"] < 0.9
     assert (crossed["routed_strategy"], crossed["threshold"]) == ("text", 0.0)
     assert crossed["routed_shares"]["text"] == 1.0
+    # too few rows for the folds: in-sample scores, said in the log, not a failure at the end of a run
+    model.router.load_state_dict(before)
+    tiny = train_router(model, pooled[:8], targets[:8], args, threshold_objective="worst_group",
+                        expert_logits={k: v[:8] for k, v in experts.items()}, labels=labels[:8], groups=groups[:8])
+    assert tiny["selection_scores"] == "in sample (8 rows: too few for 5 folds)"

@@ -24,6 +24,7 @@ same arithmetic as `MMEJDModel`'s routed forward.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -245,15 +246,24 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
     (None: any).
     selection_folds: ≥ 2: the threshold and routed strategy are tuned on out-of-fold router
     scores (`out_of_fold_router_logits`, seeded by `args.seed`), then the router is trained
-    on every row and keeps them; 0: tuned on the trained router's in-sample scores.
+    on every row and keeps them; 0: tuned on the trained router's in-sample scores, as they
+    are (with a warning) when there are fewer than 2 rows a fold.
     Sets the model's router threshold and routed strategy, and the class weights of the
     router's loss (`model.loss_settings.router_class_weights`, also in the returned log)."""
     from .mid import selection_metric
 
-    selection_logits = None
-    if selection_folds:
+    selection_logits, selection = None, "in sample"
+    if selection_folds and len(targets) < 2 * selection_folds:
+        # a router stage at the end of a long run does not fail on a tiny validation split
+        logging.getLogger("mme_jd").warning(
+            "router: %d rows are too few for %d folds of at least 2; the routing is tuned on in-sample router "
+            "scores (set router_selection_folds lower, or give the router split more rows).", len(targets),
+            selection_folds)
+        selection = f"in sample ({len(targets)} rows: too few for {selection_folds} folds)"
+    elif selection_folds:
         selection_logits = out_of_fold_router_logits(model, pooled, targets, args, selection_folds,
                                                      seed=args.seed)
+        selection = f"out of fold ({selection_folds} folds)"
     result, weights = _fit_router(model, pooled, targets, args, callbacks)
     model.loss_settings.router_class_weights = [float(w) for w in weights]
     logits = _router_logits(model, pooled)
@@ -286,5 +296,5 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args, callb
             "selection_metric": selection_metric(groups), "validation_selection_score": group_score,
             "routed_strategy": chosen, "label_shares": dict(zip(STRATEGY_NAMES, label_shares.tolist())),
             "routed_shares": dict(zip(STRATEGY_NAMES, shares.tolist())),
-            "selection_scores": f"out of fold ({selection_folds} folds)" if selection_folds else "in sample",
+            "selection_scores": selection,
             "router_class_weights": model.loss_settings.router_class_weights}
