@@ -348,6 +348,33 @@ def add_mid(path: Path) -> dict:
     return results
 
 
+#: The settings two runs must share for one's references to stand in the other's.
+_SAME_ROWS = ("num_train", "num_validation", "num_test", "epochs", "seed", "raw_text", "lora_rank", "learning_rate",
+              "batch_size", "head")
+
+
+def add_references(source: Path, path: Path) -> dict:
+    """Copy the references (ERM on MMSD2.0, cue removed) of `source`, a finished mmsd-to-mmsd2
+    run, into the run of `path` made with `--no-references` and the same rows, seed and schedule
+    (neither reference reads what told runs change: declared cues, bias view), then compute
+    `path`'s recovery ratios."""
+    given, target = json.loads(source.read_text()), json.loads(path.read_text())
+    differs = [key for key in _SAME_ROWS if given["settings"].get(key) != target["settings"].get(key)]
+    if given["dataset"] != target["dataset"] or differs:
+        raise SystemExit(f"{source} and {path} differ in {differs or ['dataset']}: their references are not "
+                         "interchangeable.")
+    missing = [m for m in (CUE_FREE_REFERENCE, CUE_REMOVED) if m not in given["methods"]]
+    if missing:
+        raise SystemExit(f"{source} has no {missing}: it was run with --no-references.")
+    for method in (CUE_FREE_REFERENCE, CUE_REMOVED):
+        target["methods"][method] = given["methods"][method]
+        target["training"][method] = given["training"].get(method, {})
+    target["references_from"] = source.name
+    add_recovery_ratios(target["methods"])
+    write_json(path, target)
+    return target
+
+
 def add_recovery_ratios(methods: dict[str, dict], split: str = "test") -> None:
     """Each method's `recovery_ratio` on `split` (MMSD2.0 test), from the F1 of ERM on MMSD (the
     mme_jd run's general expert, or the general recipe) and of the cue-free reference."""
@@ -722,6 +749,10 @@ def main() -> None:
     parser.add_argument("--raw-text", action="store_true", help="keep URLs and @mentions as they are")
     parser.add_argument("--no-mid", action="store_true",
                         help="leave out MID (the mme_jd run's general expert minus its λ-weighted cue-only logits)")
+    parser.add_argument("--add-references", nargs="+", metavar=("FROM", "RESULTS"), default=None,
+                        help="copy the references of FROM (an mmsd-to-mmsd2 results file) into each RESULTS file "
+                             "made with --no-references on the same rows, seed and schedule (e.g. a told run), "
+                             "and compute its recovery ratios")
     parser.add_argument("--add-mid", nargs="+", metavar="RESULTS", default=None,
                         help="only add MID's figures to finished runs' results files, from their saved mme_jd "
                              "checkpoints (for runs made with --no-mid)")
@@ -773,6 +804,13 @@ def main() -> None:
         cli.num_train = cli.num_train if cli.num_train is not None else 200
         cli.num_validation = cli.num_validation if cli.num_validation is not None else 100
         cli.num_test = cli.num_test if cli.num_test is not None else 200
+    if cli.add_references:
+        if len(cli.add_references) < 2:
+            parser.error("--add-references needs FROM and at least one RESULTS file.")
+        for path in cli.add_references[1:]:
+            results = add_references(Path(cli.add_references[0]), Path(path))
+            print_table(results["methods"], results["settings"]["task"])
+        return
     if cli.add_mid:
         _configure(cli.threads)
         for path in cli.add_mid:

@@ -111,6 +111,32 @@ def test_training_ratios_and_skipped_experts_come_from_the_stage_logs():
     assert real_data.training_ratios({"training": {}}) == {}
 
 
+def test_add_references_copies_a_same_rows_runs_references_and_computes_recovery(tmp_path):
+    """`--add-references FROM RESULTS`: a told run made with --no-references gets the references
+    of an untold run on the same rows and seed, and its recovery ratios; a run on other rows is
+    refused."""
+    real_data = _load_script()
+    settings = {"num_train": 4000, "num_validation": None, "num_test": 800, "epochs": 1.0, "seed": 0,
+                "raw_text": False, "lora_rank": 8, "learning_rate": 1e-3, "batch_size": 8, "head": "linear",
+                "task": "sarcasm"}
+    untold = {"dataset": "mmsd-to-mmsd2", "settings": settings, "training": {real_data.CUE_FREE_REFERENCE: {"stages": []}},
+              "methods": {"general (ERM)": {"test": {"f1": 0.570}}, real_data.CUE_FREE_REFERENCE: {"test": {"f1": 0.705}},
+                          real_data.CUE_REMOVED: {"test": {"f1": 0.630}}}}
+    told = {"dataset": "mmsd-to-mmsd2", "settings": {**settings, "cues": True}, "training": {},
+            "methods": {"general (ERM)": {"test": {"f1": 0.570}}, "MME-JD routed": {"test": {"f1": 0.651}}}}
+    source, target = tmp_path / "untold.json", tmp_path / "told.json"
+    source.write_text(json.dumps(untold))
+    target.write_text(json.dumps(told))
+    written = real_data.add_references(source, target)
+    assert json.loads(target.read_text()) == written and written["references_from"] == "untold.json"
+    assert written["methods"]["MME-JD routed"]["test"]["recovery_ratio"] == 0.6
+    assert written["methods"][real_data.CUE_REMOVED]["test"]["recovery_ratio"] == 0.4444
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**told, "settings": {**settings, "seed": 1}}))
+    with pytest.raises(SystemExit, match="differ in \\['seed'\\]"):
+        real_data.add_references(source, other)
+
+
 def test_recovery_ratios_use_erm_on_mmsd_and_the_cue_free_reference_and_cues_are_deleted():
     real_data = _load_script()
     methods = {"general expert of mme_jd": {"test": {"f1": 0.570}}, real_data.CUE_FREE_REFERENCE: {"test": {"f1": 0.705}},
