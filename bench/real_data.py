@@ -243,7 +243,8 @@ def _with_group_column(rows, groups):
 @dataclass
 class PeerGroups:
     """The groups DFR, JTT and Group DRO are given: `train` and `validation` rows with a `group`
-    column, `count` groups, and the method names that say which groups they were."""
+    column, a number of groups at least the training split's (`count`, Group DRO's), and the
+    method names that say which groups they were."""
 
     train: Any
     validation: Any
@@ -281,6 +282,9 @@ class PeerGroups:
             ids, sizes = inferred_groups(out["labels"], out["text_counterfactual_logits"].argmax(-1))
             return _with_group_column(rows, ids), len(sizes)
 
+        # each split's ids are its own (a reading too rare in one split merges there only):
+        # Group DRO reads the training split's, selection the validation split's; `count` is the
+        # larger number (a group Group DRO never sees is absent, which it handles)
         train, train_count = grouped(data["train"])
         validation, validation_count = grouped(data["validation"])
         return cls(train, validation, max(train_count, validation_count),
