@@ -50,6 +50,10 @@ DEBIAS_OBJECTIVES = ("reversed", "poe", "poe_bias_only", "learned_mixin")
 #: The debias objectives whose bias is the bias-only expert (they need the `bias_only` stage).
 BIAS_ONLY_OBJECTIVES = ("poe_bias_only", "learned_mixin")
 ROUTER_POOLINGS = ("last", "mean")
+#: What a row without an image (MMSD's tweets offline) gives the base: the flat grey stand-in
+#: image and its image tokens ("stand_in", what folders saved without the field mean), or no
+#: image tokens at all ("text_only", what `mme_jd.from_base` gives new models).
+IMAGE_LESS_ROWS = ("stand_in", "text_only")
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,12 @@ class MMEJDConfig(PreTrainedConfig):
             `{text}` the input text, `{question}` the field `question`. The answer position
             is the last token of the prompt.
         question: the task question put into the prompt.
+        image_less_rows: what a row without an image becomes (`IMAGE_LESS_ROWS`): "text_only"
+            (its prompt keeps no image tokens and the vision tower does not run for it; a
+            third fewer tokens on MiniLM-LLaVA's MMSD rows), or "stand_in" (a flat grey image
+            and its image tokens; the class default, so that folders saved before the field
+            existed load as they were trained). `mme_jd.from_base` sets "text_only". Needs a
+            base whose layout holds one image per sample (GRID: LLaVA, PaliGemma, Gemma 3, ...).
         head: "verbalizer" (default; zero-shot capable) or "linear" (a linear layer per
             expert over the final hidden state at the answer position).
 
@@ -288,6 +298,7 @@ class MMEJDConfig(PreTrainedConfig):
     label_token_ids: list[int] | None = None
     prompt_template: str = "{image} {text} question : {question} answer :"
     question: str = "is it sarcastic ?"
+    image_less_rows: str = "stand_in"
     head: str = "verbalizer"
     # experts
     lora_rank: int = 8
@@ -349,6 +360,13 @@ class MMEJDConfig(PreTrainedConfig):
         check_choice("expert_execution", self.expert_execution, EXPERT_EXECUTIONS)
         check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
         check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
+        check_choice("image_less_rows", self.image_less_rows, IMAGE_LESS_ROWS)
+        if self.image_less_rows == "text_only" and self.base_config is not None and self.family.layout is not GRID:
+            raise ValueError(
+                f"MMEJDConfig.image_less_rows='text_only' needs a base with one image per sample; "
+                f"{self.family.layout.name} ({getattr(self.base_config, 'model_type', None)}) batches image patches "
+                "for the whole batch: use image_less_rows='stand_in'."
+            )
         check_choice("routed_strategy", self.routed_strategy, (None, *ROUTED_STRATEGY_NAMES))
         if self.skipped_experts:
             unknown = set(self.skipped_experts) - set(DEBIAS_EXPERTS)

@@ -271,7 +271,7 @@ def top_token_masks(scores: Sequence[torch.Tensor], ratio: float) -> list[torch.
     masks = []
     for score in scores:
         score = score.flatten().float()
-        count = max(1, round(ratio * score.numel()))
+        count = min(score.numel(), max(1, round(ratio * score.numel())))  # 0: a text-only sample
         mask = torch.zeros_like(score, dtype=torch.bool)
         mask[torch.topk(score, count).indices] = True
         masks.append(mask)
@@ -283,6 +283,9 @@ def boxes_to_token_masks(boxes: Sequence[Sequence[float]], grids: Sequence[tuple
     least a quarter, and always the cell holding the box's centre."""
     masks = []
     for box, (rows, cols) in zip(boxes, grids):
+        if rows == 0:  # a text-only sample (`MMEJDConfig.image_less_rows`): no image tokens to mask
+            masks.append(torch.zeros(0, dtype=torch.bool))
+            continue
         x0, y0, x1, y1 = (float(v) for v in box)
         if not (0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1):
             raise ValueError(f"box {list(box)} is not [x0, y0, x1, y1] in fractions of the image size.")
@@ -364,12 +367,48 @@ def format_prompts(config: MMEJDConfig, texts: Sequence[str], image_placeholder:
 
 
 def call_processor(processor: Any, config: MMEJDConfig, texts: Sequence[str], images: Sequence[Any]) -> dict:
-    """Run the processor once on prompts built from `texts` and their images."""
+    """Run the processor once on prompts built from `texts` and their images.
+
+    An image that is None is a row without one: it gets the flat grey stand-in
+    (`inputs_mme_jd.load_image(None)`), and with `config.image_less_rows == "text_only"` its
+    image tokens are then taken out of its row (`without_image_tokens`): the row is text only,
+    its stand-in pixels stay only so that pixel_values keeps one entry per sample, and the model
+    does not encode them (`MMEJDModel._encode`)."""
+    from .inputs_mme_jd import load_image
+
     if len(texts) != len(images):
         raise ValueError(f"got {len(texts)} texts for {len(images)} images; give one image per text.")
-    return processor(
-        text=format_prompts(config, texts), images=list(images), return_tensors="pt", padding=True
-    )
+    text_only = [image is None for image in images] if config.image_less_rows == "text_only" else []
+    images = [load_image(None) if image is None else image for image in images]
+    inputs = processor(text=format_prompts(config, texts), images=images, return_tensors="pt", padding=True)
+    if any(text_only):
+        inputs = without_image_tokens(inputs, torch.tensor(text_only), config.image_token_id,
+                                      getattr(getattr(processor, "tokenizer", None), "pad_token_id", None) or 0)
+    return inputs
+
+
+def without_image_tokens(inputs: Any, rows: torch.Tensor, image_token_id: int, pad_token_id: int) -> dict:
+    """`inputs` with the image tokens of the `rows` (a boolean per sample) deleted: every
+    per-token tensor (input_ids, attention_mask, token_type_ids, ...) loses those positions, and
+    the batch is re-padded (on the side it was padded on) to its new longest row. pixel_values
+    and other per-image tensors are left as they are."""
+    input_ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    shape = input_ids.shape
+    keep = mask & ~((input_ids == image_token_id) & rows[:, None].to(input_ids.device))
+    lengths = keep.sum(1)
+    width = int(lengths.max())
+    left = bool((~mask[:, 0]).any())  # a row that starts with padding: the batch is left-padded
+    positions = torch.arange(width, device=input_ids.device)[None, :]
+    target = positions >= (width - lengths)[:, None] if left else positions < lengths[:, None]
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if not torch.is_tensor(value) or key == "pixel_values" or value.shape[:2] != shape:
+            continue
+        fill = pad_token_id if key == "input_ids" else 0
+        packed = torch.full((shape[0], width, *value.shape[2:]), fill, dtype=value.dtype, device=value.device)
+        packed[target] = value[keep]
+        out[key] = packed
+    return out
 
 
 def _split_rows(config: MMEJDConfig, inputs: dict, parts: int) -> list[dict]:
@@ -470,6 +509,7 @@ __all__ = [
     "mask_image_tokens",
     "format_prompts",
     "call_processor",
+    "without_image_tokens",
     "build_triple",
     "apply_image_counterfactual",
 ]

@@ -102,10 +102,11 @@ class GridLayout(ImageLayout):
 
     def token_grids(self, config: MMEJDConfig, inputs: dict) -> list[tuple[int, int]]:
         counts = (inputs["input_ids"] == config.image_token_id).sum(dim=1).tolist()
+        text_only_allowed = config.image_less_rows == "text_only"  # (0, 0): a row without an image
         grids = []
         for count in counts:
             side = math.isqrt(int(count))
-            if side * side != count or count == 0:
+            if side * side != count or (count == 0 and not text_only_allowed):
                 raise ValueError(
                     f"a sample has {count} image tokens, not a square grid of one image; image counterfactuals "
                     "need one image per sample without tiling (for Idefics3/SmolVLM set do_image_splitting=False)."
@@ -118,7 +119,7 @@ class GridLayout(ImageLayout):
     ) -> torch.Tensor:
         pixels = inputs["pixel_values"].clone()
         for index, (mask, (rows, cols)) in enumerate(zip(token_masks, self.token_grids(config, inputs))):
-            if mask is None:
+            if mask is None or rows == 0:  # rows == 0: a text-only sample (`image_less_rows`)
                 continue
             image = pixels[index]  # [..., C, H, W]
             height, width = image.shape[-2:]
@@ -132,6 +133,9 @@ class GridLayout(ImageLayout):
     def pool_per_token(self, config: MMEJDConfig, inputs: dict, scores: torch.Tensor) -> list[torch.Tensor]:
         pooled_scores = []
         for index, (rows, cols) in enumerate(self.token_grids(config, inputs)):
+            if rows == 0:
+                pooled_scores.append(scores.new_zeros(0))
+                continue
             image = scores[index].reshape(-1, *scores.shape[-2:]).sum(0)  # [H, W]
             height, width = image.shape
             pooled = F.adaptive_avg_pool2d(image[None, None], (rows, cols))[0, 0]

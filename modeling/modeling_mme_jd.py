@@ -572,8 +572,35 @@ class MMEJDModel(MMEJDPreTrainedModel):
         if image_features is not None:
             inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
             inputs["mm_encoder_outputs"] = {"image": image_features}
+        else:
+            inputs = self._pixels_of_image_rows(inputs)
         outputs = inner(**inputs, output_attentions=output_attentions, use_cache=False, return_dict=True)
         return outputs.last_hidden_state, getattr(outputs, "attentions", None)
+
+    def _pixels_of_image_rows(self, inputs: dict) -> dict:
+        """`inputs` whose pixel_values hold only the samples that have image tokens: a text-only
+        sample (`MMEJDConfig.image_less_rows="text_only"`) keeps a stand-in entry so that batches
+        split and join by sample, and the vision tower does not encode it. No pixel_values at all
+        when no sample has an image."""
+        if self.config.image_less_rows != "text_only" or inputs.get("pixel_values") is None:
+            return inputs
+        has_image = (inputs["input_ids"] == self.config.image_token_id).any(dim=1)
+        if bool(has_image.all()):
+            return inputs
+        rows = has_image.nonzero().flatten()
+        batch = len(has_image)
+        selected = {}
+        for key, value in inputs.items():
+            # the per-image tensors: pixel_values (by the layout) and its companions
+            # (pixel_attention_mask, image_sizes), one entry per sample
+            per_image = key == "pixel_values" or (key.startswith(("pixel_", "image_")) and torch.is_tensor(value)
+                                                  and value.dim() > 0 and value.shape[0] == batch)
+            if not per_image:
+                selected[key] = value
+            elif len(rows):
+                selected[key] = (self.config.family.layout.select_pixels(inputs, rows) if key == "pixel_values"
+                                 else value[rows.to(value.device)])
+        return selected
 
     @property
     def _can_reuse_image_features(self) -> bool:

@@ -329,3 +329,97 @@ def test_a_swap_counterfactual_keeps_the_image_for_its_reversed_label(model):
     _, poe = text_cf("swap", text_debias_objective="poe")
     assert not torch.equal(poe["pixel_values"][0], original[0])
     assert "image" not in _words(model.processor, poe["input_ids"][1], poe["attention_mask"][1])
+
+
+def _with_image_less_rows(model, mode: str):
+    import copy
+
+    config = copy.deepcopy(model.config)
+    config.image_less_rows = mode
+    return config
+
+
+def test_rows_without_an_image_get_no_image_tokens_and_no_vision_pass(model, rows):
+    """`image_less_rows="text_only"` (what from_base gives): a row without an image keeps its
+    words and loses only its image tokens; its logits are the same alone as in a batch with
+    image rows; the vision tower encodes only the rows that have an image (none in a batch
+    without one); "stand_in" keeps the grey image's tokens, and its logits differ."""
+    assert model.config.image_less_rows == "text_only"
+    image_less = [{**row, "image": None, "image_description": "dog park"} for row in rows[:3]]
+    mixed_rows = image_less + rows[3:]
+    collate = CounterfactualTripleCollator(model.processor, model.config, include_counterfactuals=False)
+    stand_in = CounterfactualTripleCollator(model.processor, _with_image_less_rows(model, "stand_in"),
+                                            include_counterfactuals=False)
+    mixed, grey = collate(mixed_rows), stand_in(mixed_rows)
+    image_tokens = (mixed["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    assert image_tokens == [0, 0, 0] + [IMAGE_TOKENS] * (len(rows) - 3)
+    assert mixed["pixel_values"].shape[0] == len(rows)  # one entry per sample: batches split by sample
+    for i in range(len(rows)):  # the same words in both, the image tokens aside
+        assert _words(model.processor, mixed["input_ids"][i], mixed["attention_mask"][i]) == \
+            _words(model.processor, grey["input_ids"][i], grey["attention_mask"][i])
+
+    encoded: list[int] = []
+    tower = model.base_model_with_experts.model.vision_tower
+    handle = tower.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
+
+    def logits(batch):
+        inputs = {k: v for k, v in batch.items() if k not in ("metadata", "labels")}
+        with torch.no_grad():
+            return model(**inputs, mode="general").logits
+
+    try:
+        together = logits(mixed)
+        assert encoded == [len(rows) - 3]
+        alone = torch.cat([logits(collate([row])) for row in mixed_rows])
+        assert encoded[1:] == [1] * (len(rows) - 3)  # an image-less row alone: no vision pass
+        grey_logits = logits(grey)
+    finally:
+        handle.remove()
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert torch.allclose(together[3:], grey_logits[3:], atol=1e-5)  # rows with an image: unchanged
+    assert not torch.allclose(together[:3], grey_logits[:3], atol=1e-3)  # image-less rows: no grey tokens
+
+
+@pytest.mark.parametrize("builder", ["attention", "gradient", "given"])
+def test_text_only_rows_in_counterfactual_triples(model, rows, builder):
+    """Triples of a mixed batch: the text-only rows have no image tokens to mask in either
+    counterfactual (saliency, boxes), the rows with an image are masked as before, and the
+    batch trains: the loss is finite and has gradients."""
+    image_less = [{**row, "image": None, "image_description": "dog park"} for row in rows[:2]]
+    batch = CounterfactualTripleCollator(model.processor, model.config, image_counterfactual=builder,
+                                         saliency_model=model)(image_less + rows[2:])
+    expected = round(model.config.image_mask_ratio * IMAGE_TOKENS)
+    masked = [sum(m) for m in batch["metadata"]["image_mask"]]
+    assert masked[:2] == [0, 0] and all(m > 0 for m in masked[2:])
+    if builder != "given":
+        assert masked[2:] == [expected] * (len(rows) - 2)
+    assert batch["metadata"]["image_grid"][:2] == [[0, 0], [0, 0]]
+    for part in (batch, batch["text_counterfactual"], batch["image_counterfactual"]):
+        assert (part["input_ids"][:2] == model.config.image_token_id).sum() == 0
+    from mme_jd.tiny import tiny_model
+
+    trainee = tiny_model()
+    trained = trainee.set_trainable("general")
+    inputs = {k: v for k, v in batch.items() if k != "metadata"}
+    loss = trainee(**inputs, expert="general").loss  # the MCTD loss over the triple
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in trained)
+
+
+def test_without_image_tokens_repads_on_the_side_it_was_padded():
+    """Left- and right-padded batches keep their padding side; other per-token tensors follow."""
+    from mme_jd.modeling.counterfactual_mme_jd import without_image_tokens
+
+    image, pad = 9, 0
+    right = {"input_ids": torch.tensor([[1, 9, 9, 2, 3], [1, 9, 9, 4, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]),
+             "pixel_values": torch.zeros(2, 3, 4, 4)}
+    out = without_image_tokens(right, torch.tensor([False, True]), image, pad)
+    assert out["input_ids"].tolist() == [[1, 9, 9, 2, 3], [1, 4, 0, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert out["pixel_values"] is right["pixel_values"]
+    left = {"input_ids": torch.tensor([[0, 1, 9, 9, 2], [1, 9, 9, 4, 5]]),
+            "attention_mask": torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])}
+    out = without_image_tokens(left, torch.tensor([True, True]), image, pad)
+    assert out["input_ids"].tolist() == [[0, 1, 2], [1, 4, 5]]
+    assert out["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]

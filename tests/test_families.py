@@ -102,3 +102,28 @@ def test_routed_experts_reuse_the_general_pass_image_features(family):
         with_features = model.expert_forward("text_debias", subset, image_features=features)[0]
         with_pixels = model.expert_forward("text_debias", subset)[0]
     assert torch.allclose(with_features, with_pixels, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_rows_without_an_image_where_the_layout_allows_text_only_rows(family):
+    """from_base makes image-less rows text only on one-image-per-sample layouts (LLaVA,
+    Idefics3) and keeps the grey stand-in on Qwen2-VL, whose patches are batched for the whole
+    batch; asking for text-only rows there is a clear error. Either way a mixed batch runs."""
+    from mme_jd.data.collator import CounterfactualTripleCollator
+    from mme_jd.modeling.configuration_mme_jd import MMEJDConfig
+
+    base, processor = FAMILIES[family]()
+    model = from_base(base, processor).eval()
+    grid = family != "qwen2_vl"
+    assert model.config.image_less_rows == ("text_only" if grid else "stand_in")
+    if not grid:
+        with pytest.raises(ValueError, match="image_less_rows='text_only' needs a base with one image per sample"):
+            MMEJDConfig(base_config=base.config, image_less_rows="text_only")
+    rows = [{"text": text, "image": image if i % 2 else None, "image_description": "dog park", "label": i % 2}
+            for i, (text, image) in enumerate(zip(TEXTS, random_images(len(TEXTS), size=36)))]
+    batch = CounterfactualTripleCollator(processor, model.config, include_counterfactuals=False)(rows)
+    image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(dim=1)
+    assert (image_tokens[0::2] == 0).all() == grid and (image_tokens[1::2] > 0).all()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k not in ("metadata", "labels")}, mode="general").logits
+    assert torch.isfinite(logits).all() and logits.shape == (len(TEXTS), 2)

@@ -68,3 +68,10 @@ def test_old_checkpoint_saves_again_in_todays_format_and_reloads(old_model, tmp_
         torch.testing.assert_close(param, again_param)
     assert again.config.router_threshold == pytest.approx(0.3)
     assert again.config.lambda_text == pytest.approx(0.4)
+
+
+def test_a_folder_saved_before_image_less_rows_keeps_the_grey_stand_in(old_model):
+    """Its config.json has no `image_less_rows`: rows without an image keep the stand-in image
+    they were trained with, where a new model (from_base) makes them text only."""
+    assert "image_less_rows" not in json.loads((FIXTURES / "checkpoint_v0" / "config.json").read_text())
+    assert old_model.config.image_less_rows == "stand_in"

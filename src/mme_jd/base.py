@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from .modeling.configuration_mme_jd import REMOVED_FIELDS, MMEJDConfig
+from .modeling.configuration_mme_jd import REMOVED_FIELDS, MMEJDConfig, base_family
+from .modeling.layouts_mme_jd import GRID
 from .modeling.modeling_mme_jd import MMEJDModel
 
 SARCASM_LABELS = ("not_sarcastic", "sarcastic")
@@ -60,6 +61,8 @@ def from_base(
             (`torch.bfloat16`, `torch.float16` where the base supports it, or its name); None
             keeps the base's. Train it with `TrainingArguments(bf16=True)` / `fp16=True`.
         **config_overrides: any `MMEJDConfig` field (lora_rank, mode, prompt_template, ...).
+            `image_less_rows` defaults to "text_only" (a row without an image gets no image
+            tokens) where the base's layout allows it, else "stand_in".
 
     The processor is attached to the model (`model.processor`) and saved beside the weights.
     """
@@ -82,6 +85,9 @@ def from_base(
     if len(label_words) != len(labels):
         raise ValueError(f"got {len(label_words)} label_words for {len(labels)} labels; give one word per label.")
     tokenizer = getattr(processor, "tokenizer", processor)
+    if "image_less_rows" not in config_overrides:
+        grid = base_family(getattr(base.config, "model_type", None)).layout is GRID
+        config_overrides["image_less_rows"] = "text_only" if grid else "stand_in"
     config = MMEJDConfig(
         base_config=base.config,
         id2label=dict(enumerate(labels)),

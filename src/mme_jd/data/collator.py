@@ -16,8 +16,9 @@
                                                                 (ignored by the model)
 
 Works with `transformers.Trainer` given `remove_unused_columns=False` and
-`label_names=["labels"]`. Rows without an image (MMSD's stand-in) get a flat grey image and
-their `image_description` words in the prompt, as the data loader announced.
+`label_names=["labels"]`. Rows without an image (MMSD's tweets offline) get their
+`image_description` words in the prompt, as the data loader announced, and no image tokens
+(`MMEJDConfig.image_less_rows="text_only"`) or a flat grey stand-in image ("stand_in").
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class CounterfactualTripleCollator:
                 logger.warning("rows without images: using the image description words as a stand-in in the prompt.")
                 self._warned_stand_in = True
             descriptions.append(description if row.get(self.image_column) is None else "")
-            images.append(load_image(row.get(self.image_column), index=index))
+            image = row.get(self.image_column)  # None: `call_processor` follows `config.image_less_rows`
+            images.append(None if image is None else load_image(image, index=index))
         return texts, images, descriptions
 
     def _text_counterfactual_keeps_image(self) -> bool:

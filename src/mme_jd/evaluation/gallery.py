@@ -137,7 +137,7 @@ def _with_saliency_word_scores(model, processor, rows, batch_size: int):
     scores: list[list[float]] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        images = [load_image(image, index=start + i) for i, image in enumerate(chunk["image"])]
+        images = [None if image is None else load_image(image, index=start + i) for i, image in enumerate(chunk["image"])]
         inputs = dict(call_processor(processor, model.config, chunk["text"], images))
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         with torch.no_grad():

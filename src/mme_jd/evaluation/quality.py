@@ -285,7 +285,7 @@ def counterfactual_quality(
             for key in ("core_word_positions", "core_box"):
                 if key not in batch and (text_builders if key == "core_word_positions" else image_builders):
                     raise ValueError(f"counterfactual_quality needs a `{key}` column (the truth).")
-            images = [load_image(image, index=i) for i, image in enumerate(batch["image"])]
+            images = [None if image is None else load_image(image, index=i) for i, image in enumerate(batch["image"])]
             inputs = dict(call_processor(processor, config, texts, images))
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
