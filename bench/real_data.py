@@ -14,8 +14,10 @@
                     method's recovery ratio on the MMSD2.0 test is (F1 − F1 of ERM on MMSD) /
                     (F1 of ERM on MMSD2.0 − F1 of ERM on MMSD) (`evaluation.metrics.recovery_ratio`).
 
-The MMSD / MMSD2.0 tweet images are not available offline: those rows have image=None and
-the collator gives them a flat grey image and their five image attribute words in the prompt.
+The MMSD / MMSD2.0 tweet images are not available offline: those rows have image=None, and
+the collator gives them their five image attribute words in the prompt and no image tokens
+(`MMEJDConfig.image_less_rows="text_only"`, from_base's default: a third fewer tokens per row
+than the grey stand-in image the runs before 2026-12-01 gave them).
 
 Each recipe is trained with `mme_jd.training.train` (text counterfactual "swap" unless
 `--text-counterfactual` says otherwise, image counterfactual "attention", knobs fitted on the
@@ -107,9 +109,9 @@ NOTE = (
     "A floor, not the paper's setting: the base is MiniLM-LLaVA (all-MiniLM-L6-v2, a 22M-parameter "
     "pretrained BERT sentence encoder, as the language model; a tiny UNTRAINED CLIP vision tower at 64 px; a "
     "random projector and lm_head), fine-tuned briefly with LoRA on a subset of the training split "
-    "on CPU. MMSD / MMSD2.0 images are not available offline: their rows use a grey stand-in image plus the "
-    "five image attribute words of mmsd1/image_attributes.txt in the prompt, so the image side of sarcasm is "
-    "text. Texts are normalised (URLs -> 'url', @mentions -> '@user'). Compare recipes with each other here, not "
+    "on CPU. MMSD / MMSD2.0 images are not available offline: their rows are text only (no image tokens, "
+    "`image_less_rows='text_only'`; before 2026-12-01 a grey stand-in image) with the five image attribute words "
+    "of mmsd1/image_attributes.txt in the prompt, so the image side of sarcasm is text. Texts are normalised (URLs -> 'url', @mentions -> '@user'). Compare recipes with each other here, not "
     "with published numbers, and against majority_baseline: with a few hundred training rows the general "
     "expert predicts the majority class."
 )

@@ -4,6 +4,7 @@ and a base family being one row of `BASE_FAMILIES` that every image operation go
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from conftest import TEXTS, nudge_experts, random_images
 
@@ -17,7 +18,8 @@ IMAGE = 9
 
 
 def _config(**vision):
-    return SimpleNamespace(image_token_id=IMAGE, base_config=SimpleNamespace(vision_config=SimpleNamespace(**vision)))
+    return SimpleNamespace(image_token_id=IMAGE, image_less_rows="stand_in",
+                           base_config=SimpleNamespace(vision_config=SimpleNamespace(**vision)))
 
 
 def test_grid_layout_operations():
@@ -44,6 +46,24 @@ def test_grid_layout_operations():
     assert torch.equal(GRID.select_pixels(inputs, torch.tensor([1, 0])), pixels[[1, 0]])
     halves = GRID.split_pixels(inputs, 2)
     assert torch.equal(halves[0], pixels[:1]) and torch.equal(halves[1], pixels[1:])
+
+
+def test_grid_layout_text_only_rows():
+    """A sample without image tokens is an error with the grey stand-in (every row has an image)
+    and a (0, 0) grid with `image_less_rows="text_only"`: nothing to fill, nothing to score."""
+    input_ids = torch.tensor([[1, IMAGE, IMAGE, IMAGE, IMAGE, 2], [1, 5, 6, 2, 0, 0]])
+    pixels = torch.rand(2, 3, 4, 4)
+    inputs = {"input_ids": input_ids, "pixel_values": pixels}
+    with pytest.raises(ValueError, match="a sample has 0 image tokens"):
+        GRID.token_grids(_config(), inputs)
+    config = _config()
+    config.image_less_rows = "text_only"
+    assert GRID.token_grids(config, inputs) == [(2, 2), (0, 0)]
+    filled = GRID.mask_tokens(config, inputs, [torch.ones(4, dtype=torch.bool), torch.zeros(0, dtype=torch.bool)],
+                              "zero")
+    assert (filled[0] == 0).all() and torch.equal(filled[1], pixels[1])
+    scores = GRID.pool_per_token(config, inputs, torch.ones_like(pixels))
+    assert [s.numel() for s in scores] == [4, 0]
 
 
 def test_merged_rows_layout_operations():

@@ -138,7 +138,7 @@ def test_forward_every_mode(request, mvsa_rows, mode, head):
 
 def test_stand_in_rows_through_collator_and_training_step():
     """MMSD rows (image=None + image_description) through the loader's features, the collator
-    (grey image + description words, both counterfactuals) and one MCTD training step."""
+    (description words and no image tokens, both counterfactuals) and one MCTD training step."""
     from datasets import Dataset
 
     from mme_jd.data.collator import CounterfactualTripleCollator
@@ -170,7 +170,11 @@ def test_stand_in_rows_through_collator_and_training_step():
     assert "i hate my new phone image : phone hand black screen table" in swapped
     image_side = tokenizer.decode(batch["image_counterfactual"]["input_ids"][1], skip_special_tokens=True)
     assert "image : phone hand black screen table" in image_side and "my new phone" not in image_side
-    assert len(batch["metadata"]["image_mask"]) == 4 and all(len(m) == 16 for m in batch["metadata"]["image_mask"])
+    # text-only rows (`image_less_rows="text_only"`): no image tokens anywhere, nothing to mask
+    assert model.config.image_less_rows == "text_only"
+    for part in (batch, batch["text_counterfactual"], batch["image_counterfactual"]):
+        assert int((part["input_ids"] == model.config.image_token_id).sum()) == 0
+    assert batch["metadata"]["image_mask"] == [[], [], [], []]
     model.train()
     params = model.set_trainable("general")
     before = [p.detach().clone() for p in params]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -179,8 +180,12 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     assert expected <= set(methods)
     for values in methods.values():
         assert values["test"]["recovery_ratio"] is not None and "test_mmsd" in values
-    assert methods[real_data.CUE_FREE_REFERENCE]["test"]["recovery_ratio"] == 1.0
-    assert methods["general (ERM)"]["test"]["recovery_ratio"] == 0.0
+    gap = methods[real_data.CUE_FREE_REFERENCE]["test"]["f1"] - methods["general (ERM)"]["test"]["f1"]
+    if gap > 0:  # 24 training rows: ERM on MMSD2.0 need not beat ERM on MMSD
+        assert methods[real_data.CUE_FREE_REFERENCE]["test"]["recovery_ratio"] == 1.0
+        assert methods["general (ERM)"]["test"]["recovery_ratio"] == 0.0
+    else:  # nothing to recover: no ratio means anything (`recovery_ratio`)
+        assert all(math.isnan(values["test"]["recovery_ratio"]) for values in methods.values())
     for peer, knobs in ((real_data.JTT, real_data.JTT_UPWEIGHTS), (real_data.GROUP_DRO, real_data.GROUP_DRO_STEP_SIZES)):
         log = written["training"][peer]
         assert set(log["candidates"]) == {str(k) for k in knobs} and log["cpu_seconds_training"] > 0
