@@ -450,6 +450,20 @@ def training_ratios(result: dict) -> dict[str, float]:
     return ratios
 
 
+def erm_pass_seconds(result: dict) -> float | None:
+    """CPU seconds of one ERM training pass (forward, backward and step, one thread) per 1,000
+    training rows: the general stage's CPU seconds over rows × epochs. The per-pass cost every
+    method's time is made of; None without the stage."""
+    logs = result.get("training", {})
+    stages = (logs.get("mme_jd") or logs.get("general") or {}).get("stages", [])
+    general = next((s for s in stages if s.get("stage") == "general"), None)
+    run = result.get("settings", {})
+    rows, epochs = (run.get("rows") or {}).get("train"), run.get("epochs")
+    if general is None or not rows or not epochs or general.get("cpu_seconds_total") is None:
+        return None
+    return general["cpu_seconds_total"] / (rows * epochs) * 1000
+
+
 def skipped_experts(result: dict) -> list[str]:
     """The debias experts the mme_jd run skipped (its reliance checks), from its stage logs."""
     stages = result.get("training", {}).get("mme_jd", {}).get("stages", [])
@@ -478,6 +492,8 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
                         f"lr {run['learning_rate']:g}, seed {run['seed']}, text cf `{run.get('text_counterfactual', 'swap')}`, "
                         f"text_debias `{run.get('text_debias_objective', 'reversed')}`, "
                         f"{result['seconds'] / 60:.1f} min"
+                        + (f", an ERM pass {erm_pass_seconds(result):.0f} CPU s per 1,000 rows"
+                           if erm_pass_seconds(result) is not None else "")
                         + (f", skipped by the reliance check: {', '.join(skipped_experts(result))}"
                            if skipped_experts(result) else ""))
         ratios = training_ratios(result)

@@ -110,6 +110,11 @@ def test_training_ratios_and_skipped_experts_come_from_the_stage_logs():
                                                  "MME-JD routed": 3.0, "MCTD": 1.9}
     assert real_data.skipped_experts(result) == ["image_debias"]
     assert real_data.training_ratios({"training": {}}) == {}
+    # an ERM pass per 1,000 rows: the general stage's CPU seconds over rows × epochs
+    result["training"]["mme_jd"]["stages"][0]["cpu_seconds_total"] = 84.0
+    result["settings"] = {"rows": {"train": 1000}, "epochs": 2.0}
+    assert real_data.erm_pass_seconds(result) == 42.0
+    assert real_data.erm_pass_seconds({"training": {}, "settings": result["settings"]}) is None
 
 
 def test_add_references_copies_a_same_rows_runs_references_and_computes_recovery(tmp_path):
