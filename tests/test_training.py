@@ -588,3 +588,43 @@ def test_inferred_groups_split_each_label_by_the_cue_only_reading():
     assert selection_score(reading, labels, ids) == 0.0  # the cue-conflicting rows: all wrong
     with pytest.raises(ValueError, match="one cue-only reading per label"):
         inferred_groups(labels, reading[:10])
+
+
+def test_router_stage_reads_the_general_pass_of_the_cue_only_passes_and_runs_only_trained_experts(
+        mme_jd_run, data, tmp_path, monkeypatch):
+    """The router's labels: the general expert's logits and pooled states come from the cue-only
+    passes (one pass over the router split, shared with the reliance checks and MID), a skipped
+    expert's logits are the general expert's (it holds its weights), and only the trained debias
+    experts run a pass of their own; the logits equal those of a full all-experts pass."""
+    import copy
+
+    import mme_jd.inference
+    import mme_jd.training.run as run
+    from mme_jd.inference import collect_outputs
+    from mme_jd.training import refit_router
+    from mme_jd.training.stages import copy_expert
+
+    _, trained, _, _ = mme_jd_run
+    model = copy.deepcopy(trained)
+    copy_expert(model, "general", "image_debias")  # what a skipped expert holds
+    model.config.skipped_experts = ["image_debias"]
+    passes, seen = [], {}
+    original_collect, original_train_router = mme_jd.inference.collect_outputs, run.train_router
+
+    def counting_collect(*args, **kwargs):
+        passes.append((kwargs.get("mode"), kwargs.get("expert"), kwargs.get("return_experts", False)))
+        return original_collect(*args, **kwargs)
+
+    def recording_train_router(model, pooled, targets, *args, **kwargs):
+        seen.update(pooled=pooled, experts=kwargs["expert_logits"])
+        return original_train_router(model, pooled, targets, *args, **kwargs)
+
+    monkeypatch.setattr(mme_jd.inference, "collect_outputs", counting_collect)
+    monkeypatch.setattr(run, "train_router", recording_train_router)
+    refit_router(model, data, _args(tmp_path), MMEJDTrainingConfig(router_epochs=2))
+    assert ("mid", None, False) in passes and (None, "text_debias", False) in passes
+    assert all(expert != "image_debias" and not every for _, expert, every in passes)
+    full = original_collect(model, model.processor, data["validation_balanced"], mode="mme_jd", return_experts=True)
+    for name in ("general", "text_debias", "image_debias"):
+        torch.testing.assert_close(seen["experts"][name], full[f"{name}_logits"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(seen["pooled"], full["pooled_hidden_state"], atol=1e-5, rtol=1e-4)

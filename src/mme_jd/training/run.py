@@ -43,7 +43,7 @@ from ..files import atomic_write_text
 from ..modeling.configuration_mme_jd import (BIAS_ONLY_OBJECTIVES, CF_TARGETS, DEBIAS_OBJECTIVES, EXPERT_NAMES,
                                              MMEJDLossSettings, check_choice, check_range)
 from ..modeling.modeling_mme_jd import is_training_only_parameter
-from ..modeling.routing_mme_jd import strategy_targets
+from ..modeling.routing_mme_jd import DEBIAS_EXPERTS, strategy_targets
 from .mid import fit_lambdas
 from .reliance_check import reliance_check
 from .router_labels import DEFAULT_COST_TOLERANCE, DEFAULT_SELECTION_FOLDS, train_router
@@ -667,15 +667,22 @@ def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
 def _router_stage(model, processor, dataset, args, config, callbacks, cue_only_passes: CueOnlyPasses) -> dict:
     from ..inference import collect_outputs
 
-    # the selection groups (declared, given or inferred) of the router split, as MID's λ fit reads them
+    # the selection groups (declared, given or inferred) of the router split, as MID's λ fit reads them,
+    # and the general expert's logits and pooled states on its originals: the cue-only passes ran
+    # them (the general expert has not changed since), so only the trained debias experts run here
     passes, group_column, sizes = cue_only_passes.get(config.router_split)
-    outputs = collect_outputs(model, processor, dataset[config.router_split], batch_size=config.inference_batch_size,
-                              mode="mme_jd", return_experts=True, progress=True, description="router labels")
-    labels = outputs["labels"]
-    if not torch.equal(labels, passes["labels"]):
-        raise RuntimeError("the router split's rows came back in another order than in its cue-only passes.")
-    outputs["groups"] = passes.get("groups")
-    experts = {name: outputs[f"{name}_logits"] for name in EXPERT_NAMES}
+    labels, pooled = passes["labels"], passes["pooled_hidden_state"]
+    experts = {"general": passes["general_logits"]}
+    skipped = set(model.config.skipped_experts or ())
+    for name in DEBIAS_EXPERTS:
+        if name in skipped:  # it holds the general expert's weights: the same logits
+            experts[name] = experts["general"]
+            continue
+        outputs = collect_outputs(model, processor, dataset[config.router_split], expert=name, progress=True,
+                                  batch_size=config.inference_batch_size, description=f"router labels ({name})")
+        if not torch.equal(outputs["labels"], labels):
+            raise RuntimeError("the router split's rows came back in another order than in its cue-only passes.")
+        experts[name] = outputs["logits"]
     targets = strategy_targets(labels, experts, model.config.both_combination)
     router_args = stage_arguments(
         args, "router", str(Path(args.output_dir) / "stages" / "router"), num_train_epochs=config.router_epochs,
@@ -684,9 +691,9 @@ def _router_stage(model, processor, dataset, args, config, callbacks, cue_only_p
         # cached pooled states have no length to group by
         **({"train_sampling_strategy": "random"} if hasattr(args, "train_sampling_strategy") else {}),
     )
-    log = train_router(model, outputs["pooled_hidden_state"], targets, router_args, callbacks,
+    log = train_router(model, pooled, targets, router_args, callbacks,
                        threshold_objective=config.router_threshold_objective, expert_logits=experts,
-                       labels=labels, groups=outputs.get("groups"), cost_tolerance=config.router_cost_tolerance,
+                       labels=labels, groups=passes.get("groups"), cost_tolerance=config.router_cost_tolerance,
                        max_routed_share=config.router_max_routed_share, selection_folds=config.router_selection_folds)
     return {**log, "selection_groups": {"column": group_column, "sizes": sizes}}
 
