@@ -522,7 +522,8 @@ def seeds_markdown(results_dir: Path) -> str:
     """The mean ± std tables of the `--seeds` aggregates in `results_dir` (bench/real_seeds.py)."""
     from real_seeds import markdown
 
-    tables = [markdown(json.loads(path.read_text())) for path in sorted(results_dir.glob("real_*_seeds.json"))]
+    tables = [f"`{path.stem}`:\n\n" + markdown(json.loads(path.read_text()))
+              for path in sorted(results_dir.glob("real_*_seeds.json"))]
     return "\n\n".join(tables)
 
 
