@@ -120,7 +120,11 @@ def test_the_report_scores_the_router_against_its_training_targets(tmp_path, mon
                "text_debias_logits": text, "router_logits": torch.zeros(4, 4), "strategy": torch.zeros(4).long(),
                "pooled_hidden_state": torch.zeros(4, 8), "text_counterfactual_logits": general,
                "image_counterfactual_logits": general}
-    monkeypatch.setattr(mme_jd.inference, "collect_outputs", lambda *args, **kwargs: dict(outputs))
+
+    def stand_in(*args, expert=None, **kwargs):  # one expert's pass: its logits are `logits`
+        return {**outputs, "logits": outputs[f"{expert}_logits"]} if expert else dict(outputs)
+
+    monkeypatch.setattr(mme_jd.inference, "collect_outputs", stand_in)
     trained_on = {}
 
     def train_router(model, pooled, targets, *args, **kwargs):
