@@ -16,8 +16,8 @@
 
 The MMSD / MMSD2.0 tweet images are not available offline: those rows have image=None, and
 the collator gives them their five image attribute words in the prompt and no image tokens
-(`MMEJDConfig.image_less_rows="text_only"`, from_base's default: a third fewer tokens per row
-than the grey stand-in image the runs before 2026-12-01 gave them).
+(`MMEJDConfig.image_less_rows="text_only"`, from_base's default): about 39 tokens a row
+instead of the 55 with the grey stand-in image the runs before 2026-12-01 gave them.
 
 Each recipe is trained with `mme_jd.training.train` (text counterfactual "swap" unless
 `--text-counterfactual` says otherwise, image counterfactual "attention", knobs fitted on the

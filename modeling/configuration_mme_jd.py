@@ -208,8 +208,8 @@ class MMEJDConfig(PreTrainedConfig):
             is the last token of the prompt.
         question: the task question put into the prompt.
         image_less_rows: what a row without an image becomes (`IMAGE_LESS_ROWS`): "text_only"
-            (its prompt keeps no image tokens and the vision tower does not run for it; a
-            third fewer tokens on MiniLM-LLaVA's MMSD rows), or "stand_in" (a flat grey image
+            (its prompt keeps no image tokens and the vision tower does not run for it; 39
+            tokens instead of 55 on MiniLM-LLaVA's MMSD rows), or "stand_in" (a flat grey image
             and its image tokens; the class default, so that folders saved before the field
             existed load as they were trained). `mme_jd.from_base` sets "text_only". Needs a
             base whose layout holds one image per sample (GRID: LLaVA, PaliGemma, Gemma 3, ...).
