@@ -62,7 +62,7 @@ from mme_jd.provenance import run_environment
 
 DATASETS = ("mvsa_single", "mmsd2", "mmsd-to-mmsd2")
 #: Defaults per dataset: (num_train, num_validation, num_test, epochs; None: every row). One
-#: training row pass (forward + backward, batch 8) costs ~0.04 CPU s; MMSD → MMSD2.0 trains
+#: training row pass (forward + backward, batch 8) costs ~0.04 CPU s (~0.03 on MMSD's text-only rows); MMSD → MMSD2.0 trains
 #: ERM-sized passes for MME-JD (general, bias-only, text expert on two rows), MCTD (two rows),
 #: the two references, JTT and Group DRO (two knobs each): the results files record the seconds.
 DEFAULTS = {
