@@ -62,9 +62,10 @@ from mme_jd.provenance import run_environment
 
 DATASETS = ("mvsa_single", "mmsd2", "mmsd-to-mmsd2")
 #: Defaults per dataset: (num_train, num_validation, num_test, epochs; None: every row). One
-#: training row pass (forward + backward, batch 8) costs ~0.04 CPU s (~0.03 on MMSD's text-only rows); MMSD → MMSD2.0 trains
-#: ERM-sized passes for MME-JD (general, bias-only, text expert on two rows), MCTD (two rows),
-#: the two references, JTT and Group DRO (two knobs each): the results files record the seconds.
+#: training row pass (forward + backward, batch 8) costs ~0.04 CPU s (~0.03 on MMSD's text-only
+#: rows); MMSD → MMSD2.0 trains ERM-sized passes for MME-JD (general, bias-only, text expert on
+#: two rows), MCTD (two rows), the two references, JTT and Group DRO (two knobs each): the
+#: results files record the seconds.
 DEFAULTS = {
     "mvsa_single": (1000, None, None, 1.0),
     "mmsd2": (1000, 300, 1000, 1.0),
