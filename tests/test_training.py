@@ -312,15 +312,33 @@ def test_cli_trains_in_bf16_with_gradient_checkpointing_and_accumulation(tmp_pat
         assert lora and all(weights.get_tensor(name).dtype == torch.bfloat16 for name in lora)
 
 
-def test_debias_epochs_sets_the_warm_started_stages_schedule(data, tmp_path):
+def test_debias_epochs_and_learning_rate_set_the_warm_started_stages_schedule(data, tmp_path):
     """`debias_epochs` trains image_debias and text_debias for their own number of epochs
-    (here 1 against the general stage's 2: half its steps) and is a setting a resume checks."""
-    config = MMEJDTrainingConfig(recipe="mme_jd", router_epochs=1, debias_epochs=1)
-    report = train(tiny_model(), data, _args(tmp_path, max_steps=-1, num_train_epochs=2, save_strategy="no"), config)
-    steps = {stage["stage"]: stage.get("steps") for stage in report["stages"]}
-    assert steps["general"] == 2 * len(data["train"]) // 16
-    assert steps["image_debias"] == steps["text_debias"] == steps["general"] // 2
+    (here 1 against the general stage's 2: half its steps) at `debias_learning_rate`; both are
+    settings a resume checks. The Trainer's own logged rate is the stage's peak."""
+    config = MMEJDTrainingConfig(recipe="mme_jd", router_epochs=1, debias_epochs=1, debias_learning_rate=3e-3,
+                                 expert_skip_reliance=None)
+    args = _args(tmp_path, max_steps=-1, num_train_epochs=2, save_strategy="no", logging_steps=1, warmup_steps=0,
+                 lr_scheduler_type="constant")
+    class LoggedRates(TrainerCallback):
+        rates: dict[str, set] = {}
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "learning_rate" in logs:
+                self.rates.setdefault(args.run_name, set()).add(round(logs["learning_rate"], 9))
+
+    report = train(tiny_model(), data, args, config, callbacks=[LoggedRates()])
+    assert LoggedRates.rates["mme-jd-general"] == {args.learning_rate}
+    assert LoggedRates.rates["mme-jd-text_debias"] == LoggedRates.rates["mme-jd-image_debias"] == {3e-3}
+    stages = {stage["stage"]: stage for stage in report["stages"]}
+    assert stages["general"]["steps"] == 2 * len(data["train"]) // 16
+    assert stages["image_debias"]["steps"] == stages["text_debias"]["steps"] == stages["general"]["steps"] // 2
+    assert stages["general"]["learning_rate"] == args.learning_rate != 3e-3
+    assert stages["text_debias"]["learning_rate"] == stages["image_debias"]["learning_rate"] == 3e-3
     assert report["run_settings"]["training"]["debias_epochs"] == 1
+    assert report["run_settings"]["training"]["debias_learning_rate"] == 3e-3
+    with pytest.raises(ValueError, match="debias_learning_rate must be positive"):
+        MMEJDTrainingConfig(debias_learning_rate=0.0)
 
 
 def test_a_debias_stage_with_no_reliance_left_is_skipped_and_the_checkpoint_still_routes(data, tmp_path):

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs per expert stage (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="expert stages' LR (default: %(default)s)")
+    parser.add_argument("--debias-epochs", type=float, default=None,
+                        help="epochs of the warm-started image_debias and text_debias stages (default: --epochs)")
+    parser.add_argument("--debias-learning-rate", type=float, default=None,
+                        help="peak learning rate of the debias stages (default: --learning-rate)")
     parser.add_argument("--text-counterfactual", default="swap",
                         choices=TEXT_COUNTERFACTUALS,
                         help="text builder for training (default: %(default)s)")
@@ -134,7 +138,8 @@ def run(args: argparse.Namespace) -> dict:
 
     # flags left out keep MMEJDTrainingConfig's defaults
     given = {name: getattr(args, name) for name in ("text_debias_objective", "router_cost_tolerance",
-                                                    "router_max_routed_share", "router_selection_folds")
+                                                    "router_max_routed_share", "router_selection_folds",
+                                                    "debias_epochs", "debias_learning_rate")
              if getattr(args, name, None) is not None}
     config = MMEJDTrainingConfig(recipe=args.recipe, text_counterfactual=args.text_counterfactual,
                                  cues=parse_cues(getattr(args, "cue", None)) or None,

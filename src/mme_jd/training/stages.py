@@ -210,5 +210,6 @@ def run_expert_stage(
     model.eval()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"stage": stage, "expert": expert, "parts": list(parts), "steps": result.global_step,
+            "epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
             "loss_settings": dataclasses.asdict(loss_settings), "train_loss": result.training_loss, "losses": losses,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 2)}
