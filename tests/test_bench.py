@@ -39,6 +39,7 @@ def test_bench_writes_every_method_and_figure(tmp_path):
         group_dro_step_sizes=(0.1, 1.0), training_overrides={"router_epochs": 2}, skip_methods=(), progress=None,
     )
     results = tmp_path / "results"
+    settings = bench.BenchSettings.for_run(quick=True)  # the schedule fields the run above keeps
     seed = json.loads((results / "synthetic_quick_seed0.json").read_text())
     assert list(seed["methods"]) == list(bench.METHODS)
     for name, entry in seed["methods"].items():
@@ -46,14 +47,21 @@ def test_bench_writes_every_method_and_figure(tmp_path):
             figures = entry["splits"][split]
             for key in ("accuracy", "f1", "worst_group_accuracy", "reliance_text", "reliance_image"):
                 assert 0.0 <= figures[key] <= 1.0, (name, split, key)
-        if name == "MME-JD (fewer debias epochs)":  # routed as the mme_jd run is; its inference is not timed again
-            assert entry["inference_ratio"] is None and entry["knobs"]["debias_epochs"] == 2.0
+        if name == "MME-JD (general's schedule)":  # routed as the mme_jd run is; its inference is not timed again
+            assert entry["inference_ratio"] is None and entry["knobs"]["debias_epochs"] == settings.epochs
         else:
             assert entry["inference_ratio"] > 0 and entry["samples_per_second"] > 0, name
         if "expert" not in name:
             assert entry["training_ratio"] > 0, name
     assert seed["methods"]["ERM"]["training_ratio"] == 1.0
-    assert "mme_jd_fewer_debias_epochs" in seed["training"]  # trained on its own
+    assert "mme_jd_generals_schedule" in seed["training"]  # trained on its own
+    # the mme_jd run's debias stages on the bench's shorter schedule, the variant's on the general stage's
+    stage_schedules = {run: {stage["stage"]: (stage.get("epochs"), stage.get("learning_rate"))
+                             for stage in seed["training"][run]["stages"]}
+                       for run in ("mme_jd", "mme_jd_generals_schedule")}
+    assert stage_schedules["mme_jd"]["text_debias"] == (settings.debias_epochs, settings.debias_learning_rate)
+    assert stage_schedules["mme_jd_generals_schedule"]["text_debias"] == (settings.epochs, settings.learning_rate)
+    assert stage_schedules["mme_jd"]["general"] == (settings.epochs, settings.learning_rate)
     environment = seed["environment"]  # what made the figures, recorded in every results file
     assert environment["packages"]["transformers"] and environment["torch_threads"] == 1
     assert len(environment["base_weights_sha256"]) == 64

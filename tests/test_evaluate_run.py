@@ -136,7 +136,7 @@ def test_the_report_scores_the_router_against_its_training_targets(tmp_path, mon
     rows = datasets.Dataset.from_dict({"text": ["a", "b", "c", "d"], "image": random_images(4), "label": labels.tolist()})
     args = TrainingArguments(output_dir=str(tmp_path / "train"), report_to="none", use_cpu=True)
     splits, config = {"validation_balanced": rows}, MMEJDTrainingConfig()
-    _router_stage(model, model.processor, splits, args, config, None,
+    _router_stage(model, model.processor, splits, args, config,
                   training_run.CueOnlyPasses(model, model.processor, splits, config, {}))
     assert trained_on["targets"].tolist() == [2, 0, 1, 0]
 

@@ -241,3 +241,41 @@ def test_routing_is_tuned_on_out_of_fold_router_scores(tmp_path):
     tiny = train_router(model, pooled[:8], targets[:8], args, threshold_objective="worst_group",
                         expert_logits={k: v[:8] for k, v in experts.items()}, labels=labels[:8], groups=groups[:8])
     assert tiny["selection_scores"] == "in sample (8 rows: too few for 5 folds)"
+
+
+def test_fit_router_learns_separable_targets_on_the_arguments_schedule(tmp_path):
+    """The router stage's plain training loop: the strategy targets of well-separated pooled
+    states are learned, the step count follows the TrainingArguments (ceil(epochs × rows / batch)
+    steps), only the router's weights change, and the same seed gives the same router."""
+    import math
+
+    from transformers import TrainingArguments
+
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training.router_labels import fit_router
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    hidden = model.router.hidden.in_features
+    targets = torch.arange(4).repeat(25)  # 100 rows, every strategy
+    centres = torch.randn(4, hidden) * 4
+    pooled = centres[targets] + torch.randn(100, hidden) * 0.3
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=12.5,
+                             learning_rate=0.01, warmup_steps=0, report_to="none", use_cpu=True, seed=3)
+    router_before = {k: v.clone() for k, v in model.router.state_dict().items()}
+    rest_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("router.")}
+    with torch.no_grad():
+        accuracy_before = (model.router(pooled).argmax(-1) == targets).float().mean()
+    fit, weights = fit_router(model, pooled, targets, args)
+    assert fit.global_step == math.ceil(12.5 * math.ceil(100 / 32)) == 50
+    assert math.isfinite(fit.training_loss) and fit.seconds >= 0
+    assert torch.equal(weights, torch.ones(4))  # balanced targets
+    with torch.no_grad():
+        accuracy = (model.router(pooled).argmax(-1) == targets).float().mean()
+    assert accuracy_before < 0.6 and accuracy == 1.0
+    assert all(torch.equal(v, rest_before[k]) for k, v in model.state_dict().items() if not k.startswith("router."))
+    assert not any(p.requires_grad for p in model.parameters())  # frozen again
+    first = {k: v.clone() for k, v in model.router.state_dict().items()}
+    model.router.load_state_dict(router_before)
+    fit_router(model, pooled, targets, args, quiet=True)
+    assert all(torch.equal(v, first[k]) for k, v in model.router.state_dict().items())

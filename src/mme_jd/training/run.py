@@ -498,6 +498,8 @@ def train(
         resume_from_checkpoint: skip finished stages and resume the interrupted one from its
             last complete Trainer checkpoint; refused (`ValueError`) when the run was started
             with other settings (`run_settings`).
+        callbacks: `transformers.TrainerCallback`s of the expert stages' Trainers (the router
+            trains on cached pooled states without a Trainer: `router_labels.fit_router`).
         force_restart: remove the stages of an earlier run in `args.output_dir` and start over.
     Returns a report: per-stage logs (steps, loss, seconds), router shares, fitted λs, and the
     `run_settings` the weights were trained with.
@@ -605,7 +607,7 @@ def train(
             if check is not None:
                 log["reliance_check"] = check
         elif stage == "router":
-            log = _router_stage(model, processor, dataset, args, config, callbacks, cue_only_passes)
+            log = _router_stage(model, processor, dataset, args, config, cue_only_passes)
         elif stage == "mid":
             log = _mid_stage(model, config, cue_only_passes)
         log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
@@ -655,7 +657,7 @@ def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None
     processor = processor if processor is not None else model.processor
     model.router.reset_parameters()
     passes = CueOnlyPasses(model, processor, dataset, config, {})
-    return _router_stage(model, processor, dataset, args, config, None, passes)
+    return _router_stage(model, processor, dataset, args, config, passes)
 
 
 def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
@@ -678,7 +680,7 @@ def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
     return rows.add_column("image_counterfactual_mask", masks)
 
 
-def _router_stage(model, processor, dataset, args, config, callbacks, cue_only_passes: CueOnlyPasses) -> dict:
+def _router_stage(model, processor, dataset, args, config, cue_only_passes: CueOnlyPasses) -> dict:
     from ..inference import collect_outputs
 
     # the selection groups (declared, given or inferred) of the router split, as MID's λ fit reads them,
@@ -701,11 +703,9 @@ def _router_stage(model, processor, dataset, args, config, callbacks, cue_only_p
     router_args = stage_arguments(
         args, "router", str(Path(args.output_dir) / "stages" / "router"), num_train_epochs=config.router_epochs,
         learning_rate=config.router_learning_rate, max_steps=-1, per_device_train_batch_size=64,
-        save_strategy="no", warmup_steps=0, logging_steps=50,
-        # cached pooled states have no length to group by
-        **({"train_sampling_strategy": "random"} if hasattr(args, "train_sampling_strategy") else {}),
+        warmup_steps=0,
     )
-    log = train_router(model, pooled, targets, router_args, callbacks,
+    log = train_router(model, pooled, targets, router_args,
                        threshold_objective=config.router_threshold_objective, expert_logits=experts,
                        labels=labels, groups=passes.get("groups"), cost_tolerance=config.router_cost_tolerance,
                        max_routed_share=config.router_max_routed_share, selection_folds=config.router_selection_folds)
