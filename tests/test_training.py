@@ -273,23 +273,27 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
 
     code = main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
                  "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02",
-                 "--router-selection-folds", "3"])
+                 "--router-selection-folds", "3", "--debias-epochs", "0.5", "--debias-learning-rate", "0.004"])
     assert code == 0
     assert "checkpoint:" in capsys.readouterr().out
     report = json.loads((tmp_path / "final" / "training_report.json").read_text())
     assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
     assert report["settings"]["router_cost_tolerance"] == 0.02  # a training knob: not in config.json
     assert report["settings"]["router_selection_folds"] == 3
+    assert (report["settings"]["debias_epochs"], report["settings"]["debias_learning_rate"]) == (0.5, 0.004)
     assert "router_cost_tolerance" not in json.loads((tmp_path / "final" / "config.json").read_text())
     capsys.readouterr()
     assert main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
                  "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02",
-                 "--router-selection-folds", "3", "--learning-rate", "0.01", "--resume"]) == 1
+                 "--router-selection-folds", "3", "--debias-epochs", "0.5", "--debias-learning-rate", "0.004",
+                 "--learning-rate", "0.01", "--resume"]) == 1
     error = capsys.readouterr().err
     assert "learning_rate: 0.001 then, 0.01 now" in error and "--force-restart" in error
     assert main(["train", "--output-dir", str(tmp_path), "--dataset", "nope"]) == 1
     assert main(["train", "--output-dir", str(tmp_path / "bad"), "--router-max-routed-share", "1.5"]) == 1
     assert "router_max_routed_share" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path / "bad"), "--debias-learning-rate", "0"]) == 1
+    assert "debias_learning_rate must be positive" in capsys.readouterr().err
 
 
 def test_cli_trains_in_bf16_with_gradient_checkpointing_and_accumulation(tmp_path):
