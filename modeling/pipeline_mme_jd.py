@@ -22,6 +22,10 @@ Inputs
     id, checked against the model's labels and echoed as "true_label"); other keys are
     ignored. Images: a path, PIL image, numpy/torch array, bytes, file object or
     `datasets.Image` dict; text: a non-empty string (see `inputs_mme_jd` for every rule).
+    An image of None is a text-only input, for a model with
+    `config.image_less_rows == "text_only"` (`from_base`'s default on one-image layouts): it gets
+    no image tokens, as such rows had in training, and its image counterfactual is the input
+    itself (no patch to mask). A "stand_in" model refuses it: it was trained on a grey image.
 
 Call parameters (also accepted by the constructor / `pipeline(...)` as defaults)
     mode: "general", "mid", "mctd" or "mme_jd" (default: `config.mode`).
@@ -287,17 +291,24 @@ class MultimodalDebiasPipeline(Pipeline):
                 f"input {index}: missing {' and '.join(repr(k) for k in missing)}; each input is "
                 "{'image': ..., 'text': ...}."
             )
-        if item["image"] is None:
-            raise ValueError(f"input {index}: image is None; give a file path, a PIL image or an array.")
+        if item["image"] is None and self.model.config.image_less_rows != "text_only":
+            raise ValueError(
+                f"input {index}: image is None; give a file path, a PIL image or an array. This model reads rows "
+                f"without an image as a grey stand-in (config.image_less_rows={self.model.config.image_less_rows!r}), "
+                "so it takes text-only input only from the data loaders, which say so; a model built with "
+                "image_less_rows='text_only' takes image None here."
+            )
         normalize_text(item["text"], index, forbidden=self._image_markers)
         self._check_label(item.get("label"), index)
-        check_image_source(item["image"], index)
+        if item["image"] is not None:
+            check_image_source(item["image"], index)
 
     def _check_item(self, index: int, item: Any) -> dict:
         """The input, normalised ({"image": RGB PIL, "text": str, "label": int | None}), or a
         ValueError naming the index and the problem."""
         self._precheck(index, item)
-        return {"image": load_image(item["image"], index=index), "text": item["text"],
+        image = None if item["image"] is None else load_image(item["image"], index=index)  # None: text only
+        return {"image": image, "text": item["text"],
                 "label": self._check_label(item.get("label"), index)}
 
     def _check_label(self, value: Any, index: int) -> int | None:

@@ -100,8 +100,14 @@ def test_bad_image_values(pipe, value, words):
     _raises(pipe, {"image": value, "text": GOOD_TEXT}, *words)
 
 
-def test_image_none_is_rejected(pipe):
-    _raises(pipe, {"image": None, "text": GOOD_TEXT}, "image is None")
+def test_image_none_is_rejected_by_a_stand_in_model(pipe):
+    """A model that read image-less rows as the grey stand-in refuses a text-only input here
+    (a text_only model takes it: tests/test_pipeline.py)."""
+    pipe.model.config.image_less_rows = "stand_in"
+    try:
+        _raises(pipe, {"image": None, "text": GOOD_TEXT}, "image is None", "image_less_rows='text_only'")
+    finally:
+        pipe.model.config.image_less_rows = "text_only"
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "PA", "CMYK", "1", "I;16", "I", "F", "YCbCr", "HSV"])
@@ -258,7 +264,7 @@ def test_one_bad_item_in_a_batch_is_reported(pipe, files):
     for index in (0, 2, 4):
         assert "error" not in reported[index]
         assert abs(reported[index]["score"] - clean[index]["score"]) < 1e-5
-    many_bad = [{"image": None, "text": GOOD_TEXT}, {"image": images[0], "text": None}]
+    many_bad = [{"image": 12, "text": GOOD_TEXT}, {"image": images[0], "text": None}]
     message = _raises(pipe, many_bad, "2 of 2 inputs are invalid", "input 1: text is None")
 
 

@@ -140,6 +140,29 @@ def test_modes_top_k_experts_and_explanations(model, inputs):
     assert all(abs(general["scores"][k] - v) < 1e-5 for k, v in result["experts"]["general"].items())
 
 
+def test_text_only_inputs_of_a_text_only_model(model, inputs):
+    """A model with image_less_rows="text_only" (from_base's default here) takes image None: the
+    input gets no image tokens, exactly as the collator and `call_processor` give it in training,
+    its scores do not depend on the batch it is in, and its explanation has no patch to mask."""
+    assert model.config.image_less_rows == "text_only"
+    mixed = [{**item, "image": None} if i % 2 == 0 else item for i, item in enumerate(inputs[:6])]
+    pipe = pipeline(PIPELINE_TASK, model=model)
+    results = pipe(mixed, batch_size=4)
+    original = call_processor(model.processor, model.config, [i["text"] for i in mixed], [i["image"] for i in mixed])
+    assert (original["input_ids"][::2] == model.config.image_token_id).sum() == 0
+    with torch.no_grad():
+        out = model(**original, mode="mme_jd")
+    assert torch.allclose(_probabilities(results), out.logits.softmax(-1), atol=1e-5)
+    alone = [pipe(item) for item in mixed]  # alone or batched with image rows: the same
+    assert [(r["label"], r["strategy"]) for r in alone] == [(r["label"], r["strategy"]) for r in results]
+    assert torch.allclose(_probabilities(alone), _probabilities(results), atol=1e-5)
+    explained = pipe(mixed[:2], explain=True)
+    assert explained[0]["counterfactuals"]["image"]["grid"] == [0, 0]
+    assert explained[0]["counterfactuals"]["image"]["masked_patches"] == []
+    assert explained[1]["counterfactuals"]["image"]["grid"] == [4, 4]
+    assert explained[0]["label"] == results[0]["label"]
+
+
 def test_saliency_builder_and_training_only_fallbacks(model, inputs):
     model.config.text_counterfactual = "saliency"
     pipe = pipeline(PIPELINE_TASK, model=model)
