@@ -69,10 +69,11 @@ class BenchSettings:
     num_threads: int | None = 1
     training_overrides: dict[str, Any] = field(default_factory=dict)
     # the mme_jd runs' warm-started debias stages (`MMEJDTrainingConfig.debias_epochs` /
-    # `debias_learning_rate`; None: `epochs` / `learning_rate`). On validation_balanced, 2 epochs at
-    # 3e-3 tied 3 epochs at 2e-3 in worst-group accuracy (3 seeds: 0.927 each; 2 epochs at 2e-3: 0.920;
-    # bench/results/debias_schedule_grid.json), the cheaper one is kept. "MME-JD (general's
-    # schedule)" trains them for `epochs` at `learning_rate`, as the general stage, for comparison
+    # `debias_learning_rate`; None: `epochs` / `learning_rate`): 2 epochs at 3e-3 keep epochs × rate
+    # at the general stage's 3 × 2e-3. On validation_balanced they tie 3 epochs at 2e-3 in mean
+    # worst-group accuracy (3 seeds: 0.927 each; bench/results/debias_schedule_grid.json), as do 2
+    # epochs at 4e-3; 2 at 2e-3 reach 0.920. "MME-JD (general's schedule)" trains them for `epochs`
+    # at `learning_rate`, as the general stage, for comparison
     debias_epochs: float | None = 2.0
     debias_learning_rate: float | None = 3e-3
     # methods (names of `mme_jd.bench.methods.REGISTRY`) this run leaves out

@@ -165,7 +165,7 @@ DEFAULT_SELECTION_FOLDS = 5
 
 
 class RouterFit(NamedTuple):
-    """What one router fit did: optimizer steps, mean training loss, CPU-clock seconds."""
+    """What one router fit did: optimizer steps, mean training loss, wall-clock seconds."""
 
     global_step: int
     training_loss: float
