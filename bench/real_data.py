@@ -780,11 +780,14 @@ def main() -> None:
     parser.add_argument("--add-mid", nargs="+", metavar="RESULTS", default=None,
                         help="only add MID's figures to finished runs' results files, from their saved mme_jd "
                              "checkpoints (for runs made with --no-mid)")
-    parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical"],
-                        help="text counterfactual builder of MCTD and the text_debias expert")
+    parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical", "cue_removed"],
+                        help="text counterfactual builder of MCTD and the text_debias expert (cue_removed: told, "
+                             "with --cues and --text-debias-objective augment)")
     parser.add_argument("--text-debias-objective", default="auto",
-                        choices=["auto", "reversed", "poe", "poe_bias_only", "learned_mixin"],
-                        help="reversed targets on the counterfactual; product-of-experts against the "
+                        choices=["auto", "reversed", "poe", "poe_bias_only", "learned_mixin", "augment"],
+                        help="augment (told, with --text-counterfactual cue_removed): the text with the declared cues "
+                             "deleted, with its true label, beside the original; reversed targets on the "
+                             "counterfactual; product-of-experts against the "
                              "general expert's prediction on it (poe) or against a bias-only expert trained on "
                              "the cue-only view (poe_bias_only, learned_mixin); auto: reversed for sentiment (a "
                              "swapped sentiment word reverses the label), poe_bias_only for sarcasm (reversed "

@@ -46,7 +46,10 @@ IMAGE_FILLS = ("mean", "zero")
 OTHER_MODALITY = ("null", "keep")
 CF_TARGETS = ("complement", "uniform")
 EXPERT_EXECUTIONS = ("routed", "all")
-DEBIAS_OBJECTIVES = ("reversed", "poe", "poe_bias_only", "learned_mixin")
+DEBIAS_OBJECTIVES = ("reversed", "poe", "poe_bias_only", "learned_mixin", "augment")
+#: Objectives whose counterfactual keeps the label: it must be a complete input less the cue
+#: (`cue_removed`), never a cue-only view (that would teach the cue).
+LABEL_KEEPING_OBJECTIVES = ("augment",)
 #: The debias objectives whose bias is the bias-only expert (they need the `bias_only` stage).
 BIAS_ONLY_OBJECTIVES = ("poe_bias_only", "learned_mixin")
 ROUTER_POOLINGS = ("last", "mean")
@@ -138,7 +141,12 @@ class MMEJDLossSettings:
           CE(log_softmax(f_e(x)) + g(x)·log_softmax(f_b(x*)), y) + w_H·H(softmax(g(x)·log_softmax(f_b(x*))))
           with g(x) = softplus(w·h(x) + b) a gate on the expert's pooled hidden state h(x),
           trained with the expert and not saved; w_H is `mixin_entropy_weight`.
-        The arithmetic of the last three is `modeling_mme_jd.bias_ensemble_loss`.
+        - "augment" (told, text only): CE(x, y) + w·CE(x*, y) with x* the input less the
+          declared cue (`cue_removed`): counterfactual augmentation with the TRUE label, so the
+          expert learns the label where the cue is missing and may still read it where present.
+          Rows without the cue (x* = x) get no second term.
+        The arithmetic of "poe", "poe_bias_only" and "learned_mixin" is
+        `modeling_mme_jd.bias_ensemble_loss`.
     mixin_entropy_weight: w_H of "learned_mixin", the entropy penalty that keeps the gate from
         shrinking the bias to nothing (g → 0 is plain CE: the expert takes the cue back).
         Clark et al. chose it on held-out data per task (their VQA-CP code's default: 0.36);

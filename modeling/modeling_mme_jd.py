@@ -54,8 +54,8 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, logging
 
-from .configuration_mme_jd import (BIAS_ONLY_EXPERT, BIAS_ONLY_OBJECTIVES, EXPERT_NAMES, MME_JD_VERSION, MMEJDConfig,
-                                   MMEJDLossSettings)
+from .configuration_mme_jd import (BIAS_ONLY_EXPERT, BIAS_ONLY_OBJECTIVES, EXPERT_NAMES, LABEL_KEEPING_OBJECTIVES,
+                                   MME_JD_VERSION, MMEJDConfig, MMEJDLossSettings)
 from .counterfactual_mme_jd import reversed_targets
 from .layouts_mme_jd import ImageLayout
 from .pipeline_mme_jd import custom_pipelines_entry  # also makes save_pretrained copy the pipeline file
@@ -698,7 +698,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 (see `counterfactual_mme_jd.build_triple`); needed by mode "mid", by
                 `correction="linear"`, and for the MCTD loss.
             counterfactual_targets: [B, C] soft targets of the counterfactuals (default: the
-                reversed labels of METHOD §4, `loss_settings.cf_target`).
+                reversed labels of METHOD §4, `loss_settings.cf_target`); the text expert's
+                "augment" objective gives its text counterfactual the label instead.
             text_counterfactual_valid: [B] bool; rows whose text counterfactual changed no
                 word get no reversed-target loss.
             router_labels: [B] strategy ids; gives the router's cross-entropy, weighted by
@@ -799,7 +800,8 @@ class MMEJDModel(MMEJDPreTrainedModel):
         if labels is not None and self.training:
             objective = {"image_debias": (self.loss_settings.image_debias_objective, image_cf),
                          "text_debias": (self.loss_settings.text_debias_objective, text_cf)}.get(name)
-            if objective is not None and objective[0] != "reversed" and objective[1] is not None:
+            if objective is not None and objective[0] not in ("reversed", *LABEL_KEEPING_OBJECTIVES) \
+                    and objective[1] is not None:
                 return self._bias_ensemble(name, inputs, labels, objective[1], objective[0])
         logits, pooled, text_logits, image_logits = self._run_with_counterfactuals(name, inputs, text_cf, image_cf)
         loss = None
@@ -810,8 +812,12 @@ class MMEJDModel(MMEJDPreTrainedModel):
                 if cf_targets is None:
                     cf_targets = reversed_targets(labels, self.config.num_labels, settings.cf_target)
                 if text_logits is not None and settings.text_counterfactual_weight > 0:
+                    text_targets = cf_targets
+                    if name == "text_debias" and settings.text_debias_objective in LABEL_KEEPING_OBJECTIVES:
+                        # "augment": the input less the cue keeps its label
+                        text_targets = F.one_hot(labels, self.config.num_labels).to(text_logits.dtype)
                     loss = loss + settings.text_counterfactual_weight * _soft_cross_entropy(
-                        text_logits, cf_targets, text_valid
+                        text_logits, text_targets, text_valid
                     )
                 if image_logits is not None and settings.image_counterfactual_weight > 0:
                     loss = loss + settings.image_counterfactual_weight * _soft_cross_entropy(image_logits, cf_targets)

@@ -409,3 +409,74 @@ def test_the_bias_objectives_name_what_they_miss(data):
               expert="bias_only")
     with pytest.raises(ValueError, match="a learned-mixin gate belongs to a debias expert"):
         model.add_mixin_gate("general")
+
+
+# --------------------------------------------------------------------------- told: "augment"
+
+
+def test_augment_trains_the_text_expert_on_the_input_less_the_cue_with_its_label(data, tmp_path):
+    """The "augment" objective (told): CE(x, y) + CE(x less the declared cue, y) over the rows
+    the cue was in, on one batched pass of the text expert; gradients reach only its LoRA, and
+    a Trainer stage changes only it."""
+    from mme_jd.cues import Cue
+    from mme_jd.data.synthetic import TEXT_CUE_TOKEN
+    from mme_jd.modeling.modeling_mme_jd import _soft_cross_entropy, is_expert_parameter
+    from mme_jd.tiny import tiny_model
+    from mme_jd.training import MMEJDTrainingConfig
+    from mme_jd.training.stages import run_expert_stage, stage_arguments
+
+    config = MMEJDTrainingConfig(text_counterfactual="cue_removed", text_debias_objective="augment",
+                                 cues=[Cue("irony", tokens=[TEXT_CUE_TOKEN])])
+    assert config.stages() == ("general", "text_debias", "image_debias", "router", "mid")  # no bias-only expert
+    assert config.stage_text_counterfactual("text_debias") == "cue_removed"
+    model = tiny_model()
+    model.config.cues = [cue.to_spec() for cue in config.cues]
+    rows = data["train"].select(range(16))
+    batch = _collate(model, rows, "text_debias", config)
+    valid = batch["text_counterfactual_valid"]
+    has_cue = [TEXT_CUE_TOKEN in text.split() for text in rows["text"]]
+    assert valid.tolist() == has_cue and 0 < sum(has_cue) < len(has_cue)
+    model.loss_settings = config.loss_settings("text_debias")
+    model.set_trainable("text_debias")
+    model.train()
+    out = model(**batch)
+    with torch.no_grad():
+        original = model.expert_forward("text_debias", {k: batch[k] for k in ("input_ids", "attention_mask",
+                                                                           "pixel_values")})[0]
+        removed = model.expert_forward("text_debias", batch["text_counterfactual"])[0]
+        labels = batch["labels"]
+        kept = F.cross_entropy(original, labels) + _soft_cross_entropy(removed, F.one_hot(labels, 2).float(), valid)
+        reversed_ = F.cross_entropy(original, labels) + _soft_cross_entropy(removed, 1 - F.one_hot(labels, 2).float(),
+                                                                           valid)
+    assert out.loss.item() == pytest.approx(kept.item(), abs=1e-4)
+    assert abs(out.loss.item() - reversed_.item()) > 1e-3  # the label is kept, not reversed
+    out.loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(is_expert_parameter(n, "text_debias") for n in trained), sorted(trained)[:3]
+
+    model.zero_grad(set_to_none=True)
+    model.loss_settings = type(model.loss_settings)()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = stage_arguments(_args(tmp_path), "text_debias", str(tmp_path / "text_debias"))
+    log = run_expert_stage(model, "text_debias", data["train"].select(range(32)), args, model.processor,
+                           "cue_removed", "given", loss_settings=config.loss_settings("text_debias"))
+    assert log["steps"] == 2 and all(math.isfinite(loss) for loss in log["losses"])
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(is_expert_parameter(k, "text_debias") for k in changed), sorted(changed)[:3]
+
+
+def test_augment_and_cue_removed_are_refused_where_the_label_would_be_wrong():
+    from mme_jd.cues import Cue
+    from mme_jd.training import MMEJDTrainingConfig
+
+    cue = [Cue("irony", pattern="#irony")]
+    with pytest.raises(ValueError, match="text_counterfactual='cue_removed'.*got 'swap'"):
+        MMEJDTrainingConfig(text_debias_objective="augment", cues=cue)
+    with pytest.raises(ValueError, match="reversing that label.*is undefined"):
+        MMEJDTrainingConfig(text_counterfactual="cue_removed", cues=cue)
+    with pytest.raises(ValueError, match="reversing that label.*is undefined"):
+        MMEJDTrainingConfig(recipe="mctd", text_counterfactual="cue_removed", text_debias_objective="augment", cues=cue)
+    with pytest.raises(ValueError, match="none is declared"):
+        MMEJDTrainingConfig(text_counterfactual="cue_removed", text_debias_objective="augment")
+    with pytest.raises(ValueError, match="no image builder removes a cue"):
+        MMEJDTrainingConfig(image_debias_objective="augment")

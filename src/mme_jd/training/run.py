@@ -41,7 +41,8 @@ import torch
 from ..data.lexicon import swap_vocabulary
 from ..files import atomic_write_text
 from ..modeling.configuration_mme_jd import (BIAS_ONLY_OBJECTIVES, CF_TARGETS, DEBIAS_OBJECTIVES, EXPERT_NAMES,
-                                             MMEJDLossSettings, check_choice, check_range)
+                                             LABEL_KEEPING_OBJECTIVES, MMEJDLossSettings, check_choice,
+                                             check_range)
 from ..modeling.modeling_mme_jd import is_training_only_parameter
 from ..modeling.routing_mme_jd import DEBIAS_EXPERTS, strategy_targets
 from .mid import fit_lambdas
@@ -78,7 +79,9 @@ class MMEJDTrainingConfig:
     recipe: "general", "mid", "mctd" or "mme_jd" (see the module docstring).
     text_counterfactual: text builder for training: "swap" (default: the only builder that
         removed both cues on the synthetic benchmark; a flipped label is real), "lexical",
-        "given" (dataset truth: an upper bound) or "saliency".
+        "given" (dataset truth: an upper bound), "saliency", "cue_only" (the declared cues
+        kept) or "cue_removed" (the declared text cues deleted; only with the text expert's
+        "augment" objective, which keeps the label).
     image_counterfactual: image builder: "attention" (default), "gradient" or "given".
     mid_text_counterfactual: text builder of MID's subtraction ("lexical": the cue-only input).
     train_split / router_split / mid_split: dataset split names; knobs are fitted on the
@@ -140,7 +143,8 @@ class MMEJDTrainingConfig:
         `MMEJDLossSettings`): "reversed" (MCTD's reversed targets), "poe" (product of experts
         with the frozen general expert on the counterfactual), "poe_bias_only" or
         "learned_mixin" (Clark et al., 2019, with its entropy term) against the bias-only
-        expert. The last two add a `bias_only` stage after `general`: a fourth, training-only
+        expert, or (text only, told) "augment": the input less the declared cue with the true
+        label, which needs `text_counterfactual="cue_removed"` and a declared text cue. The last two add a `bias_only` stage after `general`: a fourth, training-only
         LoRA adapter, warm-started from general and trained on the cue-only inputs (built by
         `bias_text_counterfactual` and `image_counterfactual`) with the true labels, CE(f_b(x*),
         y), for the TrainingArguments' schedule (as general; `debias_epochs` does not apply),
@@ -230,6 +234,30 @@ class MMEJDTrainingConfig:
         if self.bias_text_counterfactual == "cue_only" and not self._declares_a_text_cue:
             raise ValueError(f"{owner}.bias_text_counterfactual='cue_only' keeps the declared text cues, and none is "
                              "declared: declare them with cues=[Cue(name, pattern=...)] or use 'lexical'.")
+        self._check_label_keeping(owner)
+
+    def _check_label_keeping(self, owner: str) -> None:
+        """The "augment" objective and the `cue_removed` builder go together: the input less
+        the cue keeps its label, so reversing it (MCTD, "reversed") is undefined, and keeping the
+        label of a cue-only view would teach the cue."""
+        if self.image_debias_objective in LABEL_KEEPING_OBJECTIVES:
+            raise ValueError(f"{owner}.image_debias_objective={self.image_debias_objective!r} trains on an input "
+                             "less its cue with the true label, and no image builder removes a cue and keeps the "
+                             "rest: use 'reversed', 'poe', 'poe_bias_only' or 'learned_mixin' for the image expert.")
+        augment = self.text_debias_objective in LABEL_KEEPING_OBJECTIVES
+        if augment and self.text_counterfactual != "cue_removed":
+            raise ValueError(f"{owner}.text_debias_objective={self.text_debias_objective!r} keeps the label of the "
+                             f"text counterfactual, which must be the input less the declared cue: set "
+                             f"text_counterfactual='cue_removed' (got {self.text_counterfactual!r}, whose label "
+                             "would not be the row's).")
+        if self.text_counterfactual == "cue_removed":
+            if self.recipe == "mctd" or (self.recipe == "mme_jd" and not augment):
+                raise ValueError(f"{owner}.text_counterfactual='cue_removed' deletes the declared cue and keeps the "
+                                 "label; reversing that label (MCTD, the 'reversed' objective) is undefined: use "
+                                 "text_debias_objective='augment' with recipe 'mme_jd'.")
+            if not self._declares_a_text_cue:
+                raise ValueError(f"{owner}.text_counterfactual='cue_removed' deletes the declared text cues, and none "
+                                 "is declared: declare them with cues=[Cue(name, pattern=...)].")
 
     @property
     def _declares_a_text_cue(self) -> bool:
