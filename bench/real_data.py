@@ -13,6 +13,8 @@
                     trained and tested with the declared cues, `MMSD_CUES`, deleted); every
                     method's recovery ratio on the MMSD2.0 test is (F1 − F1 of ERM on MMSD) /
                     (F1 of ERM on MMSD2.0 − F1 of ERM on MMSD) (`evaluation.metrics.recovery_ratio`).
+                    MME-JD runs untold (no cue named) and, from the same ERM, told
+                    (`train_told`; `--no-told` leaves it out).
 
 The MMSD / MMSD2.0 tweet images are not available offline: those rows have image=None, and
 the collator gives them their five image attribute words in the prompt and no image tokens
@@ -86,6 +88,12 @@ DFR_INFERRED = "DFR (ERM's head refitted on validation balanced over inferred gr
 JTT_INFERRED = "JTT (ERM's errors upweighted; upweight chosen on inferred groups)"
 GROUP_DRO_INFERRED = "Group DRO (inferred groups; step size chosen on them)"
 MID = "MID (λ fitted on validation)"
+#: MME-JD told (mmsd-to-mmsd2): the declared cues deleted from each training text, which keeps
+#: its label ("augment"), selection on the cue groups; trained from the untold run's ERM.
+TOLD_METHODS = {"text_debias expert alone": "text_debias expert alone, told (cues deleted, augment)",
+                "MME-JD routed": "MME-JD routed, told (cues deleted, augment)",
+                MID: "MID told (λ on the cue groups)"}
+TOLD_RUN = "mme_jd_told"
 #: The told peers' knobs, each chosen by worst-group accuracy over the cue groups of validation
 #: (the synthetic bench's grids: `BenchSettings.jtt_upweights`, `group_dro_step_sizes`).
 JTT_UPWEIGHTS = (3, 6)
@@ -425,7 +433,7 @@ def print_table(results: dict, task: str) -> None:
 README_START, README_END = "<!-- bench:real:start -->", "<!-- bench:real:end -->"
 METHOD_ORDER = (CUE_FREE_REFERENCE, CUE_REMOVED, "general (ERM)", "general expert of mme_jd", DFR, JTT, GROUP_DRO,
                 DFR_INFERRED, JTT_INFERRED, GROUP_DRO_INFERRED, MID, "MCTD",
-                "image_debias expert alone", "text_debias expert alone", "MME-JD routed")
+                "image_debias expert alone", "text_debias expert alone", "MME-JD routed", *TOLD_METHODS.values())
 SPLIT_NAMES = {"mvsa_single": {"test": "MVSA-Single test"}, "mmsd2": {"test": "MMSD2.0 test"},
                "mmsd-to-mmsd2": {"test": "MMSD → MMSD2.0 test", "test_mmsd": "MMSD → MMSD test"}}
 
@@ -448,6 +456,8 @@ def training_ratios(result: dict) -> dict[str, float]:
         ratios["MME-JD routed"] = sum(stages["mme_jd"].values()) / erm
     if "mctd" in stages:
         ratios["MCTD"] = sum(stages["mctd"].values()) / erm
+    if TOLD_RUN in stages:  # it reused ERM's general stage: its cost counts here
+        ratios[TOLD_METHODS["MME-JD routed"]] = (erm + sum(stages[TOLD_RUN].values())) / erm
     return ratios
 
 
@@ -577,6 +587,33 @@ def declared_cues(name: str, cli: argparse.Namespace) -> list | None:
     return [Cue.from_spec(spec) for spec in MMSD_CUES]
 
 
+def told_too(name: str, recipes: list[str], cli: argparse.Namespace) -> bool:
+    """Whether an untold mmsd-to-mmsd2 run also trains MME-JD told (`train_told`)."""
+    return name == "mmsd-to-mmsd2" and "mme_jd" in recipes and not cli.cues and not cli.no_told
+
+
+def train_told(erm_general: dict, data, task: str, cli: argparse.Namespace, epochs: float):
+    """MME-JD told the MMSD cues (`MMSD_CUES`): its text expert learns from each training text
+    and the text with the declared cues deleted, both with the row's label ("augment" on the
+    `cue_removed` counterfactual), and every validation choice reads the cue groups. It starts
+    from `erm_general`, the untold run's general expert (same rows, seed and schedule: the
+    general stage it would train), with `general_trained`. Returns (model, training log)."""
+    from mme_jd.minilm import minilm_mme_jd
+    from mme_jd.training import MMEJDTrainingConfig, train
+    from mme_jd.training.peers import restore_expert
+
+    model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
+    restore_expert(model, erm_general)
+    config = MMEJDTrainingConfig(recipe="mme_jd", router_split="validation", mid_split="validation",
+                                 inference_batch_size=64, text_counterfactual="cue_removed",
+                                 text_debias_objective="augment", cues=_mmsd_cues(), general_trained=True)
+    started = time.perf_counter()
+    report = train(model, data, training_arguments(cli, f"{cli.output}/mmsd-to-mmsd2/mme_jd_told", epochs), config)
+    stages = [{k: v for k, v in stage.items() if k != "losses"} for stage in report["stages"]]
+    return model, {"seconds_training": round(time.perf_counter() - started, 1), "stages": stages,
+                   "text_counterfactual": "cue_removed", "text_debias_objective": "augment"}
+
+
 def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     """Train and evaluate every recipe on one dataset; write and return its results."""
     from mme_jd.minilm import minilm_mme_jd
@@ -638,12 +675,13 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         log["seconds_evaluation"] = round(time.perf_counter() - evaluation_started, 1)
         log["cpu_seconds"] = round(_cpu_seconds() - recipe_cpu, 1)
         results["training"][recipe] = log
+        if recipe == "mme_jd":
+            from mme_jd.training.peers import restore_expert, snapshot_expert
+
+            erm_general = snapshot_expert(model, "general")  # ERM: for JTT and the told MME-JD
         if recipe == "mme_jd" and cli.head == "linear" and not cli.no_references:
             # DFR, JTT and Group DRO on ERM (the mme_jd run's general expert), after every mme_jd
             # figure is taken: told the declared cues' groups on MMSD, else the inferred ones
-            from mme_jd.training.peers import restore_expert, snapshot_expert
-
-            erm_general = snapshot_expert(model, "general")
             groups = (PeerGroups.declared_cues(data) if name == "mmsd-to-mmsd2" else PeerGroups.inferred(model, data))
             dfr_log = dfr_on_general(model, groups.validation, cli.seed)
             results["training"][groups.names["dfr"]] = dfr_log
@@ -659,6 +697,14 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
                         results["methods"].setdefault(method, {})[split] = evaluate(
                             peer, data[split], "general", task, 64, False)["general (ERM)"]
                     print_table(results["methods"], task)
+        print_table(results["methods"], task)
+    if told_too(name, recipes, cli):
+        told, log = train_told(erm_general, data, task, cli, epochs)
+        results["training"][TOLD_RUN] = log
+        for split in [s for s in data if s.startswith("test")]:
+            for method, values in evaluate(told, data[split], "mme_jd", task, 64, not cli.no_mid).items():
+                if method in TOLD_METHODS:
+                    results["methods"].setdefault(TOLD_METHODS[method], {})[split] = values
         print_table(results["methods"], task)
     if name == "mmsd-to-mmsd2" and not cli.no_references:
         for method, train_split, transform in ((CUE_FREE_REFERENCE, "train_mmsd2", None),
@@ -803,6 +849,10 @@ def main() -> None:
     parser.add_argument("--cues", action="store_true",
                         help="told: declare MMSD's hashtag and emoji cues (MMSD_CUES; mmsd-to-mmsd2 only): the "
                              "cue-only views keep them (cue_only) and validation selection uses their groups")
+    parser.add_argument("--no-told", action="store_true",
+                        help="mmsd-to-mmsd2: leave out MME-JD told (the declared cues deleted from the text expert's "
+                             "second copy of each row, with its label; selection on the cue groups), which otherwise "
+                             "trains from the run's ERM")
     parser.add_argument("--random-batches", action="store_true",
                         help="random batches (default: batches of rows of like length, less padding)")
     parser.add_argument("--no-references", action="store_true",

@@ -144,3 +144,28 @@ def test_the_report_scores_the_router_against_its_training_targets(tmp_path, mon
     trained = trained_on["targets"]
     assert report["router"]["target_counts"] == {name: int((trained == i).sum()) for i, name in enumerate(STRATEGY_NAMES)}
     assert report["router"]["target_counts"] == {"none": 2, "image": 1, "text": 1, "both": 0}  # row 0: text
+
+
+def test_collect_outputs_runs_like_length_batches_and_returns_rows_in_their_order(saved):
+    """Batches of like text length (`length_order`), outputs and metadata back in the rows'
+    order: every row's logits, label, group, routing and counterfactual text match a pass of
+    that row alone."""
+    from mme_jd.inference import length_order
+
+    model, _, data = saved
+    rows = data["test_balanced"].select(range(24))
+    rows = rows.map(lambda row, i: {"text": row["text"] + " very" * (i % 5)}, with_indices=True)  # lengths vary
+    order = length_order(rows)
+    lengths = [len(text) for text in rows["text"]]
+    assert sorted(order) == list(range(len(rows))) and order != list(range(len(rows)))
+    assert [lengths[i] for i in order] == sorted(lengths)
+    assert length_order([{"text": "a b c"}, {"text": "a"}, {"text": "a b"}]) == [1, 2, 0]
+    out = collect_outputs(model, model.processor, rows, batch_size=8, mode="mme_jd", counterfactual_parts=("text",),
+                          text_counterfactual="lexical", keep_metadata=True)
+    assert out["labels"].tolist() == rows["label"] and out["groups"].tolist() == rows["group"]
+    for i in (0, 7, 23):
+        alone = collect_outputs(model, model.processor, rows.select([i]), batch_size=1, mode="mme_jd",
+                                counterfactual_parts=("text",), text_counterfactual="lexical", keep_metadata=True)
+        assert torch.allclose(out["logits"][i], alone["logits"][0], atol=1e-5)
+        assert out["strategy"][i] == alone["strategy"][0]
+        assert out["metadata"]["text_counterfactual"][i] == alone["metadata"]["text_counterfactual"][0]

@@ -110,6 +110,9 @@ def test_training_ratios_and_skipped_experts_come_from_the_stage_logs():
                                                  "MME-JD routed": 3.0, "MCTD": 1.9}
     assert real_data.skipped_experts(result) == ["image_debias"]
     assert real_data.training_ratios({"training": {}}) == {}
+    result["training"][real_data.TOLD_RUN] = {"stages": [{"stage": "general", "reused": "...", "seconds_total": 0.0},
+                                                         {"stage": "text_debias", "seconds_total": 25.0}]}
+    assert real_data.training_ratios(result)[real_data.TOLD_METHODS["MME-JD routed"]] == 3.5  # ERM's 10 s + 25
     # an ERM pass per 1,000 rows: the general stage's CPU seconds over rows × epochs
     result["training"]["mme_jd"]["stages"][0]["cpu_seconds_total"] = 84.0
     result["settings"] = {"rows": {"train": 1000}, "epochs": 2.0}
@@ -199,6 +202,14 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     stages = {s["stage"]: s for s in written["training"]["mme_jd"]["stages"]}
     assert stages["image_debias"]["skipped"] and "bias_only" in stages  # sarcasm's default: poe_bias_only
     assert stages["router"]["selection_groups"]["column"].startswith("inferred")
+    # MME-JD told, from the same ERM: its text expert on the texts less the declared cues, with
+    # their labels; selection on the cue groups; its cost counts ERM's general stage
+    assert set(real_data.TOLD_METHODS.values()) <= set(methods)
+    told = {s["stage"]: s for s in written["training"][real_data.TOLD_RUN]["stages"]}
+    assert "reused" in told["general"] and "steps" not in told["general"]
+    assert told["text_debias"]["loss_settings"]["text_debias_objective"] == "augment" and told["text_debias"]["steps"]
+    assert told["router"]["selection_groups"]["column"] == "cue_group"
+    assert ratios[real_data.TOLD_METHODS["MME-JD routed"]] > 1.0
     # --add-mid: the same MID figures again, from the run's saved checkpoint
     mid = written["methods"].pop(real_data.MID)
     results.write_text(json.dumps(written))

@@ -316,6 +316,36 @@ def test_cli_trains_in_bf16_with_gradient_checkpointing_and_accumulation(tmp_pat
         assert lora and all(weights.get_tensor(name).dtype == torch.bfloat16 for name in lora)
 
 
+def test_general_trained_starts_from_the_models_general_expert_and_gives_the_one_run_checkpoint(
+        mme_jd_run, data, tmp_path):
+    """`general_trained`: a general recipe, then mme_jd from its general expert, reaches the
+    weights of the one mme_jd run with the same arguments (every stage seeds itself); the
+    general stage is logged as reused and its weights are left as they were."""
+    _, one_run, _, _ = mme_jd_run
+    model = tiny_model()
+    train(model, data, _args(tmp_path / "erm"), MMEJDTrainingConfig(recipe="general"))
+    general = {k: v.clone() for k, v in model.state_dict().items() if ".general." in k or k.startswith("heads.general")}
+    report = train(model, data, _args(tmp_path / "debias"), MMEJDTrainingConfig(
+        recipe="mme_jd", router_epochs=3, expert_skip_reliance=None, general_trained=True))
+    first = report["stages"][0]
+    assert first["stage"] == "general" and "reused" in first and "steps" not in first
+    assert [stage["stage"] for stage in report["stages"]] == ["general", "text_debias", "image_debias", "router", "mid"]
+    after = model.state_dict()
+    assert general and all(torch.equal(after[k], v) for k, v in general.items())
+    expected = one_run.state_dict()
+    assert set(after) == set(expected)
+    for key in expected:
+        assert torch.allclose(after[key], expected[key], atol=1e-6), key
+
+
+def test_general_trained_is_refused_where_nothing_was_trained_or_the_recipe_trains_general(data, tmp_path):
+    with pytest.raises(ValueError, match="general expert is untrained"):
+        train(tiny_model(), data, _args(tmp_path), MMEJDTrainingConfig(recipe="mid", general_trained=True))
+    for recipe in ("general", "mctd"):
+        with pytest.raises(ValueError, match=f"recipe '{recipe}' trains that expert itself"):
+            MMEJDTrainingConfig(recipe=recipe, general_trained=True)
+
+
 def test_debias_epochs_and_learning_rate_set_the_warm_started_stages_schedule(data, tmp_path):
     """`debias_epochs` trains image_debias and text_debias for their own number of epochs
     (here 1 against the general stage's 2: half its steps) at `debias_learning_rate`; both are

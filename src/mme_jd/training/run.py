@@ -43,7 +43,7 @@ from ..files import atomic_write_text
 from ..modeling.configuration_mme_jd import (BIAS_ONLY_OBJECTIVES, CF_TARGETS, DEBIAS_OBJECTIVES, EXPERT_NAMES,
                                              LABEL_KEEPING_OBJECTIVES, MMEJDLossSettings, check_choice,
                                              check_range)
-from ..modeling.modeling_mme_jd import is_training_only_parameter
+from ..modeling.modeling_mme_jd import is_expert_parameter, is_training_only_parameter
 from ..modeling.routing_mme_jd import DEBIAS_EXPERTS, strategy_targets
 from .mid import fit_lambdas
 from .reliance_check import reliance_check
@@ -101,6 +101,12 @@ class MMEJDTrainingConfig:
         Default 0.05, about two standard errors of the figure on 400 validation rows; on the
         synthetic benchmark the general expert's image reliance is 0.07-0.21 and the text
         expert's at most 0.016 (the training logs of bench/results/synthetic_seed*.json).
+    general_trained: the model's general expert is already trained (an ERM fine-tune of your
+        own, or the general expert of another run with the same training split and schedule):
+        recipes "mme_jd" and "mid" start from it and do not train the general stage (its log
+        says `reused`). Refused for "general" and "mctd", which train that expert, and by
+        `train` when the general expert's LoRA is still at its initialisation. On MMSD the
+        bench trains its told MME-JD this way from the untold run's ERM (bench/real_data.py).
     debias_epochs: epochs of the image_debias and text_debias stages, which start from the
         trained general expert (None: the TrainingArguments' `num_train_epochs`, as every
         other stage). Set with `max_steps=-1`; `max_steps` > 0 bounds every stage alike.
@@ -186,6 +192,7 @@ class MMEJDTrainingConfig:
     router_epochs: float = 30.0
     router_learning_rate: float = 3e-3
     expert_skip_reliance: float | None = 0.05
+    general_trained: bool = False
     debias_epochs: float | None = None
     debias_learning_rate: float | None = None
     router_cost_tolerance: float = DEFAULT_COST_TOLERANCE
@@ -217,6 +224,11 @@ class MMEJDTrainingConfig:
                              f"got {self.router_selection_folds}.")
         for name in ("mctd_text_weight", "mctd_image_weight"):
             check_range(name, getattr(self, name), 0.0, 100.0, owner)
+        stages = RECIPES[self.recipe]
+        if self.general_trained and (stages[0] != "general" or len(stages) == 1):
+            raise ValueError(f"{owner}.general_trained=True starts the debias stages from a trained general expert; "
+                             f"recipe {self.recipe!r} trains that expert itself: use recipe 'mme_jd' or 'mid', or "
+                             "leave general_trained False.")
         for name in ("debias_epochs", "debias_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -467,6 +479,16 @@ def _on_main_process(write) -> None:
     state.wait_for_everyone()
 
 
+def _check_general_trained(model) -> None:
+    """Refuse `general_trained` on a model whose general expert was never trained: PEFT starts
+    every LoRA B matrix at zero, so an untrained expert's are all still zero."""
+    lora_b = [p for n, p in model.named_parameters() if ".lora_B." in n and is_expert_parameter(n, "general")]
+    if lora_b and all(not bool(p.detach().any()) for p in lora_b):
+        raise ValueError("MMEJDTrainingConfig.general_trained=True, but the model's general expert is untrained (its "
+                         "LoRA B matrices are all zero): load the trained model first, or leave general_trained False "
+                         "so that the general stage trains it.")
+
+
 def _save_stage(model, output_dir: Path, stage: str, log: dict, settings: dict) -> None:
     """Save a finished stage: the model's folder (never its training-only parts), the bias_only
     stage's training-only weights beside it (`TRAINING_ONLY_NAME`, for a resumed run), then the
@@ -583,6 +605,14 @@ def train(
                 model.remove_training_only_parts()
             continue
         stage_started, stage_cpu = time.perf_counter(), time.process_time()
+        if stage == "general" and config.general_trained:
+            _check_general_trained(model)
+            log = {"stage": stage, "expert": stage, "reused": "the model's trained general expert (general_trained)"}
+            log["seconds_total"] = round(time.perf_counter() - stage_started, 2)
+            log["cpu_seconds_total"] = round(time.process_time() - stage_cpu, 2)
+            _save_stage(model, output_dir, stage, log, settings)
+            report["stages"].append(log)
+            continue
         if stage == "image_debias" and not has_images(dataset[config.train_split]):
             # an image-less row's image counterfactual is the row itself: trained to reverse its
             # label, the expert would learn contradictory targets on identical inputs
