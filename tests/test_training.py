@@ -296,6 +296,27 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
     assert "debias_learning_rate must be positive" in capsys.readouterr().err
 
 
+def test_cli_trains_the_told_text_expert_on_texts_less_the_declared_cue(tmp_path, capsys):
+    """`--cue NAME=REGEX --text-counterfactual cue_removed --text-debias-objective augment`: the
+    text stage keeps the label of the text less the cue, and the model keeps the declared cue;
+    the objective without that builder is refused with the fix."""
+    from mme_jd.cli import main
+
+    told = ["--cue", "irony=#irony", "--text-counterfactual", "cue_removed", "--text-debias-objective", "augment"]
+    assert main(["train", "--output-dir", str(tmp_path), "--recipe", "mme_jd", "--num-train", "32", "--max-steps", "2",
+                 "--batch-size", "8", *told]) == 0
+    report = json.loads((tmp_path / "final" / "training_report.json").read_text())
+    stages = {stage["stage"]: stage for stage in report["stages"]}
+    assert stages["text_debias"]["loss_settings"]["text_debias_objective"] == "augment"
+    assert stages["text_debias"]["steps"] == 2 and math.isfinite(stages["text_debias"]["train_loss"])
+    assert "bias_only" not in stages
+    config = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert [cue["name"] for cue in config["cues"]] == ["irony"]
+    assert main(["train", "--output-dir", str(tmp_path / "bad"), "--cue", "irony=#irony",
+                 "--text-debias-objective", "augment"]) == 1
+    assert "set text_counterfactual='cue_removed'" in capsys.readouterr().err
+
+
 def test_cli_trains_in_bf16_with_gradient_checkpointing_and_accumulation(tmp_path):
     """`--dtype bfloat16 --gradient-checkpointing --gradient-accumulation-steps 2`: the options of
     the README's 2B-7B launch lines reach the model and the Trainer; the weights are saved in bf16."""

@@ -27,11 +27,13 @@ def collect_outputs(
     group_column: str = "group",
     keep_metadata: bool = False,
     expert: str | None = None,
+    sort_by_length: bool = True,
 ) -> dict[str, Any]:
     """Batched inference over `dataset` rows; returns the concatenated outputs.
 
     Rows run in batches of like text length (`length_order`: less padding) and come back in
-    the dataset's order.
+    the dataset's order; `sort_by_length=False` runs them in that order, for a caller that
+    captures activations with hooks as the batches run (`training.peers.head_inputs`).
 
     Keys: labels, groups (when the rows have them), logits, strategy, router_logits,
     general_logits, image_debias_logits, text_debias_logits, text_counterfactual_logits,
@@ -56,7 +58,7 @@ def collect_outputs(
     device = next(model.parameters()).device
     collected: dict[str, list[torch.Tensor]] = {}
     metadata_rows: dict[str, list] = {}
-    order = length_order(dataset, collator.text_column)
+    order = length_order(dataset, collator.text_column) if sort_by_length else list(range(len(dataset)))
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc=description, disable=not progress, leave=False):
         rows = [dataset[i] for i in order[start:start + batch_size]]

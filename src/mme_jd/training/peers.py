@@ -274,9 +274,10 @@ def head_inputs(model, processor, rows, batch_size: int = 64, expert: str = "gen
     captured: list[torch.Tensor] = []
     hook = model.heads[expert].register_forward_hook(lambda module, args, output: captured.append(args[0].detach()))
     try:
+        # in the rows' order: the hook captures the head's inputs batch by batch as they run
         outputs = collect_outputs(model, processor, rows, batch_size=batch_size, expert=expert,
                                   description="DFR features", group_column="cue_group"
-                                  if "cue_group" in rows.column_names else "group")
+                                  if "cue_group" in rows.column_names else "group", sort_by_length=False)
     finally:
         hook.remove()
     return torch.cat(captured).float().cpu(), outputs
