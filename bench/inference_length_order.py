@@ -22,17 +22,16 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from real_data import load_data
-
+    from mme_jd.data.real import load_mmsd, normalize_tweet
     from mme_jd.files import atomic_write_text
     from mme_jd.inference import collect_outputs
     from mme_jd.minilm import minilm_mme_jd
 
     torch.set_num_threads(1)
-    data, task = load_data("mmsd-to-mmsd2", 4000, None, 800, 0)
-    rows = data["validation"]
-    model = minilm_mme_jd(task, head="linear")
+    # every validation row, in the file's order, normalised as bench/real_data.py does
+    rows = load_mmsd(splits="validation")["validation"].map(
+        lambda text: {"text": normalize_tweet(text)}, input_columns=["text"])
+    model = minilm_mme_jd("sarcasm", head="linear")
     collect_outputs(model, model.processor, rows.select(range(64)), batch_size=64, mode="general")  # warm-up
     figures, logits = {}, {}
     for name, sort in (("dataset order", False), ("length order", True)):

@@ -104,14 +104,6 @@ _SEED_FILE = re.compile(r"_seeds?\d*$")
 ALL = ("mmsd-to-mmsd2", "mvsa_single")
 #: `--full`: every row of every split, 2 epochs.
 FULL_EPOCHS = 2.0
-_URL = re.compile(r"(https?://|www\.)\S+")
-_USER = re.compile(r"@\w+")
-
-
-def normalize_tweet(text: str) -> str:
-    """URLs → "url", @mentions → "@user" (the usual tweet normalisation; MVSA-Single's texts
-    hold raw t.co links, which cost ~7 WordPieces each and carry nothing)."""
-    return _USER.sub("@user", _URL.sub("url", text))
 
 
 NOTE = (
@@ -138,7 +130,7 @@ def load_data(name: str, num_train: int | None, num_validation: int | None, num_
     subset of `num_*` rows (None: all), texts normalised with `normalize_tweet`."""
     from datasets import DatasetDict
 
-    from mme_jd.data.real import load_mmsd, load_mmsd2, load_mvsa_single
+    from mme_jd.data.real import load_mmsd, load_mmsd2, load_mvsa_single, normalize_tweet
 
     if name == "mvsa_single":
         data, task = load_mvsa_single(), "sentiment"

@@ -28,6 +28,7 @@ from mme_jd.data.real import (
     load_mmsd,
     load_mmsd2,
     load_mvsa_single,
+    normalize_tweet,
 )
 
 REQUIRED = {
@@ -162,6 +163,12 @@ def test_mvsa_rows_labels_and_image(mvsa_real):
     image = ds[0]["image"]
     assert isinstance(image, PILImage.Image)
     assert max(image.size) <= 256 and image.size[0] > 0
+
+
+def test_normalize_tweet_replaces_links_and_mentions_only():
+    text = "@bob_1 look https://t.co/AbC12 and www.x.org/a?b=1 # irony emoji_12 @ alone"
+    assert normalize_tweet(text) == "@user look url and url # irony emoji_12 @ alone"
+    assert normalize_tweet("no links here") == "no links here"
 
 
 def test_stand_in_is_announced_and_described(caplog):
