@@ -204,16 +204,22 @@ def dfr_on_general(model, validation, seed: int) -> dict:
     head refitted on the group-balanced first half of `validation` (its `group` column: cue or
     inferred groups, `PeerGroups`), the L2 weight (`DFR_L2`) chosen by worst-group accuracy on
     the second half, which only scores. Returns the log."""
-    from mme_jd.training.peers import restore_expert, snapshot_expert, train_dfr
+    from mme_jd.evaluation.metrics import worst_group_accuracy
+    from mme_jd.training.peers import head_inputs, restore_expert, snapshot_expert, train_dfr
 
     halves = validation.train_test_split(test_size=0.5, seed=seed)
     fit, score = halves["train"], halves["test"]
     initial = snapshot_expert(model, "general")
+    # what the head reads on each half, computed once: only the head changes between fits
+    fit_inputs = head_inputs(model, model.processor, fit)
+    score_features, score_outputs = head_inputs(model, model.processor, score)
     candidates, best = {}, None
     for l2 in DFR_L2:
         restore_expert(model, initial)
-        log = train_dfr(model, model.processor, fit, l2=l2, seed=seed)
-        wga = _group_wga(model, score)
+        log = train_dfr(model, model.processor, fit, l2=l2, seed=seed, inputs=fit_inputs)
+        with torch.no_grad():
+            predictions = model.heads["general"](score_features).argmax(-1)
+        wga = worst_group_accuracy(predictions, score_outputs["labels"], score_outputs["groups"])
         candidates[str(l2)] = round(wga, 4)
         if best is None or wga > best[0]:
             best = (wga, l2, snapshot_expert(model, "general"), log)

@@ -245,8 +245,8 @@ class MMEJDConfig(PreTrainedConfig):
             `router_max_routed_share`).
         skipped_experts: debias experts the training run did not train because validation
             showed nothing left for them to remove (`MMEJDTrainingConfig.expert_skip_reliance`):
-            they hold the general expert's weights, and routing never sends a sample to a
-            strategy that needs them (`routing_mme_jd.usable_strategies`). None: all trained.
+            they hold the general expert's weights (their logits are the general expert's, not
+            computed again), and routing never sends a sample to a strategy that needs them (`routing_mme_jd.usable_strategies`). None: all trained.
 
     Debiasing
         mode: "general" (the general expert), "mid" (counterfactual subtraction at

@@ -121,6 +121,19 @@ def concat_inputs(parts: list[dict], pad_token_id: int = 0) -> dict:
     return joined
 
 
+def without_trailing_padding(inputs: dict) -> dict:
+    """`inputs` less the trailing columns that no row attends to (a right-padded batch padded
+    beyond its longest row, e.g. a counterfactual padded to its originals' width). Leading
+    columns stay: dropping them would move every row's absolute positions."""
+    mask = inputs["attention_mask"]
+    attended = torch.nonzero(mask.any(0)).flatten()
+    width = int(attended[-1]) + 1 if len(attended) else mask.shape[1]
+    if width == mask.shape[1]:
+        return inputs
+    return {key: value[:, :width] if key in _SEQUENCE_KEYS and torch.is_tensor(value) else value
+            for key, value in inputs.items()}
+
+
 def select_rows(inputs: dict, rows: torch.Tensor, layout: ImageLayout) -> dict:
     """The sub-batch of `inputs` at the sample indices `rows`; pixel_values by the family's
     `layout` (`config.family.layout`: Qwen2-VL's pixel rows are not one per sample)."""
@@ -742,11 +755,20 @@ class MMEJDModel(MMEJDPreTrainedModel):
         raise ValueError(f"unknown mode {mode!r}; choose one of general, mid, mctd, mme_jd.")
 
     def _run_with_counterfactuals(self, name: str, inputs: dict, text_cf: dict | None, image_cf: dict | None):
-        """One batched pass of one expert over originals and the given counterfactuals."""
+        """One expert over originals and the given counterfactuals. With gradients (training),
+        one batched pass over them joined; without (inference), one pass per part, each cut to
+        its own longest row (`without_trailing_padding`): a cue-only input is often a fraction
+        of the original's length (MMSD's text-only image counterfactual: 17 tokens of ~45), and
+        joined it would run padded to the original's."""
+        batch = inputs["input_ids"].shape[0]
+        if not torch.is_grad_enabled():
+            original, pooled, _ = self.expert_forward(name, without_trailing_padding(inputs))
+            text_logits, image_logits = (None if cf is None else self.expert_forward(
+                name, without_trailing_padding(cf))[0] for cf in (text_cf, image_cf))
+            return original, pooled, text_logits, image_logits
         parts = [inputs] + [cf for cf in (text_cf, image_cf) if cf is not None]
         pad = self.config.text_config.pad_token_id or 0
         logits, pooled, _ = self.expert_forward(name, concat_inputs(parts, pad))
-        batch = inputs["input_ids"].shape[0]
         chunks = list(logits.split(batch))
         original = chunks.pop(0)
         text_logits = chunks.pop(0) if text_cf is not None else None
@@ -869,13 +891,16 @@ class MMEJDModel(MMEJDPreTrainedModel):
         strategy = self.route(router_logits)
         batch = general.shape[0]
         run_all = return_experts or config.expert_execution == "all"
+        skipped = set(config.skipped_experts or ())
         expert_logits = {}
         for name in DEBIAS_EXPERTS:  # one batched pass per expert over the rows routed to it
             rows = torch.arange(batch, device=general.device)
             if not run_all:
                 rows = rows[needs_expert(strategy, name)]
             full = torch.full_like(general, float("nan"))
-            if len(rows):
+            if len(rows) and name in skipped:  # it holds the general expert's weights: the same logits
+                full[rows] = general[rows]
+            elif len(rows):
                 features = self._select_image_features(captured, rows, batch) if reuse else None
                 subset = select_rows(inputs, rows, config.family.layout)
                 full[rows] = self.expert_forward(name, subset, image_features=features)[0]
@@ -1293,4 +1318,5 @@ MMEJDConfig.register_for_auto_class()
 MMEJDModel.register_for_auto_class("AutoModel")
 
 __all__ = ["MMEJDModel", "MMEJDOutput", "MMEJDPreTrainedModel", "MMEJDRouter", "MixinGate", "answer_positions",
-           "bias_ensemble_loss", "concat_inputs", "is_expert_parameter", "is_training_only_parameter", "select_rows"]
+           "bias_ensemble_loss", "concat_inputs", "is_expert_parameter", "is_training_only_parameter", "select_rows",
+           "without_trailing_padding"]

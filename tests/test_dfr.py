@@ -47,6 +47,17 @@ def test_dfr_refits_only_the_general_head_to_the_balanced_optimum(rows):
     assert objective(head.weight.detach(), head.bias.detach()) < start - 1e-3
     changed = {name for name, value in model.state_dict().items() if not torch.equal(value, before[name])}
     assert changed == {"heads.general.weight", "heads.general.bias"}
+    fitted = {name: model.state_dict()[name].clone() for name in changed}
+
+    # given the head's inputs (fits at several l2 share them), it runs no pass and fits the same head
+    model.load_state_dict(before)
+    passes = []
+    hook = model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    try:
+        train_dfr(model, None, rows, l2=1.0, subsets=1, seed=0, inputs=(features, outputs))
+    finally:
+        hook.remove()
+    assert passes == [] and all(torch.equal(model.state_dict()[name], fitted[name]) for name in changed)
 
 
 def test_dfr_names_what_it_needs(rows):

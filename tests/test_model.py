@@ -291,3 +291,58 @@ def test_routing_every_sample_to_one_expert_skips_the_general_pass(tiny_llava_mo
     assert torch.isnan(fast.general_logits).all() and torch.isnan(fast.router_logits).all()
     model.config.router_threshold = 0.1
     assert model.single_routed_expert is None
+
+
+def test_inference_runs_each_counterfactual_cut_to_its_own_longest_row(tiny_llava_model, images):
+    """Without gradients the originals and each counterfactual run as separate passes, each
+    without the padding columns no row of it attends to; the logits equal the joined pass's."""
+    model = tiny_llava_model.eval()
+    nudge_experts(model)
+    model.config.lambda_text, model.config.lambda_image = 0.3, 0.6
+    triple = _triple(model, images)
+    text_cf = dict(triple["text_counterfactual"])
+    width = text_cf["input_ids"].shape[1]
+    for key in ("input_ids", "attention_mask"):  # padded 7 columns wider than its longest row
+        text_cf[key] = torch.nn.functional.pad(text_cf[key], (0, 7), value=0)
+    kwargs = dict(**triple["original"], text_counterfactual=text_cf,
+                  image_counterfactual=triple["image_counterfactual"], mode="mid")
+    joined = model(**kwargs)  # gradients on: one pass over the three parts joined
+    widths = []
+    hook = model.vlm.get_base_model().model.register_forward_pre_hook(
+        lambda module, args, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            separate = model(**kwargs)
+    finally:
+        hook.remove()
+    longest = [int(part["attention_mask"].sum(1).max()) for part in
+               (triple["original"], triple["text_counterfactual"], triple["image_counterfactual"])]
+    assert longest[1] == width and [tuple(shape) for shape in widths] == [(4, n) for n in longest]
+    for key in ("logits", "general_logits", "text_counterfactual_logits", "image_counterfactual_logits",
+                "pooled_hidden_state"):
+        assert torch.allclose(getattr(separate, key), getattr(joined, key), atol=1e-5), key
+
+
+def test_a_skipped_expert_is_not_run_and_gives_the_general_logits(tiny_llava_model, images):
+    from mme_jd.training.stages import copy_expert
+
+    model = tiny_llava_model.eval()
+    nudge_experts(model)
+    copy_expert(model, "general", "image_debias")  # what a training run leaves in a skipped expert
+    inputs = build_triple(model.processor, model.config, TEXTS, images, None, parts=())["original"]
+    with torch.no_grad():
+        computed = model(**inputs, mode="mme_jd", return_experts=True)
+    model.config.skipped_experts = ["image_debias"]
+    calls = []
+    original = model.expert_forward
+    model.expert_forward = lambda name, *args, **kwargs: calls.append(name) or original(name, *args, **kwargs)
+    try:
+        with torch.no_grad():
+            reused = model(**inputs, mode="mme_jd", return_experts=True)
+    finally:
+        del model.expert_forward
+        model.config.skipped_experts = None
+    assert calls == ["general", "text_debias"]
+    assert torch.equal(reused.image_debias_logits, reused.general_logits)
+    assert torch.allclose(computed.image_debias_logits, reused.image_debias_logits, atol=1e-6)
+    assert torch.equal(computed.logits, reused.logits) or torch.allclose(computed.logits, reused.logits, atol=1e-6)

@@ -294,12 +294,15 @@ def balanced_subset(groups: torch.Tensor, generator: torch.Generator) -> torch.T
 
 
 def train_dfr(model, processor, rows, l2: float = 1.0, subsets: int = 10, seed: int = 0,
-              batch_size: int = 64, steps: int = 200) -> dict[str, Any]:
+              batch_size: int = 64, steps: int = 200,
+              inputs: tuple[torch.Tensor, dict] | None = None) -> dict[str, Any]:
     """Refit the general expert's linear head on group-balanced subsets of `rows` (their `group`
     or `cue_group` column: label × cue), the weights averaged over `subsets` fits (each L-BFGS on
-    the mean cross-entropy plus `l2`·‖W‖²/2 over the subset). The LoRA weights stay. Returns a
-    log: subset size, groups, the loss of each fit."""
-    features, outputs = head_inputs(model, processor, rows, batch_size)
+    the mean cross-entropy plus `l2`·‖W‖²/2 over the subset). The LoRA weights stay. `inputs`:
+    `head_inputs(model, processor, rows)` when the caller has it (e.g. fits at several `l2`;
+    the head does not change what it reads). Returns a log: subset size, groups, the loss of
+    each fit."""
+    features, outputs = inputs if inputs is not None else head_inputs(model, processor, rows, batch_size)
     if "groups" not in outputs:
         raise ValueError("DFR needs groups: give the rows a 'group' column, or declared cues' 'cue_group' "
                          "(mme_jd.cues.add_cue_columns).")
