@@ -614,8 +614,9 @@ def train(
             report["stages"].append(log)
             continue
         if stage == "image_debias" and not has_images(dataset[config.train_split]):
-            # an image-less row's image counterfactual is the row itself: trained to reverse its
-            # label, the expert would learn contradictory targets on identical inputs
+            # an image-less row has no image to mask: its image counterfactual is the bare prompt
+            # (text deleted, image words masked), one input for every row; trained to reverse the
+            # labels, the expert would learn contradictory targets on identical inputs
             check = {"stage": stage, "needed": False, "reason": "no training row has an image"}
             print(f"[mme-jd] {stage}: skipped, no row of {config.train_split!r} has an image", flush=True)
         elif stage in DEBIAS_STAGES and config.expert_skip_reliance is not None:
