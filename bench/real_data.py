@@ -118,6 +118,15 @@ NOTE = (
 )
 
 
+def new_model(task: str, cli: argparse.Namespace):
+    """A fresh MiniLM-LLaVA `MMEJDModel` with the run's head, LoRA rank and precision: every
+    method of a run starts from one (same base, same seed-free initialisation)."""
+    from mme_jd.minilm import minilm_mme_jd
+
+    return minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank,
+                         autocast_dtype=cli.autocast_dtype)
+
+
 def _subset(split, count: int | None, seed: int):
     if count is None or count >= len(split):
         return split
@@ -307,7 +316,6 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
     over the validation groups. JTT's first phase is ERM for the run's epochs, which is
     `erm_model`'s general expert (same data, seed and arguments): only its error set is computed
     here. Yields (method, model, training log with `cpu_seconds_training`)."""
-    from mme_jd.minilm import minilm_mme_jd
     from mme_jd.training.peers import jtt_error_indices, restore_expert, snapshot_expert, train_group_dro, train_jtt
 
     started = time.process_time()
@@ -320,7 +328,7 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
             model, {"train": groups.train}, args, step_size=step, num_groups=groups.count)),
     )
     for peer, knobs, fit in searches:
-        model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
+        model = new_model(task, cli)
         initial = snapshot_expert(model, "general")
         candidates, best = {}, None
         for knob in knobs:
@@ -523,6 +531,7 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
         settings.append(f"{name}{f' [{variant}]' if variant else ''}: {run['rows']['train']} training rows, {run['epochs']:g} epoch(s), "
                         f"lr {run['learning_rate']:g}, seed {run['seed']}, text cf `{run.get('text_counterfactual', 'swap')}`, "
                         f"text_debias `{run.get('text_debias_objective', 'reversed')}`, "
+                        f"{'bfloat16 autocast' if run.get('autocast_dtype') == 'bfloat16' else 'float32'}, "
                         f"{result['seconds'] / 60:.1f} min"
                         + (f", an ERM pass {erm_pass_seconds(result):.0f} CPU s per 1,000 rows"
                            if erm_pass_seconds(result) is not None else "")
@@ -619,11 +628,10 @@ def train_told(erm_general: dict, data, task: str, cli: argparse.Namespace, epoc
     `cue_removed` counterfactual), and every validation choice reads the cue groups. It starts
     from `erm_general`, the untold run's general expert (same rows, seed and schedule: the
     general stage it would train), with `general_trained`. Returns (model, training log)."""
-    from mme_jd.minilm import minilm_mme_jd
     from mme_jd.training import MMEJDTrainingConfig, train
     from mme_jd.training.peers import restore_expert
 
-    model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
+    model = new_model(task, cli)
     restore_expert(model, erm_general)
     config = MMEJDTrainingConfig(recipe="mme_jd", router_split="validation", mid_split="validation",
                                  inference_batch_size=64, text_counterfactual="cue_removed",
@@ -637,7 +645,6 @@ def train_told(erm_general: dict, data, task: str, cli: argparse.Namespace, epoc
 
 def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     """Train and evaluate every recipe on one dataset; write and return its results."""
-    from mme_jd.minilm import minilm_mme_jd
     from mme_jd.training import MMEJDTrainingConfig, train
 
     num_train, num_validation, num_test, epochs = DEFAULTS[name]
@@ -671,7 +678,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     if "general" in recipes and "mme_jd" in recipes:
         results["general_from"] = "the general expert of the mme_jd run (its first stage is the general recipe)"
     for recipe in train_recipes:
-        model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
+        model = new_model(task, cli)
         results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum
         args = training_arguments(cli, f"{cli.output}/{name}/{recipe}", epochs)
         config = MMEJDTrainingConfig(recipe=recipe, router_split="validation", mid_split="validation",
@@ -731,7 +738,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         for method, train_split, transform in ((CUE_FREE_REFERENCE, "train_mmsd2", None),
                                                (CUE_REMOVED, "train", without_cues)):
             reference_data = transform(data) if transform else data
-            model = minilm_mme_jd(task, head=cli.head, lora_rank=cli.lora_rank, lora_alpha=2 * cli.lora_rank)
+            model = new_model(task, cli)
             args = training_arguments(cli, f"{cli.output}/{name}/{train_split}{'_no_cues' if transform else ''}",
                                       epochs)
             config = MMEJDTrainingConfig(recipe="general", train_split=train_split, router_split="validation",
@@ -837,6 +844,11 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--autocast", default="auto", choices=["auto", "bfloat16", "none"],
+                        help="the base's precision (MMEJDConfig.autocast_dtype) for every method alike: bfloat16 "
+                             "mixed precision (weights, updates, heads and logits stay float32), or none (float32); "
+                             "auto: bfloat16 where the CPU has AVX512-BF16 or AMX (mme_jd.native_autocast_dtype), "
+                             "else none. The run's settings record what it used")
     parser.add_argument("--raw-text", action="store_true", help="keep URLs and @mentions as they are")
     parser.add_argument("--no-mid", action="store_true",
                         help="leave out MID (the mme_jd run's general expert minus its λ-weighted cue-only logits)")
@@ -898,6 +910,9 @@ def main() -> None:
     parser.add_argument("--tables-only", action="store_true",
                         help="only rebuild bench/results/real.md and the README section from the JSON files")
     cli = parser.parse_args()
+    from mme_jd.base import native_autocast_dtype
+
+    cli.autocast_dtype = {"auto": native_autocast_dtype("cpu"), "none": None}.get(cli.autocast, cli.autocast)
     results_dir = Path(cli.results_dir)
     readme = Path(cli.readme) if cli.readme and not cli.quick else None
     suffix = "_quick" if cli.quick else ""

@@ -163,6 +163,7 @@ def markdown(aggregated: dict) -> str:
     line = (f"Mean ± sample std (ddof=1) over {runs} seed(s) {', '.join(str(s) for s in aggregated['seeds'])} "
             f"of {aggregated.get('dataset')} ({aggregated.get('task')}); rows: {rows_text or 'unknown'}"
             + (f"; {settings['epochs']:g} epoch(s)" if isinstance(settings.get("epochs"), (int, float)) else "")
+            + ("; bfloat16 autocast" if settings.get("autocast_dtype") == "bfloat16" else "; float32")
             + ". Routed away: mean share of samples the router sends to a debias expert.")
     if aggregated.get("differing_settings"):
         line += f" Settings that differ between the files: {', '.join(aggregated['differing_settings'])}."

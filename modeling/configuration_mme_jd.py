@@ -57,6 +57,8 @@ ROUTER_POOLINGS = ("last", "mean")
 #: image and its image tokens ("stand_in", what folders saved without the field mean), or no
 #: image tokens at all ("text_only", what `mme_jd.from_base` gives new models).
 IMAGE_LESS_ROWS = ("stand_in", "text_only")
+#: The base's compute precision (`MMEJDConfig.autocast_dtype`): None keeps the weights' own.
+AUTOCAST_DTYPES = (None, "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,15 @@ class MMEJDConfig(PreTrainedConfig):
             base whose layout holds one image per sample (GRID: LLaVA, PaliGemma, Gemma 3, ...).
         head: "verbalizer" (default; zero-shot capable) or "linear" (a linear layer per
             expert over the final hidden state at the answer position).
+        autocast_dtype: None (default: the base runs in its weights' dtype) or "bfloat16" /
+            "float16": the base's pass (vision tower and language model, LoRA included) runs
+            under `torch.autocast` in that dtype, in training and at inference; the weights,
+            the optimizer's updates, the heads, the router and every logit stay float32.
+            Mixed precision: on a CPU with AVX512-BF16 or AMX, "bfloat16" cut a MiniLM-LLaVA
+            training step by about a third and an inference pass by half
+            (`bench/real_data.py --autocast`); on one without, it is slower than float32. A
+            model's router threshold and λs are chosen under the precision it was trained
+            with: load it with the same, or pass `autocast_dtype=` to `from_pretrained`.
 
     Experts (LoRA adapters on one frozen base, named by EXPERT_NAMES; METHOD §4)
         lora_rank, lora_alpha, lora_dropout: LoRA hyper-parameters of every expert.
@@ -308,6 +319,7 @@ class MMEJDConfig(PreTrainedConfig):
     question: str = "is it sarcastic ?"
     image_less_rows: str = "stand_in"
     head: str = "verbalizer"
+    autocast_dtype: str | None = None
     # experts
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -369,6 +381,7 @@ class MMEJDConfig(PreTrainedConfig):
         check_choice("both_combination", self.both_combination, BOTH_COMBINATIONS)
         check_choice("router_pooling", self.router_pooling, ROUTER_POOLINGS)
         check_choice("image_less_rows", self.image_less_rows, IMAGE_LESS_ROWS)
+        check_choice("autocast_dtype", self.autocast_dtype, AUTOCAST_DTYPES)
         if self.image_less_rows == "text_only" and self.base_config is not None and self.family.layout is not GRID:
             raise ValueError(
                 f"MMEJDConfig.image_less_rows='text_only' needs a base with one image per sample; "

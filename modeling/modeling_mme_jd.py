@@ -587,8 +587,16 @@ class MMEJDModel(MMEJDPreTrainedModel):
             inputs["mm_encoder_outputs"] = {"image": image_features}
         else:
             inputs = self._pixels_of_image_rows(inputs)
-        outputs = inner(**inputs, output_attentions=output_attentions, use_cache=False, return_dict=True)
-        return outputs.last_hidden_state, getattr(outputs, "attentions", None)
+        dtype = self.config.autocast_dtype
+        # None leaves any autocast of the caller's as it is (a disabled autocast would turn it off)
+        with (torch.autocast(inputs["input_ids"].device.type, dtype=getattr(torch, dtype)) if dtype is not None
+              else contextlib.nullcontext()):
+            outputs = inner(**inputs, output_attentions=output_attentions, use_cache=False, return_dict=True)
+        attentions = getattr(outputs, "attentions", None)
+        if dtype is not None:  # mixed precision stops at the base: heads, router and losses read float32
+            attentions = None if attentions is None else tuple(a.float() for a in attentions)
+            return outputs.last_hidden_state.float(), attentions
+        return outputs.last_hidden_state, attentions
 
     def _pixels_of_image_rows(self, inputs: dict) -> dict:
         """`inputs` whose pixel_values hold only the samples that have image tokens: a text-only

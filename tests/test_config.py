@@ -20,6 +20,7 @@ BASE = {"model_type": "llava", "text_config": {"model_type": "llama", "hidden_si
         ("image_fill", "noise", "image_fill='noise'"),
         ("other_modality", "drop", "other_modality='drop'"),
         ("expert_execution", "some", "expert_execution='some'"),
+        ("autocast_dtype", "float64", "autocast_dtype='float64' is not allowed; choose one of [None, 'bfloat16'"),
         ("router_threshold", 1.5, "router_threshold=1.5 must be a number in [0.0, 1.0]"),
         ("text_mask_ratio", -0.1, "text_mask_ratio=-0.1"),
         ("lora_rank", 0, "lora_rank=0 must be a positive integer"),
@@ -47,7 +48,7 @@ def test_config_round_trip_keeps_every_field(tmp_path):
     config = MMEJDConfig(
         base_config=BASE, id2label={0: "neg", 1: "neu", 2: "pos"}, label_words=["bad", "ok", "good"],
         label_token_ids=[4, 5, 6], mode="mid", lambda_text=0.3, lambda_image=0.7, text_counterfactual="swap",
-        expert_temperatures={"general": 2.0},
+        expert_temperatures={"general": 2.0}, autocast_dtype="bfloat16",
     )
     config.save_pretrained(tmp_path)
     loaded = MMEJDConfig.from_pretrained(tmp_path)
@@ -55,7 +56,7 @@ def test_config_round_trip_keeps_every_field(tmp_path):
     assert loaded.base_config.text_config.hidden_size == 32
     assert loaded.id2label == {0: "neg", 1: "neu", 2: "pos"} and loaded.label2id == {"neg": 0, "neu": 1, "pos": 2}
     for field in ("mode", "lambda_text", "lambda_image", "text_counterfactual", "label_token_ids",
-                  "label_words"):
+                  "label_words", "autocast_dtype"):
         assert getattr(loaded, field) == getattr(config, field), field
     assert loaded.expert_temperature("general") == 2.0 and loaded.expert_temperature("text_debias") == 1.0
     assert loaded.family.image_placeholder == "<image>"

@@ -346,3 +346,46 @@ def test_a_skipped_expert_is_not_run_and_gives_the_general_logits(tiny_llava_mod
     assert torch.equal(reused.image_debias_logits, reused.general_logits)
     assert torch.allclose(computed.image_debias_logits, reused.image_debias_logits, atol=1e-6)
     assert torch.equal(computed.logits, reused.logits) or torch.allclose(computed.logits, reused.logits, atol=1e-6)
+
+
+def test_autocast_runs_the_base_in_bfloat16_and_keeps_weights_heads_and_logits_float32(tiny_llava_model, images):
+    """`autocast_dtype="bfloat16"`: the base's linear layers (LoRA too) compute in bfloat16; the
+    logits, the loss and the trained weights' gradients are float32, and the logits stay near
+    the float32 ones (mixed precision, not another model)."""
+    model = tiny_llava_model
+    nudge_experts(model)
+    inputs = build_triple(model.processor, model.config, TEXTS, images, TEXTS)["original"]
+    labels = torch.tensor([1, 0, 0, 1])
+    reference = model(**inputs, expert="general").logits
+    seen: list[torch.dtype] = []
+    layer = next(m for name, m in model.vlm.named_modules() if name.endswith("q_proj.lora_A.general"))
+    handle = layer.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    model.config.autocast_dtype = "bfloat16"
+    try:
+        mixed = model(**inputs, expert="general").logits
+        model.train()
+        params = model.set_trainable("general")
+        loss = model(**inputs, labels=labels, expert="general").loss
+        loss.backward()
+    finally:
+        handle.remove()
+        model.config.autocast_dtype = None
+        model.eval()
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert mixed.dtype == torch.float32 and loss.dtype == torch.float32
+    assert not torch.equal(mixed, reference) and torch.allclose(mixed, reference, atol=0.05, rtol=0.05)
+    grads = [p.grad for p in params if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and p.dtype == torch.float32 for p, g in zip(params, grads))
+    assert any(g.abs().sum() > 0 for g in grads)
+    # back to None: the float32 pass again, bit for bit
+    assert torch.equal(model(**inputs, expert="general").logits, reference)
+
+
+def test_native_autocast_dtype_names_a_dtype_the_config_accepts():
+    from mme_jd import MMEJDConfig, native_autocast_dtype
+
+    for device in ("cpu", "cuda"):
+        dtype = native_autocast_dtype(device)
+        assert dtype in (None, "bfloat16")
+        MMEJDConfig(autocast_dtype=dtype)  # accepted
+    assert native_autocast_dtype("mps") is None  # no claim for a device it does not know

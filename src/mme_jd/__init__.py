@@ -20,6 +20,7 @@ _LAZY = {
     "MMEJDOutput": "mme_jd.modeling.modeling_mme_jd",
     "MultimodalDebiasPipeline": "mme_jd.modeling.pipeline_mme_jd",
     "from_base": "mme_jd.base",
+    "native_autocast_dtype": "mme_jd.base",
     "tiny_model": "mme_jd.tiny",
     "build_tiny_base": "mme_jd.tiny",
 }

@@ -36,6 +36,17 @@ def label_token_ids(tokenizer: Any, label_words: list[str]) -> list[int]:
     return ids
 
 
+def native_autocast_dtype(device: str = "cpu") -> str | None:
+    """The `MMEJDConfig.autocast_dtype` that runs faster than float32 on `device`: "bfloat16"
+    on a CUDA GPU that supports it or on a CPU with AVX512-BF16 or AMX instructions, else None
+    (on a CPU without them bfloat16 is emulated and slower than float32)."""
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    if device == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return "bfloat16"
+    return None
+
+
 def from_base(
     base: Any,
     processor: Any = None,
