@@ -337,6 +337,28 @@ def test_cli_trains_in_bf16_with_gradient_checkpointing_and_accumulation(tmp_pat
         assert lora and all(weights.get_tensor(name).dtype == torch.bfloat16 for name in lora)
 
 
+def test_cli_trains_under_autocast_with_float32_weights_and_saves_the_precision(tmp_path, capsys):
+    """`--autocast bfloat16`: mixed precision; the saved weights stay float32 and the saved config
+    carries the precision, so the folder reloads computing as it was trained. With --dtype it
+    is refused, naming both."""
+    from safetensors import safe_open
+
+    from mme_jd import MMEJDModel
+    from mme_jd.cli import main
+
+    assert main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
+                 "--max-steps", "2", "--batch-size", "4", "--autocast", "bfloat16"]) == 0
+    report = json.loads((tmp_path / "final" / "training_report.json").read_text())
+    assert report["stages"][0]["steps"] == 2 and math.isfinite(report["stages"][0]["train_loss"])
+    with safe_open(str(tmp_path / "final" / "model.safetensors"), "pt") as weights:
+        lora = [name for name in weights.keys() if ".lora_A." in name]
+        assert lora and all(weights.get_tensor(name).dtype == torch.float32 for name in lora)
+    assert MMEJDModel.from_pretrained(tmp_path / "final").config.autocast_dtype == "bfloat16"
+    assert main(["train", "--output-dir", str(tmp_path / "both"), "--recipe", "general", "--num-train", "32",
+                 "--max-steps", "2", "--autocast", "bfloat16", "--dtype", "bfloat16"]) != 0
+    assert "pass one of the two" in capsys.readouterr().err
+
+
 def test_general_trained_starts_from_the_models_general_expert_and_gives_the_one_run_checkpoint(
         mme_jd_run, data, tmp_path):
     """`general_trained`: a general recipe, then mme_jd from its general expert, reaches the

@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="precision of the whole model, base and experts (default: the base's); bfloat16 / "
                              "float16 also train in that precision (TrainingArguments bf16 / fp16)")
+    parser.add_argument("--autocast", default=None, choices=["bfloat16", "float16"],
+                        help="mixed precision: the base's pass runs under torch.autocast in this dtype while the "
+                             "weights, the updates, the heads and the logits stay float32 "
+                             "(MMEJDConfig.autocast_dtype, saved with the model); faster than float32 on a GPU and "
+                             "on a CPU with AVX512-BF16 or AMX (mme_jd.native_autocast_dtype tells), slower on "
+                             "other CPUs. Not with --dtype")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each layer's activations in the backward pass: far less activation "
                              "memory for about a third more compute (see README, Training on a 2B-7B base)")
@@ -108,6 +114,9 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--dataset {args.dataset!r} holds one split; training needs a train and a validation "
                          "split: a named dataset or a datasets.save_to_disk folder of a DatasetDict.")
     dtype = getattr(args, "dtype", None)
+    if dtype not in (None, "float32") and getattr(args, "autocast", None):
+        raise ValueError(f"--autocast {args.autocast} mixes precisions over float32 weights; --dtype {dtype} puts "
+                         "the weights themselves in that dtype: pass one of the two.")
     if args.model == "tiny":
         from ..tiny import tiny_model
 
@@ -122,6 +131,8 @@ def run(args: argparse.Namespace) -> dict:
         model = from_base(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
     if dtype is not None and args.model in ("tiny", "tiny-pretrained"):
         model = model.to(getattr(torch, dtype))
+    if getattr(args, "autocast", None):
+        model.config.autocast_dtype = args.autocast
     checkpointing = _checkpointing_argument()
     training_args = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
