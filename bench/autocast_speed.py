@@ -6,7 +6,9 @@ models' accuracy there.
 
     python bench/autocast_speed.py [--num-train 1000]
 
-Writes bench/results/autocast_speed.json and prints the figures. bfloat16 is fast only on a CPU with
+Writes bench/results/autocast_speed.json (or --results) and prints the figures. Several at once
+(e.g. three on 2 cores, as `bench/real_data.py --jobs 3` runs its seeds) show what sharing the
+cores does to each precision. bfloat16 is fast only on a CPU with
 AVX512-BF16 or AMX (`mme_jd.native_autocast_dtype`); the file records whether this one has them.
 """
 
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=str(RESULTS / "autocast_speed.json"), help="JSON file to write")
     cli = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                "predictions_agreeing": round(float((logits["float32"].argmax(-1)
                                                     == logits["bfloat16 autocast"].argmax(-1)).float().mean()), 4),
                "environment": run_environment()}
-    atomic_write_text(RESULTS / "autocast_speed.json", json.dumps(results, indent=2) + "\n", make_parents=True)
+    results["load_average_at_end"] = os.getloadavg()[0]
+    atomic_write_text(Path(cli.results), json.dumps(results, indent=2) + "\n", make_parents=True)
     print(json.dumps({k: v for k, v in results.items() if k != "environment"}, indent=1))
     return 0
 

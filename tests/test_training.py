@@ -354,6 +354,7 @@ def test_cli_trains_under_autocast_with_float32_weights_and_saves_the_precision(
         lora = [name for name in weights.keys() if ".lora_A." in name]
         assert lora and all(weights.get_tensor(name).dtype == torch.float32 for name in lora)
     assert MMEJDModel.from_pretrained(tmp_path / "final").config.autocast_dtype == "bfloat16"
+    assert MMEJDModel.from_pretrained(tmp_path / "final", autocast_dtype=None).config.autocast_dtype is None
     assert main(["train", "--output-dir", str(tmp_path / "both"), "--recipe", "general", "--num-train", "32",
                  "--max-steps", "2", "--autocast", "bfloat16", "--dtype", "bfloat16"]) != 0
     assert "pass one of the two" in capsys.readouterr().err
