@@ -229,11 +229,12 @@ class MMEJDConfig(PreTrainedConfig):
             "float16": the base's pass (vision tower and language model, LoRA included) runs
             under `torch.autocast` in that dtype, in training and at inference; the weights,
             the optimizer's updates, the heads, the router and every logit stay float32.
-            Mixed precision: on a CPU with AVX512-BF16 or AMX, "bfloat16" cut a MiniLM-LLaVA
-            training step by about a third and an inference pass by half
-            (`bench/real_data.py --autocast`); on one without, it is slower than float32. A
-            model's router threshold and λs are chosen under the precision it was trained
-            with: load it with the same, or pass `autocast_dtype=` to `from_pretrained`.
+            Mixed precision for GPUs and CPUs with AVX512-BF16 or AMX (on those, a MiniLM-LLaVA
+            training pass took 0.86-0.88x float32's CPU time and an inference pass 0.55-0.60x:
+            `bench/autocast_speed.py`); elsewhere bfloat16 is emulated and not expected to pay
+            (`mme_jd.native_autocast_dtype`). A model's router threshold and λs are chosen
+            under the precision it was trained with: load it with the same, or pass
+            `autocast_dtype=` to `from_pretrained`.
 
     Experts (LoRA adapters on one frozen base, named by EXPERT_NAMES; METHOD §4)
         lora_rank, lora_alpha, lora_dropout: LoRA hyper-parameters of every expert.
