@@ -42,7 +42,9 @@ def native_autocast_dtype(device: str = "cpu") -> str | None:
     (on a CPU without them bfloat16 is emulated and slower than float32)."""
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
-    if device == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    # torch.cpu's private probes (torch 2.x); a torch without them claims nothing
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    if device == "cpu" and any(probe is not None and probe() for probe in probes):
         return "bfloat16"
     return None
 
