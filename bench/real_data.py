@@ -32,6 +32,10 @@ trained twice. Writes bench/results/real_<dataset>.json (atomically) and prints 
 
 Texts are normalised (URLs → "url", @mentions → "@user"; `--raw-text` keeps them).
 
+Precision: `--autocast auto` (the default) runs the base under bfloat16 autocast where the CPU
+has native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere; `--autocast none` is float32
+throughout. Every method of a run gets the same precision, and the results record it.
+
 The figures are a FLOOR, not the paper's setting: MiniLM-LLaVA is a 22M-parameter sentence
 encoder with an untrained 64 px vision tower and a random lm_head, trained with LoRA for one
 epoch (4,000 MMSD rows, 1,000 MVSA-Single rows, every validation row by default).
@@ -560,11 +564,15 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
 
 
 def seeds_markdown(results_dir: Path) -> str:
-    """The mean ± std tables of the `--seeds` aggregates in `results_dir` (bench/real_seeds.py)."""
+    """The mean ± std tables of the `--seeds` aggregates in `results_dir` (bench/real_seeds.py):
+    `make bench`'s own (`real_<dataset>_seeds`) first, then variants by name."""
     from real_seeds import markdown
 
+    def variant(path: Path) -> bool:
+        return path.stem.removeprefix("real_").removesuffix("_seeds") not in ALL
+
     tables = [f"`{path.stem}`:\n\n" + markdown(json.loads(path.read_text()))
-              for path in sorted(results_dir.glob("real_*_seeds.json"))]
+              for path in sorted(results_dir.glob("real_*_seeds.json"), key=lambda path: (variant(path), path.stem))]
     return "\n\n".join(tables)
 
 
@@ -853,12 +861,12 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--autocast", default="none", choices=["none", "bfloat16", "auto"],
-                        help="the base's precision (MMEJDConfig.autocast_dtype) for every method alike: none "
-                             "(float32, the default: the README's figures), bfloat16 mixed precision (weights, "
-                             "updates, heads and logits stay float32), or auto: bfloat16 where the CPU has "
-                             "AVX512-BF16 or AMX (mme_jd.native_autocast_dtype), else none. The run's settings "
-                             "record what it used")
+    parser.add_argument("--autocast", default="auto", choices=["none", "bfloat16", "auto"],
+                        help="the base's precision (MMEJDConfig.autocast_dtype) for every method alike: auto "
+                             "(the default, the README's figures): bfloat16 where the CPU has AVX512-BF16 or AMX "
+                             "(mme_jd.native_autocast_dtype), else none; bfloat16 mixed precision (weights, "
+                             "updates, heads and logits stay float32); or none (float32 throughout). The run's "
+                             "settings record what it used")
     parser.add_argument("--raw-text", action="store_true", help="keep URLs and @mentions as they are")
     parser.add_argument("--no-mid", action="store_true",
                         help="leave out MID (the mme_jd run's general expert minus its λ-weighted cue-only logits)")

@@ -154,3 +154,16 @@ def test_cli_writes_json_table_and_plot(results, tmp_path, capsys):
     assert "0.600 ± 0.100" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         real_seeds.main([str(files[0]), str(files[0]), "--name", "dup", "--results-dir", str(tmp_path / "out")])
+
+
+def test_make_bench_aggregates_come_before_variants_in_the_tables(results, tmp_path):
+    """real.md / the README show `make bench`'s own `real_<dataset>_seeds` first, then variants
+    (another precision, another recipe) by name, whatever their alphabetical order."""
+    import real_data
+
+    aggregated = real_seeds.aggregate(results)
+    for name in ("mmsd-to-mmsd2_fp32", "mmsd-to-mmsd2", "mmsd-to-mmsd2_told_lexical", "mvsa_single"):
+        (tmp_path / f"real_{name}_seeds.json").write_text(json.dumps({**aggregated, "name": name}))
+    shown = [line for line in real_data.seeds_markdown(tmp_path).splitlines() if line.startswith("`real_")]
+    assert shown == ["`real_mmsd-to-mmsd2_seeds`:", "`real_mvsa_single_seeds`:",
+                     "`real_mmsd-to-mmsd2_fp32_seeds`:", "`real_mmsd-to-mmsd2_told_lexical_seeds`:"]
