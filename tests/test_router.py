@@ -279,3 +279,70 @@ def test_fit_router_learns_separable_targets_on_the_arguments_schedule(tmp_path)
     model.router.load_state_dict(router_before)
     fit_router(model, pooled, targets, args, quiet=True)
     assert all(torch.equal(v, first[k]) for k, v in model.router.state_dict().items())
+
+
+def _budget_case():
+    """22 rows: the general expert is right on group 0's 20 and wrong on group 1's 2; the text
+    expert fixes group 1 but is wrong on 4 of group 0's rows, one of which the router is as sure
+    of as of a group-1 row."""
+    labels = torch.ones(22, dtype=torch.long)
+    labels[20:] = 0
+    groups = torch.zeros(22, dtype=torch.long)
+    groups[20:] = 1
+    general = torch.tensor([[0.0, 1.0]] * 22)
+    text = torch.tensor([[0.0, 1.0]] * 22)
+    text[[1, 3, 4, 5]] = torch.tensor([1.0, 0.0])  # wrong on these group-0 rows
+    text[20:] = torch.tensor([1.0, 0.0])  # right on group 1
+    experts = {"general": general, "image_debias": general.clone(), "text_debias": text}
+    p_none = torch.full((22,), 0.95)
+    p_none[[20, 1]] = 0.1  # one group-1 row and one row the text expert gets wrong
+    p_none[[21, 3, 4, 5]] = 0.5
+    router = torch.stack([p_none, torch.zeros(22), 1 - p_none, torch.zeros(22)], dim=1)
+    return torch.log(router + 1e-9), experts, labels, groups
+
+
+def test_an_accuracy_budget_keeps_the_routing_within_that_drop_of_the_general_expert():
+    from mme_jd.training.router_labels import cheapest_routing
+
+    router_logits, experts, labels, groups = _budget_case()
+    general_accuracy = 20 / 22
+    # no budget: every row to the text expert, the best worst-group accuracy, 4 rows lost
+    free = cheapest_routing(_Mixture(), router_logits, experts, labels, groups, tolerance=0.0)
+    assert free["worst_group_accuracy"] == pytest.approx(0.8)
+    assert free["accuracy"] == pytest.approx(18 / 22) and free["accuracy"] < general_accuracy - 0.05
+    # a 5-point budget: only the routing of the two surest rows keeps to it
+    kept = cheapest_routing(_Mixture(), router_logits, experts, labels, groups, tolerance=0.0,
+                            max_accuracy_drop=0.05)
+    assert kept["accuracy"] >= general_accuracy - 0.05
+    assert kept["worst_group_accuracy"] == pytest.approx(0.5) and kept["routed_share"] == pytest.approx(2 / 22)
+    threshold, wga = tune_threshold_for_groups(_Mixture("text"), router_logits, experts, labels, groups,
+                                               max_accuracy_drop=0.05)
+    _, strategy = mixture_logits(_Mixture("text"), router_logits, experts, threshold)
+    assert wga == pytest.approx(0.5) and sorted(torch.nonzero(strategy).flatten().tolist()) == [1, 20]
+    # no drop at all: routing the two surest rows fixes one and breaks one, so it still keeps to it
+    even = cheapest_routing(_Mixture(), router_logits, experts, labels, groups, tolerance=0.0, max_accuracy_drop=0.0)
+    assert even["accuracy"] == pytest.approx(general_accuracy) and even["routed_share"] == pytest.approx(2 / 22)
+
+
+def test_an_accuracy_budget_limits_mids_lambda_to_the_accuracy_it_keeps():
+    from mme_jd.training.mid import fit_lambdas, within_accuracy_budget
+
+    labels = torch.ones(22, dtype=torch.long)
+    labels[20:] = 0
+    groups = (labels == 0).long()
+    general = torch.tensor([[0.0, 1.0]] * 22)  # class 1 everywhere: wrong on the 2 rows of label 0
+    text_cf = torch.tensor([[0.0, 0.5]] * 22)
+    text_cf[:4] = torch.tensor([0.0, 2.0])  # λ > 0.5 turns these 4 right rows wrong
+    text_cf[20:] = torch.tensor([0.0, 1.5])  # λ > 2/3 turns these 2 wrong rows right
+    image_cf = torch.zeros(22, 2)
+    free = fit_lambdas(general, text_cf, image_cf, labels, groups)
+    assert free["lambda_text"] == 0.7 and free["worst_group_accuracy"] == pytest.approx(0.8)
+    assert free["accuracy"] == pytest.approx(18 / 22) and free["general_accuracy"] == pytest.approx(20 / 22)
+    kept = fit_lambdas(general, text_cf, image_cf, labels, groups, max_accuracy_drop=0.05)
+    assert kept["lambda_text"] == 0.0 and kept["accuracy"] == pytest.approx(20 / 22)
+    assert fit_lambdas(general, text_cf, image_cf, labels, groups, max_accuracy_drop=0.1)["lambda_text"] == 0.7
+    # when no candidate keeps to the budget, the most accurate ones are left to choose from
+    candidates = [{"accuracy": 0.70, "score": 0.9}, {"accuracy": 0.74, "score": 0.2}, {"accuracy": 0.74, "score": 0.3}]
+    assert within_accuracy_budget(candidates, 0.80, 0.02) == candidates[1:]
+    assert within_accuracy_budget(candidates, 0.80, None) == candidates
+    assert within_accuracy_budget(candidates, 0.75, 0.05) == candidates

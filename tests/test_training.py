@@ -273,13 +273,15 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
 
     code = main(["train", "--output-dir", str(tmp_path), "--recipe", "general", "--num-train", "32",
                  "--max-steps", "1", "--batch-size", "8", "--router-cost-tolerance", "0.02",
-                 "--router-selection-folds", "3", "--debias-epochs", "0.5", "--debias-learning-rate", "0.004"])
+                 "--router-selection-folds", "3", "--debias-epochs", "0.5", "--debias-learning-rate", "0.004",
+                 "--selection-max-accuracy-drop", "0.03"])
     assert code == 0
     assert "checkpoint:" in capsys.readouterr().out
     report = json.loads((tmp_path / "final" / "training_report.json").read_text())
     assert report["recipe"] == "general" and report["stages"][0]["steps"] == 1
     assert report["settings"]["router_cost_tolerance"] == 0.02  # a training knob: not in config.json
     assert report["settings"]["router_selection_folds"] == 3
+    assert report["settings"]["selection_max_accuracy_drop"] == 0.03
     assert (report["settings"]["debias_epochs"], report["settings"]["debias_learning_rate"]) == (0.5, 0.004)
     assert "router_cost_tolerance" not in json.loads((tmp_path / "final" / "config.json").read_text())
     capsys.readouterr()
@@ -294,6 +296,8 @@ def test_cli_train_writes_a_checkpoint(tmp_path, capsys):
     assert "router_max_routed_share" in capsys.readouterr().err
     assert main(["train", "--output-dir", str(tmp_path / "bad"), "--debias-learning-rate", "0"]) == 1
     assert "debias_learning_rate must be positive" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path / "bad"), "--selection-max-accuracy-drop", "-0.1"]) == 1
+    assert "selection_max_accuracy_drop" in capsys.readouterr().err
 
 
 def test_cli_trains_the_told_text_expert_on_texts_less_the_declared_cue(tmp_path, capsys):
@@ -514,6 +518,22 @@ def test_refit_router_changes_only_the_router_and_sets_its_knobs(mme_jd_run, dat
     assert log["threshold_objective"] == "worst_group" and model.config.router_threshold == log["threshold"]
     assert model.config.routed_strategy == log["routed_strategy"] in (None, "image", "text", "both")
     assert 0.0 <= log["validation_worst_group_accuracy"] <= 1.0
+
+
+def test_an_accuracy_budget_holds_the_routing_and_mids_lambda_to_the_general_experts_accuracy(
+        mme_jd_run, data, tmp_path):
+    from mme_jd.training import refit_router
+
+    _, model, _, _ = mme_jd_run
+    log = refit_router(model, data, _args(tmp_path / "router"),
+                       MMEJDTrainingConfig(router_epochs=2, selection_max_accuracy_drop=0.0))
+    assert log["max_accuracy_drop"] == 0.0
+    assert log["validation_accuracy"] >= log["validation_general_accuracy"] - 1e-9
+    # MID's λ: a fresh general expert, its λ pair kept to the general expert's accuracy
+    report = train(tiny_model(), data, _args(tmp_path / "mid"),
+                   MMEJDTrainingConfig(recipe="mid", selection_max_accuracy_drop=0.0))
+    mid = next(stage for stage in report["stages"] if stage["stage"] == "mid")
+    assert mid["max_accuracy_drop"] == 0.0 and mid["accuracy"] >= mid["general_accuracy"] - 1e-9
 
 
 def test_cli_evaluate_writes_a_report_for_a_trained_checkpoint(mme_jd_run, tmp_path):

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "costs)")
     parser.add_argument("--router-max-routed-share", type=float, default=None,
                         help="route at most this share of the validation samples (default: no limit)")
+    parser.add_argument("--selection-max-accuracy-drop", type=float, default=None,
+                        help="choose the routing and MID's lambda only among candidates whose validation accuracy "
+                             "is at most this below the general expert's (default: no budget)")
     parser.add_argument("--router-selection-folds", type=int, default=None,
                         help="tune the routing on out-of-fold router scores over this many folds of the "
                              "validation split (default: MMEJDTrainingConfig's, 5; 0 = on the trained router's "
@@ -150,6 +153,7 @@ def run(args: argparse.Namespace) -> dict:
     # flags left out keep MMEJDTrainingConfig's defaults
     given = {name: getattr(args, name) for name in ("text_debias_objective", "router_cost_tolerance",
                                                     "router_max_routed_share", "router_selection_folds",
+                                                    "selection_max_accuracy_drop",
                                                     "debias_epochs", "debias_learning_rate")
              if getattr(args, name, None) is not None}
     config = MMEJDTrainingConfig(recipe=args.recipe, text_counterfactual=args.text_counterfactual,

@@ -18,6 +18,11 @@ wrong. On MMSD (4,000 training rows) macro F1 on its cue-carrying validation pre
 general expert (0.778 against the text expert's 0.768) and the router kept 99.4% of samples
 with it; the inferred groups' worst-group accuracy preferred the text expert (0.692 against
 0.456), which recovers 0.68 of what the shortcut costs on MMSD2.0.
+
+An accuracy budget (`within_accuracy_budget`, `MMEJDTrainingConfig.selection_max_accuracy_drop`)
+narrows every such choice to the candidates whose accuracy on the selection split is at most
+a given drop below the general expert's there: worst-group accuracy alone never weighs what
+debiasing costs on data that still carries the cue.
 """
 
 from __future__ import annotations
@@ -75,18 +80,44 @@ def inferred_groups(labels: torch.Tensor, cue_reading: torch.Tensor,
     return ids, sizes
 
 
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of `predictions` equal to `labels`."""
+    return float((predictions == labels).float().mean())
+
+
+def within_accuracy_budget(candidates: list[dict], reference_accuracy: float,
+                           max_accuracy_drop: float | None) -> list[dict]:
+    """The candidates (dicts with an "accuracy" on the selection split) at most
+    `max_accuracy_drop` below `reference_accuracy`, the general expert's (ERM's) accuracy on the
+    same rows: an accuracy budget on a validation choice. None: every candidate. When none keeps
+    to the budget, the most accurate ones, so that a choice is always made."""
+    if max_accuracy_drop is None or not candidates:
+        return list(candidates)
+    kept = [c for c in candidates if c["accuracy"] >= reference_accuracy - max_accuracy_drop - 1e-9]
+    if kept:
+        return kept
+    top = max(c["accuracy"] for c in candidates)
+    return [c for c in candidates if c["accuracy"] >= top - 1e-9]
+
+
 def fit_lambdas(general: torch.Tensor, text_cf: torch.Tensor, image_cf: torch.Tensor, labels: torch.Tensor,
-                groups: torch.Tensor | None = None, grid: tuple[float, ...] = DEFAULT_GRID) -> dict:
-    """Grid search of (λ_t, λ_v) on precomputed logits for the best `selection_score`. Returns
-    the choice and its scores (`worst_group_accuracy` is None without groups)."""
-    best = None
+                groups: torch.Tensor | None = None, grid: tuple[float, ...] = DEFAULT_GRID,
+                max_accuracy_drop: float | None = None) -> dict:
+    """Grid search of (λ_t, λ_v) on precomputed logits for the best `selection_score` (ties: the
+    best accuracy, then the smallest λs), among the pairs whose accuracy is at most
+    `max_accuracy_drop` below the general expert's (λ = 0) on these rows (None: any pair;
+    `within_accuracy_budget`). Returns the choice and its scores (`worst_group_accuracy` is None
+    without groups)."""
+    candidates = []
     for lambda_text, lambda_image in itertools.product(grid, grid):
         predictions = (general - lambda_text * text_cf - lambda_image * image_cf).argmax(-1)
-        key = (selection_score(predictions, labels, groups), float((predictions == labels).float().mean()),
-               -(lambda_text + lambda_image))
-        if best is None or key > best[0]:
-            best = (key, lambda_text, lambda_image)
-    (score, accuracy, _), lambda_text, lambda_image = best
-    return {"lambda_text": lambda_text, "lambda_image": lambda_image,
-            "worst_group_accuracy": score if groups is not None else None, "selection_metric": selection_metric(groups),
-            "selection_score": score, "accuracy": accuracy}
+        candidates.append({"lambda_text": lambda_text, "lambda_image": lambda_image,
+                           "score": selection_score(predictions, labels, groups),
+                           "accuracy": accuracy(predictions, labels)})
+    reference = accuracy(general.argmax(-1), labels)
+    best = max(within_accuracy_budget(candidates, reference, max_accuracy_drop),
+               key=lambda c: (c["score"], c["accuracy"], -(c["lambda_text"] + c["lambda_image"])))
+    return {"lambda_text": best["lambda_text"], "lambda_image": best["lambda_image"],
+            "worst_group_accuracy": best["score"] if groups is not None else None,
+            "selection_metric": selection_metric(groups), "selection_score": best["score"],
+            "accuracy": best["accuracy"], "general_accuracy": reference, "max_accuracy_drop": max_accuracy_drop}

@@ -130,30 +130,47 @@ def routing_candidates(model, router_logits: torch.Tensor, expert_logits: dict[s
     return candidates
 
 
+def _within_accuracy_budget(candidates: list[dict[str, Any]], expert_logits: dict[str, torch.Tensor],
+                            labels: torch.Tensor, max_accuracy_drop: float | None) -> list[dict[str, Any]]:
+    """`mid.within_accuracy_budget` of routing candidates, against the general expert's accuracy
+    (routing nothing) on the same rows."""
+    from .mid import accuracy, within_accuracy_budget
+
+    reference = accuracy(expert_logits["general"].argmax(-1), labels)
+    return within_accuracy_budget(candidates, reference, max_accuracy_drop)
+
+
 def tune_threshold_for_groups(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
                               labels: torch.Tensor, groups: torch.Tensor | None,
-                              max_routed_share: float | None = None) -> tuple[float, float]:
+                              max_routed_share: float | None = None,
+                              max_accuracy_drop: float | None = None) -> tuple[float, float]:
     """The threshold whose routed mixture (at the model's routed strategy) has the best worst-
     group accuracy on this (group-balanced validation) data, among those routing at most
-    `max_routed_share` of it (None: any); ties go to the higher mean accuracy, then to routing
-    less. Returns (threshold, worst-group accuracy)."""
+    `max_routed_share` of it (None: any) and, with `max_accuracy_drop`, whose accuracy is at
+    most that below the general expert's (`mid.within_accuracy_budget`); ties go to the higher
+    mean accuracy, then to routing less. Returns (threshold, worst-group accuracy)."""
     candidates = routing_candidates(model, router_logits, expert_logits, labels, groups,
                                     max_routed_share=max_routed_share)
+    candidates = _within_accuracy_budget(candidates, expert_logits, labels, max_accuracy_drop)
     best = max(candidates, key=lambda c: (c["score"], c["accuracy"], -c["routed_share"]))
     return best["threshold"], best["score"]
 
 
 def cheapest_routing(model, router_logits: torch.Tensor, expert_logits: dict[str, torch.Tensor],
                      labels: torch.Tensor, groups: torch.Tensor | None, tolerance: float,
-                     max_routed_share: float | None = None) -> dict[str, Any]:
-    """Cost-aware routing: over every (routed strategy, threshold) pair, keep those whose
-    routed mixture's worst-group accuracy on this data is within `tolerance` of the best, and
-    return the one with the lowest `expected_cost` (ties: higher worst-group accuracy, then
-    accuracy), as a `routing_candidates` entry."""
+                     max_routed_share: float | None = None,
+                     max_accuracy_drop: float | None = None) -> dict[str, Any]:
+    """Cost-aware routing: over every (routed strategy, threshold) pair (with
+    `max_accuracy_drop`: only those whose accuracy on this data is at most that below the
+    general expert's, `mid.within_accuracy_budget`), keep those whose routed mixture's
+    worst-group accuracy is within `tolerance` of the best, and return the one with the lowest
+    `expected_cost` (ties: higher worst-group accuracy, then accuracy), as a
+    `routing_candidates` entry."""
     usable = usable_strategies(model.config.skipped_experts)  # a skipped expert is never routed to
     routed_strategies = (None, *(name for name in ROUTED_STRATEGY_NAMES if Strategy.of(name) in usable))
     candidates = routing_candidates(model, router_logits, expert_logits, labels, groups, routed_strategies,
                                     max_routed_share)
+    candidates = _within_accuracy_budget(candidates, expert_logits, labels, max_accuracy_drop)
     best = max(c["score"] for c in candidates)
     eligible = [c for c in candidates if c["score"] >= best - tolerance - 1e-9]
     return min(eligible, key=lambda c: (c["cost"], -c["score"], -c["accuracy"]))
@@ -266,7 +283,8 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args,
                  labels: torch.Tensor | None = None, groups: torch.Tensor | None = None,
                  cost_tolerance: float = DEFAULT_COST_TOLERANCE,
                  max_routed_share: float | None = None,
-                 selection_folds: int = DEFAULT_SELECTION_FOLDS) -> dict[str, Any]:
+                 selection_folds: int = DEFAULT_SELECTION_FOLDS,
+                 max_accuracy_drop: float | None = None) -> dict[str, Any]:
     """Train `model.router` on cached pooled states (`fit_router`, with `args`' schedule); tune
     the threshold.
 
@@ -277,13 +295,15 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args,
     worst-group accuracy is within this of the best (`cheapest_routing`).
     max_routed_share: tune only among thresholds routing at most this share of the samples
     (None: any).
+    max_accuracy_drop: with "worst_group", tune only among routings whose accuracy on this data
+    is at most this below the general expert's (None: any; `mid.within_accuracy_budget`).
     selection_folds: ≥ 2: the threshold and routed strategy are tuned on out-of-fold router
     scores (`out_of_fold_router_logits`, seeded by `args.seed`), then the router is trained
     on every row and keeps them; 0: tuned on the trained router's in-sample scores, as they
     are (with a warning) when there are fewer than 2 rows a fold.
     Sets the model's router threshold and routed strategy, and the class weights of the
     router's loss (`model.loss_settings.router_class_weights`, also in the returned log)."""
-    from .mid import selection_metric
+    from .mid import accuracy, selection_metric
 
     selection_logits, selection = None, "in sample"
     if selection_folds and len(targets) < 2 * selection_folds:
@@ -304,7 +324,7 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args,
         selection_logits = logits
     f_threshold, fbeta = tune_threshold(selection_logits, targets.cpu(), max_routed_share=max_routed_share,
                                         skipped_experts=model.config.skipped_experts)
-    threshold, group_score, chosen = f_threshold, None, model.config.routed_strategy
+    threshold, group_score, chosen, accuracies = f_threshold, None, model.config.routed_strategy, {}
     if threshold_objective == "worst_group":
         if expert_logits is None or labels is None:
             raise ValueError("threshold_objective='worst_group' needs the experts' logits and the labels.")
@@ -312,9 +332,11 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args,
         # strategy), jointly: the cheapest routing within `cost_tolerance` of the mixture's best
         # worst-group accuracy on this data (tolerance 0: the best; ties go to the cheaper)
         chosen_routing = cheapest_routing(model, selection_logits, expert_logits, labels, groups, cost_tolerance,
-                                          max_routed_share)
+                                          max_routed_share, max_accuracy_drop)
         group_score, threshold, chosen = (chosen_routing["score"], chosen_routing["threshold"],
                                           chosen_routing["routed_strategy"])
+        accuracies = {"validation_accuracy": chosen_routing["accuracy"],
+                      "validation_general_accuracy": accuracy(expert_logits["general"].argmax(-1), labels)}
     elif threshold_objective != "f0.5":
         raise ValueError(f"unknown threshold_objective {threshold_objective!r}; choose 'f0.5' or 'worst_group'.")
     model.config.routed_strategy = chosen
@@ -329,5 +351,5 @@ def train_router(model, pooled: torch.Tensor, targets: torch.Tensor, args,
             "selection_metric": selection_metric(groups), "validation_selection_score": group_score,
             "routed_strategy": chosen, "label_shares": dict(zip(STRATEGY_NAMES, label_shares.tolist())),
             "routed_shares": dict(zip(STRATEGY_NAMES, shares.tolist())),
-            "selection_scores": selection,
+            "selection_scores": selection, **accuracies, "max_accuracy_drop": max_accuracy_drop,
             "router_class_weights": model.loss_settings.router_class_weights}
