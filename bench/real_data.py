@@ -32,6 +32,12 @@ trained twice. Writes bench/results/real_<dataset>.json (atomically) and prints 
 
 Texts are normalised (URLs → "url", @mentions → "@user"; `--raw-text` keeps them).
 
+Accuracy budget: every validation choice, MME-JD's (router routing, MID's λ:
+`MMEJDTrainingConfig.selection_max_accuracy_drop`) and the peers' (DFR's L2, JTT's upweight,
+Group DRO's step size), takes the best worst-group accuracy among the candidates whose
+validation accuracy is at most `--max-accuracy-drop` (default 0.015) below ERM's; `none` lifts
+the budget, as the runs before commit c61b584 had none.
+
 Precision: `--autocast auto` (the default) runs the base under bfloat16 autocast where the CPU
 has native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere; `--autocast none` is float32
 throughout. Every method of a run gets the same precision, and the results record it.
