@@ -48,6 +48,11 @@ epoch (4,000 MMSD rows, 1,000 MVSA-Single rows, every validation row by default)
 
     python bench/real_data.py --dataset all --seeds 0,1,2 --jobs 3     # make bench's real part
     python bench/real_data.py --dataset mmsd-to-mmsd2 --full           # every row, 2 epochs
+    python bench/real_data.py --dataset mmsd-to-mmsd2 --full --resume  # go on where it stopped
+
+A run writes its results after every method, to `real_<...>.partial.json` until it is done;
+`--resume` continues a killed run from there (each training from its finished stages) or adds
+to a finished run the methods it was told to leave out, keeping every method it has.
 
 `--seeds` runs one process per seed (`--jobs` at once) and writes their mean ± std
 (bench/real_seeds.py); `--cues` declares MMSD's cues (told); `--quick` is a smoke run.
@@ -97,6 +102,10 @@ GROUP_DRO = "Group DRO (cue groups; step size chosen on cue groups)"
 DFR_INFERRED = "DFR (ERM's head refitted on validation balanced over inferred groups)"
 JTT_INFERRED = "JTT (ERM's errors upweighted; upweight chosen on inferred groups)"
 GROUP_DRO_INFERRED = "Group DRO (inferred groups; step size chosen on them)"
+#: The peers' method names by the groups they are given (`PeerGroups`): MMSD's declared cues,
+#: or the groups inferred where no cue is declared (`peer_group_kind`).
+PEER_NAMES = {"declared": {"dfr": DFR, "jtt": JTT, "group_dro": GROUP_DRO},
+              "inferred": {"dfr": DFR_INFERRED, "jtt": JTT_INFERRED, "group_dro": GROUP_DRO_INFERRED}}
 MID = "MID (λ fitted on validation)"
 #: MME-JD told (mmsd-to-mmsd2): the declared cues deleted from each training text, which keeps
 #: its label ("augment"), selection on the cue groups; trained from the untold run's ERM.
@@ -338,7 +347,7 @@ class PeerGroups:
             return _with_group_column(rows.remove_columns(["cue_group"]), rows["cue_group"])
 
         return cls(grouped(data["train"]), grouped(data["validation"]), 2 * 2 ** len(MMSD_CUES),
-                   {"dfr": DFR, "jtt": JTT, "group_dro": GROUP_DRO})
+                   PEER_NAMES["declared"])
 
     @classmethod
     def inferred(cls, erm_model, data) -> "PeerGroups":
@@ -364,22 +373,27 @@ class PeerGroups:
         # larger number (a group Group DRO never sees is absent, which it handles)
         train, train_count = grouped(data["train"])
         validation, validation_count = grouped(data["validation"])
-        return cls(train, validation, max(train_count, validation_count),
-                   {"dfr": DFR_INFERRED, "jtt": JTT_INFERRED, "group_dro": GROUP_DRO_INFERRED})
+        return cls(train, validation, max(train_count, validation_count), PEER_NAMES["inferred"])
+
+    @staticmethod
+    def of(name: str, erm_model, data) -> "PeerGroups":
+        """The groups a run gives the peers: the declared cues' on MMSD, else the inferred ones."""
+        return PeerGroups.declared_cues(data) if name == "mmsd-to-mmsd2" else PeerGroups.inferred(erm_model, data)
 
 
 def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: argparse.Namespace, epochs: float,
-                erm_cpu_seconds: float):
+                erm_cpu_seconds: float, peers: tuple[str, ...] = ("jtt", "group_dro")):
     """JTT and Group DRO with `groups`, each on a fresh model with the run's seed, rows and
     schedule, its knob (`JTT_UPWEIGHTS`, `GROUP_DRO_STEP_SIZES`) chosen by worst-group accuracy
     over the validation groups among the knobs within the run's accuracy budget of ERM's
     validation accuracy (`_chosen_knob`, `--max-accuracy-drop`). JTT's first phase is ERM for the run's epochs, which is
     `erm_model`'s general expert (same data, seed and arguments): only its error set is computed
-    here. Yields (method, model, training log with `cpu_seconds_training`)."""
+    here. `peers` names those to train ("jtt", "group_dro"; `--resume` leaves out those done).
+    Yields (method, model, training log with `cpu_seconds_training`)."""
     from mme_jd.training.peers import jtt_error_indices, restore_expert, snapshot_expert, train_group_dro, train_jtt
 
     started = time.process_time()
-    errors = jtt_error_indices(erm_model, erm_model.processor, data["train"], batch_size=64)
+    errors = jtt_error_indices(erm_model, erm_model.processor, data["train"], batch_size=64) if "jtt" in peers else []
     first_phase = erm_cpu_seconds + time.process_time() - started  # ERM's training + the error pass
     reference = _group_scores(erm_model, groups.validation)["validation_accuracy"]
     searches = (
@@ -388,7 +402,7 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
         ("group_dro", GROUP_DRO_STEP_SIZES, lambda model, args, step: train_group_dro(
             model, {"train": groups.train}, args, step_size=step, num_groups=groups.count)),
     )
-    for peer, knobs, fit in searches:
+    for peer, knobs, fit in [search for search in searches if search[0] in peers]:
         model = new_model(task, cli)
         initial = snapshot_expert(model, "general")
         candidates, fitted = {}, {}
@@ -409,18 +423,26 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
             "num_errors": len(errors), "cpu_seconds_training": round(cpu + extra, 1)}
 
 
-def _finished_run(path: Path):
-    """(results, the run's saved mme_jd checkpoint, its data, task) of a finished run's file."""
+def saved_mme_jd(output: str, name: str, results_path: Path):
+    """The mme_jd checkpoint a run of `name` saved under `output` (`train` writes
+    `<output>/<name>/mme_jd/final`), loaded with its processor."""
     from mme_jd.minilm import build_minilm_processor
     from mme_jd.modeling.modeling_mme_jd import MMEJDModel
 
-    results = json.loads(path.read_text())
-    run, name = results["settings"], results["dataset"]
-    final = Path(run["output"]) / name / "mme_jd" / "final"
+    final = Path(output) / name / "mme_jd" / "final"
     if not final.is_dir():
-        raise SystemExit(f"{path}: no mme_jd checkpoint at {final} (run the script from the folder it ran in).")
+        raise SystemExit(f"{results_path}: no mme_jd checkpoint at {final} (run the script from the folder it ran in, "
+                         "with the --output it was given).")
     model = MMEJDModel.from_pretrained(final)
     model.processor = model.processor or build_minilm_processor()
+    return model
+
+
+def _finished_run(path: Path):
+    """(results, the run's saved mme_jd checkpoint, its data, task) of a finished run's file."""
+    results = json.loads(path.read_text())
+    run, name = results["settings"], results["dataset"]
+    model = saved_mme_jd(run["output"], name, path)
     data, task = load_data(name, run["num_train"], run["num_validation"], run["num_test"], run["seed"],
                            not run["raw_text"])
     return results, model, data, task
@@ -443,8 +465,7 @@ def add_dfr(path: Path) -> dict:
     7547268 fitted DFR's head on features that `collect_outputs`' length order had taken out of
     the rows' order; `head_inputs` now keeps it.)"""
     results, model, data, task = _finished_run(path)
-    groups = (PeerGroups.declared_cues(data) if results["dataset"] == "mmsd-to-mmsd2"
-              else PeerGroups.inferred(model, data))
+    groups = PeerGroups.of(results["dataset"], model, data)
     results["training"][groups.names["dfr"]] = dfr_on_general(model, groups.validation, results["settings"]["seed"],
                                                               results["settings"].get("max_accuracy_drop"))
     for split in [s for s in data if s.startswith("test")]:
@@ -585,7 +606,7 @@ def results_markdown(results_dir: Path, suffix: str = "") -> str:
         if not suffix:  # variants written with --results real_<dataset>_<variant>.json (e.g. _told)
             runs += [(name, path, path.stem[len(f"real_{name}_"):])
                      for path in sorted(results_dir.glob(f"real_{name}_*.json")) if not _SEED_FILE.search(path.stem)
-                     and not path.stem.endswith("_quick")]
+                     and not path.stem.endswith(("_quick", ".partial"))]  # a run still going: not a result
     for name, path, variant in runs:
         if not path.exists():
             continue
@@ -705,14 +726,59 @@ def train_told(erm_general: dict, data, task: str, cli: argparse.Namespace, epoc
                                  text_debias_objective="augment", cues=_mmsd_cues(), general_trained=True,
                                  selection_max_accuracy_drop=cli.max_accuracy_drop)
     started = time.perf_counter()
-    report = train(model, data, training_arguments(cli, f"{cli.output}/mmsd-to-mmsd2/mme_jd_told", epochs), config)
+    report = train(model, data, training_arguments(cli, f"{cli.output}/mmsd-to-mmsd2/mme_jd_told", epochs), config,
+                   resume_from_checkpoint=cli.resume)
     stages = [{k: v for k, v in stage.items() if k != "losses"} for stage in report["stages"]]
     return model, {"seconds_training": round(time.perf_counter() - started, 1), "stages": stages,
                    "text_counterfactual": "cue_removed", "text_debias_objective": "augment"}
 
 
+#: The settings a `--resume`d run must share with the run it continues: every one its weights or
+#: figures depend on (which blocks run, `--recipes`, `--no-told`, ..., may differ).
+_RESUME_SAME = (*_SAME_ROWS, "full", "quick", "autocast_dtype", "max_accuracy_drop", "text_counterfactual",
+                "text_debias_objective", "image_debias_objective", "bias_view", "cues", "random_batches", "output")
+
+
+def results_path(name: str, cli: argparse.Namespace) -> Path:
+    """Where a run of `name` writes its results: `--results`, else
+    `<results-dir>/real_<name>[_quick|_full].json`."""
+    suffix = "_quick" if cli.quick else "_full" if cli.full else ""
+    return Path(cli.results) if cli.results else Path(cli.results_dir) / f"real_{name}{suffix}.json"
+
+
+def partial_path(path: Path) -> Path:
+    """Where a run keeps its results while it runs (`real_x.partial.json` beside `real_x.json`):
+    rewritten after every method, renamed onto `path` when the last one is done, so an earlier
+    run's finished file stays whole until then and a killed run leaves what it finished."""
+    return path.with_name(f"{path.stem}.partial.json")
+
+
+def resumed_results(path: Path, settings: dict) -> dict | None:
+    """`--resume`: the results to continue, from a killed run's partial file, else from a
+    finished run's file (to add the methods it left out), when they were made with the same
+    `_RESUME_SAME` settings; None (with a message) when there are none."""
+    for candidate in (partial_path(path), path):
+        if candidate.exists():
+            results = json.loads(candidate.read_text())
+            differs = [f"{key}: {results['settings'].get(key)!r} then, {settings.get(key)!r} now"
+                       for key in _RESUME_SAME if results["settings"].get(key) != settings.get(key)]
+            if differs:
+                raise SystemExit(f"--resume: {candidate} was made with other settings ({'; '.join(differs)}). "
+                                 "Resume with the settings it was made with, or leave out --resume to start over.")
+            print(f"[resume] continuing {candidate}: {len(results['methods'])} methods kept", flush=True)
+            return results
+    print(f"[resume] no {partial_path(path).name} or {path.name} in {path.parent}: starting a new run", flush=True)
+    return None
+
+
 def run_dataset(name: str, cli: argparse.Namespace) -> dict:
-    """Train and evaluate every recipe on one dataset; write and return its results."""
+    """Train and evaluate every recipe on one dataset; write and return its results.
+
+    Results are written after every method (`partial_path`). With `--resume` the run continues
+    the one in `results_path`: methods already in it are kept, not recomputed; each training
+    resumes its finished stages (`train(resume_from_checkpoint=True)`), the mme_jd model a
+    later method needs (its ERM, its groups) is loaded from the run's saved checkpoint; its
+    `sessions` record each session's time and the methods it added."""
     from mme_jd.training import MMEJDTrainingConfig, train
 
     num_train, num_validation, num_test, epochs = DEFAULTS[name]
@@ -739,39 +805,75 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
                 "text_debias_objective": text_objective,
                 "rows": {split: len(rows) for split, rows in data.items()},
                 "image_counterfactual": "attention"}
-    results: dict = {"dataset": name, "note": NOTE, "settings": settings,
-                     "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                 "torch_threads": torch.get_num_threads(), "load_average_at_start": load_started},
-                     "majority_baseline": majority_baseline(data, task), "methods": {}, "training": {}}
+    path = results_path(name, cli)
+    results = resumed_results(path, settings) if cli.resume else None
+    earlier = [] if results is None else results.get("sessions") or [  # a file from before sessions were kept
+        {"seconds": results.get("seconds", 0.0), "cpu_seconds": results.get("cpu_seconds", 0.0),
+         "methods_added": sorted(results["methods"])}]
+    kept = set() if results is None else set(results["methods"]) | set(results["training"])
+    if results is None:
+        results = {"dataset": name, "note": NOTE, "settings": settings, "methods": {}, "training": {}}
+    results.update(settings=settings, majority_baseline=majority_baseline(data, task),
+                   machine={"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "load_average_at_start": load_started})
+
+    def save(complete: bool = False) -> None:
+        """Write the results so far: the partial file, or, once `complete`, the results file."""
+        session = {"started_load_average": load_started, "seconds": round(time.perf_counter() - started, 1),
+                   "cpu_seconds": round(_cpu_seconds() - cpu_started, 1),
+                   "methods_added": sorted((set(results["methods"]) | set(results["training"])) - kept)}
+        results["sessions"] = [*earlier, session]
+        results["seconds"] = round(sum(s["seconds"] for s in results["sessions"]), 1)
+        results["cpu_seconds"] = round(sum(s["cpu_seconds"] for s in results["sessions"]), 1)
+        results["complete"] = complete
+        if complete:
+            results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+            write_json(path, results)
+            partial_path(path).unlink(missing_ok=True)
+        else:
+            write_json(partial_path(path), results)
+
+    def done(method: str) -> bool:
+        if method in results["training"]:
+            print(f"[{name}] {method}: kept from the resumed run", flush=True)
+            return True
+        return False
+
+    test_splits = [s for s in data if s.startswith("test")]
     if "general" in recipes and "mme_jd" in recipes:
         results["general_from"] = "the general expert of the mme_jd run (its first stage is the general recipe)"
     for recipe in train_recipes:
-        model = new_model(task, cli)
-        results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum
-        args = training_arguments(cli, f"{cli.output}/{name}/{recipe}", epochs)
-        config = MMEJDTrainingConfig(recipe=recipe, router_split="validation", mid_split="validation",
-                                     inference_batch_size=64, text_counterfactual=cli.text_counterfactual,
-                                     text_debias_objective=text_objective,
-                                     image_debias_objective=cli.image_debias_objective, cues=declared_cues(name, cli),
-                                     bias_text_counterfactual=None if cli.bias_view == "auto" else cli.bias_view,
-                                     selection_max_accuracy_drop=cli.max_accuracy_drop)
-        recipe_started, recipe_cpu = time.perf_counter(), _cpu_seconds()
-        report = train(model, data, args, config)
-        stages = [{k: v for k, v in s.items() if k != "losses"} for s in report["stages"]]
-        log: dict = {"seconds_training": round(time.perf_counter() - recipe_started, 1), "stages": stages}
-        first = stages[0]
-        if first.get("seconds"):  # the general / mctd stage: the Trainer's own runtime
-            log[f"seconds_per_1000_train_rows_{first['stage']}"] = round(
-                1000 * first["seconds"] / (len(data["train"]) * epochs), 1)
-        evaluation_started = time.perf_counter()
-        for split in [s for s in data if s.startswith("test")]:
-            for method, values in evaluate(model, data[split], recipe, task, 64, not cli.no_mid).items():
-                if method == "general (ERM)" and recipe == "mme_jd" and "general" not in recipes:
-                    method = "general expert of mme_jd"
-                results["methods"].setdefault(method, {})[split] = values
-        log["seconds_evaluation"] = round(time.perf_counter() - evaluation_started, 1)
-        log["cpu_seconds"] = round(_cpu_seconds() - recipe_cpu, 1)
-        results["training"][recipe] = log
+        if done(recipe):
+            model = saved_mme_jd(cli.output, name, path) if recipe == "mme_jd" else None
+        else:
+            model = new_model(task, cli)
+            results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum
+            args = training_arguments(cli, f"{cli.output}/{name}/{recipe}", epochs)
+            config = MMEJDTrainingConfig(recipe=recipe, router_split="validation", mid_split="validation",
+                                         inference_batch_size=64, text_counterfactual=cli.text_counterfactual,
+                                         text_debias_objective=text_objective,
+                                         image_debias_objective=cli.image_debias_objective,
+                                         cues=declared_cues(name, cli),
+                                         bias_text_counterfactual=None if cli.bias_view == "auto" else cli.bias_view,
+                                         selection_max_accuracy_drop=cli.max_accuracy_drop)
+            recipe_started, recipe_cpu = time.perf_counter(), _cpu_seconds()
+            report = train(model, data, args, config, resume_from_checkpoint=cli.resume)
+            stages = [{k: v for k, v in s.items() if k != "losses"} for s in report["stages"]]
+            log: dict = {"seconds_training": round(time.perf_counter() - recipe_started, 1), "stages": stages}
+            first = stages[0]
+            if first.get("seconds"):  # the general / mctd stage: the Trainer's own runtime
+                log[f"seconds_per_1000_train_rows_{first['stage']}"] = round(
+                    1000 * first["seconds"] / (len(data["train"]) * epochs), 1)
+            evaluation_started = time.perf_counter()
+            for split in test_splits:
+                for method, values in evaluate(model, data[split], recipe, task, 64, not cli.no_mid).items():
+                    if method == "general (ERM)" and recipe == "mme_jd" and "general" not in recipes:
+                        method = "general expert of mme_jd"
+                    results["methods"].setdefault(method, {})[split] = values
+            log["seconds_evaluation"] = round(time.perf_counter() - evaluation_started, 1)
+            log["cpu_seconds"] = round(_cpu_seconds() - recipe_cpu, 1)
+            results["training"][recipe] = log
+            save()
         if recipe == "mme_jd":
             from mme_jd.training.peers import restore_expert, snapshot_expert
 
@@ -779,53 +881,62 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         if recipe == "mme_jd" and cli.head == "linear" and not cli.no_references:
             # DFR, JTT and Group DRO on ERM (the mme_jd run's general expert), after every mme_jd
             # figure is taken: told the declared cues' groups on MMSD, else the inferred ones
-            groups = (PeerGroups.declared_cues(data) if name == "mmsd-to-mmsd2" else PeerGroups.inferred(model, data))
-            dfr_log = dfr_on_general(model, groups.validation, cli.seed, cli.max_accuracy_drop)
-            results["training"][groups.names["dfr"]] = dfr_log
-            for split in [s for s in data if s.startswith("test")]:
-                results["methods"].setdefault(groups.names["dfr"], {})[split] = evaluate(
-                    model, data[split], "general", task, 64, False)["general (ERM)"]
-            if not cli.no_group_peers:
-                erm_cpu = next(s["cpu_seconds_total"] for s in stages if s["stage"] == "general")
+            names = PEER_NAMES["declared" if name == "mmsd-to-mmsd2" else "inferred"]
+            peers = [] if cli.no_group_peers else [peer for peer in ("jtt", "group_dro") if not done(names[peer])]
+            groups = None
+            if not done(names["dfr"]) or peers:
+                groups = PeerGroups.of(name, model, data)
+            if not done(names["dfr"]):
+                results["training"][names["dfr"]] = dfr_on_general(model, groups.validation, cli.seed,
+                                                                   cli.max_accuracy_drop)
+                for split in test_splits:
+                    results["methods"].setdefault(names["dfr"], {})[split] = evaluate(
+                        model, data[split], "general", task, 64, False)["general (ERM)"]
+                save()
+            if peers:
+                erm_cpu = next(s["cpu_seconds_total"] for s in results["training"]["mme_jd"]["stages"]
+                               if s["stage"] == "general")
                 restore_expert(model, erm_general)  # ERM's head, before DFR refitted it: JTT's first phase
-                for method, peer, peer_log in group_peers(model, data, groups, name, task, cli, epochs, erm_cpu):
+                for method, peer, peer_log in group_peers(model, data, groups, name, task, cli, epochs, erm_cpu,
+                                                          tuple(peers)):
                     results["training"][method] = peer_log
-                    for split in [s for s in data if s.startswith("test")]:
+                    for split in test_splits:
                         results["methods"].setdefault(method, {})[split] = evaluate(
                             peer, data[split], "general", task, 64, False)["general (ERM)"]
+                    save()
                     print_table(results["methods"], task)
         print_table(results["methods"], task)
-    if told_too(name, recipes, cli):
+    if told_too(name, recipes, cli) and not done(TOLD_RUN):
         told, log = train_told(erm_general, data, task, cli, epochs)
         results["training"][TOLD_RUN] = log
-        for split in [s for s in data if s.startswith("test")]:
+        for split in test_splits:
             for method, values in evaluate(told, data[split], "mme_jd", task, 64, not cli.no_mid).items():
                 if method in TOLD_METHODS:
                     results["methods"].setdefault(TOLD_METHODS[method], {})[split] = values
+        save()
         print_table(results["methods"], task)
     if name == "mmsd-to-mmsd2" and not cli.no_references:
         for method, train_split, transform in ((CUE_FREE_REFERENCE, "train_mmsd2", None),
                                                (CUE_REMOVED, "train", without_cues)):
+            if done(method):
+                continue
             reference_data = transform(data) if transform else data
             model = new_model(task, cli)
             args = training_arguments(cli, f"{cli.output}/{name}/{train_split}{'_no_cues' if transform else ''}",
                                       epochs)
             config = MMEJDTrainingConfig(recipe="general", train_split=train_split, router_split="validation",
                                          mid_split="validation", inference_batch_size=64)
-            report = train(model, reference_data, args, config)
+            report = train(model, reference_data, args, config, resume_from_checkpoint=cli.resume)
             results["training"][method] = {"stages": [{k: v for k, v in stage.items() if k != "losses"}
                                                       for stage in report["stages"]]}
             for split in [s for s in reference_data if s.startswith("test")]:
                 values = evaluate(model, reference_data[split], "general", task, 64, False)["general (ERM)"]
                 results["methods"].setdefault(method, {})[split] = values
-        add_recovery_ratios(results["methods"])
+            add_recovery_ratios(results["methods"])
+            save()
         print_table(results["methods"], task)
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    results["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 1)
-    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
-    suffix = "_quick" if cli.quick else "_full" if cli.full else ""
-    path = Path(cli.results) if cli.results else Path(cli.results_dir) / f"real_{name}{suffix}.json"
-    write_json(path, results)
+    add_recovery_ratios(results["methods"])
+    save(complete=True)
     print(f"[{name}] majority baseline: {results['majority_baseline']}")
     print_table(results["methods"], task)
     print(f"wrote {path} ({results['seconds']} s, {results['cpu_seconds']} CPU s)", flush=True)
@@ -983,6 +1094,11 @@ def main() -> None:
     parser.add_argument("--no-group-peers", action="store_true",
                         help="leave out JTT and Group DRO (MMSD's cue groups on mmsd-to-mmsd2, inferred groups "
                              "elsewhere); DFR stays")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run whose results file (or the .partial.json a killed run left beside it) "
+                             "was made with the same rows, seed, schedule and --output: keep its methods, resume "
+                             "each training from its finished stages, and run only what it lacks (a killed --full "
+                             "run, or methods a finished run left out: e.g. --no-told then --resume without it)")
     parser.add_argument("--output", default="outputs/real_data")
     parser.add_argument("--results", default=None,
                         help="JSON path (default bench/results/real_<dataset>.json; not with --dataset all)")

@@ -196,15 +196,44 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     if not _data_available() or not (Path(default_data_dir()) / "mmsd1").is_dir():
         pytest.skip("MMSD / MMSD2.0 are not in ../shared/data (or MME_JD_DATA_DIR)")
     results = tmp_path / "real_mmsd-to-mmsd2.json"
-    completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dataset", "mmsd-to-mmsd2", "--num-train", "24", "--num-validation", "40",
-         "--num-test", "16", "--recipes", "general,mme_jd", "--threads", "1", "--output", str(tmp_path / "out"),
-         "--results", str(results), "--readme", ""],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
-    )
+    real_data = _load_script()
+    partial = real_data.partial_path(results)
+
+    def run(*flags: str, rows: str = "24") -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), "--dataset", "mmsd-to-mmsd2", "--num-train", rows, "--num-validation", "40",
+             "--num-test", "16", "--recipes", "general,mme_jd", "--threads", "1", "--output", str(tmp_path / "out"),
+             "--results", str(results), "--readme", "", *flags],
+            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+        )
+
+    # in two sessions: the first leaves out told MME-JD, JTT and Group DRO ...
+    completed = run("--no-told", "--no-group-peers")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    first = json.loads(results.read_text())
+    assert first["complete"] and not partial.exists() and len(first["sessions"]) == 1
+    assert real_data.JTT not in first["methods"] and real_data.TOLD_RUN not in first["training"]
+    # ... and is then as if killed before its last method: a partial file that lacks it
+    dropped = first["methods"].pop(real_data.CUE_REMOVED)
+    del first["training"][real_data.CUE_REMOVED]
+    partial.write_text(json.dumps({**first, "complete": False}))
+    results.unlink()
+    refused = run("--resume", rows="20")  # other rows: not the same run
+    assert refused.returncode != 0 and "num_train: 24 then, 20 now" in refused.stderr
+    # --resume keeps what the first session made, retrains nothing it finished (the cue-removed
+    # ERM's stage resumes from its saved checkpoint: the same figures) and adds what it left out
+    completed = run("--resume")
     assert completed.returncode == 0, completed.stderr[-3000:]
     written = json.loads(results.read_text())
-    real_data = _load_script()
+    assert written["complete"] and not partial.exists()
+    assert written["methods"][real_data.CUE_REMOVED] == dropped
+    assert written["training"][real_data.CUE_REMOVED]["stages"][0]["resumed"]
+    for kept in ("mme_jd", real_data.DFR, real_data.CUE_FREE_REFERENCE):
+        assert written["training"][kept] == first["training"][kept], kept
+    assert written["methods"]["MME-JD routed"] == first["methods"]["MME-JD routed"]
+    assert [len(s["methods_added"]) > 0 for s in written["sessions"]] == [True, True]
+    assert {real_data.JTT, real_data.GROUP_DRO, real_data.TOLD_RUN} <= set(written["sessions"][1]["methods_added"])
+    assert written["seconds"] == pytest.approx(sum(s["seconds"] for s in written["sessions"]), abs=0.2)
     methods = written["methods"]
     expected = {real_data.CUE_FREE_REFERENCE, real_data.CUE_REMOVED, real_data.DFR, real_data.JTT,
                 real_data.GROUP_DRO, real_data.MID, "general (ERM)", "text_debias expert alone", "MME-JD routed"}
