@@ -833,18 +833,23 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         else:
             write_json(partial_path(path), results)
 
-    def done(method: str) -> bool:
-        if method in results["training"]:
-            print(f"[{name}] {method}: kept from the resumed run", flush=True)
-            return True
-        return False
+    def done(method: str) -> bool:  # in the resumed run: kept, not made again
+        return method in results["training"]
 
     test_splits = [s for s in data if s.startswith("test")]
     if "general" in recipes and "mme_jd" in recipes:
         results["general_from"] = "the general expert of the mme_jd run (its first stage is the general recipe)"
+    peer_names = PEER_NAMES["declared" if name == "mmsd-to-mmsd2" else "inferred"]
+    with_peers = cli.head == "linear" and not cli.no_references
+    with_dfr = with_peers and not done(peer_names["dfr"])
+    peers = [] if cli.no_group_peers or not with_peers else [p for p in ("jtt", "group_dro")
+                                                             if not done(peer_names[p])]
+    with_told = told_too(name, recipes, cli) and not done(TOLD_RUN)
     for recipe in train_recipes:
         if done(recipe):
-            model = saved_mme_jd(cli.output, name, path) if recipe == "mme_jd" else None
+            # a later method reads the run's ERM or groups: load its saved mme_jd model for them
+            wanted = recipe == "mme_jd" and (with_dfr or peers or with_told)
+            model = saved_mme_jd(cli.output, name, path) if wanted else None
         else:
             model = new_model(task, cli)
             results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum
@@ -874,23 +879,19 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
             log["cpu_seconds"] = round(_cpu_seconds() - recipe_cpu, 1)
             results["training"][recipe] = log
             save()
-        if recipe == "mme_jd":
+        if recipe == "mme_jd" and model is not None:
             from mme_jd.training.peers import restore_expert, snapshot_expert
 
             erm_general = snapshot_expert(model, "general")  # ERM: for JTT and the told MME-JD
-        if recipe == "mme_jd" and cli.head == "linear" and not cli.no_references:
+        if recipe == "mme_jd" and (with_dfr or peers):
             # DFR, JTT and Group DRO on ERM (the mme_jd run's general expert), after every mme_jd
             # figure is taken: told the declared cues' groups on MMSD, else the inferred ones
-            names = PEER_NAMES["declared" if name == "mmsd-to-mmsd2" else "inferred"]
-            peers = [] if cli.no_group_peers else [peer for peer in ("jtt", "group_dro") if not done(names[peer])]
-            groups = None
-            if not done(names["dfr"]) or peers:
-                groups = PeerGroups.of(name, model, data)
-            if not done(names["dfr"]):
-                results["training"][names["dfr"]] = dfr_on_general(model, groups.validation, cli.seed,
-                                                                   cli.max_accuracy_drop)
+            groups = PeerGroups.of(name, model, data)
+            if with_dfr:
+                dfr = peer_names["dfr"]
+                results["training"][dfr] = dfr_on_general(model, groups.validation, cli.seed, cli.max_accuracy_drop)
                 for split in test_splits:
-                    results["methods"].setdefault(names["dfr"], {})[split] = evaluate(
+                    results["methods"].setdefault(dfr, {})[split] = evaluate(
                         model, data[split], "general", task, 64, False)["general (ERM)"]
                 save()
             if peers:
@@ -906,7 +907,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
                     save()
                     print_table(results["methods"], task)
         print_table(results["methods"], task)
-    if told_too(name, recipes, cli) and not done(TOLD_RUN):
+    if with_told:
         told, log = train_told(erm_general, data, task, cli, epochs)
         results["training"][TOLD_RUN] = log
         for split in test_splits:

