@@ -438,6 +438,33 @@ def saved_mme_jd(output: str, name: str, results_path: Path):
     return model
 
 
+def erm_again(name: str, data, task: str, cli: argparse.Namespace, epochs: float, kept: dict) -> tuple:
+    """A `--resume`d run's ERM when its saved mme_jd checkpoint is gone (a later method, DFR, JTT,
+    Group DRO or told, starts from it): the mme_jd run's general stage trained again, alone, with
+    the run's rows, seed and schedule (`recipe="general"`: the same stage), into
+    `<output>/<name>/mme_jd_erm` (a later `--resume` skips it). Its test figures are compared with
+    the kept ones (`kept`: the run's general-expert figures per test split): equal figures say it
+    is the run's ERM again. Returns (model, a record for the session)."""
+    from mme_jd.training import MMEJDTrainingConfig, train
+
+    print(f"[resume] no mme_jd checkpoint under {cli.output}/{name}: training its ERM (general stage) again",
+          flush=True)
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    model = new_model(task, cli)
+    config = MMEJDTrainingConfig(recipe="general", router_split="validation", mid_split="validation",
+                                 inference_batch_size=64, text_counterfactual=cli.text_counterfactual)
+    train(model, data, training_arguments(cli, f"{cli.output}/{name}/mme_jd_erm", epochs), config,
+          resume_from_checkpoint=True)
+    figures = {split: evaluate(model, data[split], "general", task, 64, False)["general (ERM)"] for split in kept}
+    same = all({k: v for k, v in figures[split].items() if k in kept[split]} == kept[split] for split in kept)
+    if not same:
+        print(f"[resume] WARNING: the ERM trained again differs from the run's ({figures} now, {kept} then): "
+              "the methods added from it do not start from the ERM of the kept figures", flush=True)
+    return model, {"why": "the run's mme_jd checkpoint was gone: its general stage was trained again",
+                   "same_figures_as_kept": same, "figures": figures,
+                   "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(_cpu_seconds() - cpu, 1)}
+
+
 def _finished_run(path: Path):
     """(results, the run's saved mme_jd checkpoint, its data, task) of a finished run's file."""
     results = json.loads(path.read_text())
@@ -822,7 +849,7 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         session = {"started_load_average": load_started, "seconds": round(time.perf_counter() - started, 1),
                    "cpu_seconds": round(_cpu_seconds() - cpu_started, 1),
                    "methods_added": sorted((set(results["methods"]) | set(results["training"])) - kept)}
-        results["sessions"] = [*earlier, session]
+        results["sessions"] = [*earlier, {**session, **notes}]
         results["seconds"] = round(sum(s["seconds"] for s in results["sessions"]), 1)
         results["cpu_seconds"] = round(sum(s["cpu_seconds"] for s in results["sessions"]), 1)
         results["complete"] = complete
@@ -833,6 +860,8 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
         else:
             write_json(partial_path(path), results)
 
+    notes: dict = {}  # what this session did besides adding methods (`erm_again`)
+
     def done(method: str) -> bool:  # in the resumed run: kept, not made again
         return method in results["training"]
 
@@ -842,14 +871,22 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
     peer_names = PEER_NAMES["declared" if name == "mmsd-to-mmsd2" else "inferred"]
     with_peers = cli.head == "linear" and not cli.no_references
     with_dfr = with_peers and not done(peer_names["dfr"])
-    peers = [] if cli.no_group_peers or not with_peers else [p for p in ("jtt", "group_dro")
+    # Group DRO first: it costs two ERM trainings, JTT two on more rows (its upweighted errors)
+    peers = [] if cli.no_group_peers or not with_peers else [p for p in ("group_dro", "jtt")
                                                              if not done(peer_names[p])]
     with_told = told_too(name, recipes, cli) and not done(TOLD_RUN)
     for recipe in train_recipes:
         if done(recipe):
             # a later method reads the run's ERM or groups: load its saved mme_jd model for them
             wanted = recipe == "mme_jd" and (with_dfr or peers or with_told)
-            model = saved_mme_jd(cli.output, name, path) if wanted else None
+            model = None
+            if wanted and (Path(cli.output) / name / "mme_jd" / "final").is_dir():
+                model = saved_mme_jd(cli.output, name, path)
+            elif wanted:  # e.g. the output folder did not outlive the machine: train its ERM again
+                erm = results["methods"].get("general (ERM)") or results["methods"]["general expert of mme_jd"]
+                erm_figures = {split: {k: v for k, v in erm[split].items()
+                                       if k in ("accuracy", "f1", "macro_f1", "weighted_f1")} for split in test_splits}
+                model, notes["erm_again"] = erm_again(name, data, task, cli, epochs, erm_figures)
         else:
             model = new_model(task, cli)
             results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum

