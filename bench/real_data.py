@@ -382,13 +382,13 @@ class PeerGroups:
 
 
 def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: argparse.Namespace, epochs: float,
-                erm_cpu_seconds: float, peers: tuple[str, ...] = ("jtt", "group_dro")):
+                erm_cpu_seconds: float, peers: tuple[str, ...] = ("group_dro", "jtt")):
     """JTT and Group DRO with `groups`, each on a fresh model with the run's seed, rows and
     schedule, its knob (`JTT_UPWEIGHTS`, `GROUP_DRO_STEP_SIZES`) chosen by worst-group accuracy
     over the validation groups among the knobs within the run's accuracy budget of ERM's
     validation accuracy (`_chosen_knob`, `--max-accuracy-drop`). JTT's first phase is ERM for the run's epochs, which is
     `erm_model`'s general expert (same data, seed and arguments): only its error set is computed
-    here. `peers` names those to train ("jtt", "group_dro"; `--resume` leaves out those done).
+    here. `peers` names those to train, in that order ("jtt", "group_dro"; `--resume` leaves out those done).
     Yields (method, model, training log with `cpu_seconds_training`)."""
     from mme_jd.training.peers import jtt_error_indices, restore_expert, snapshot_expert, train_group_dro, train_jtt
 
@@ -396,13 +396,14 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
     errors = jtt_error_indices(erm_model, erm_model.processor, data["train"], batch_size=64) if "jtt" in peers else []
     first_phase = erm_cpu_seconds + time.process_time() - started  # ERM's training + the error pass
     reference = _group_scores(erm_model, groups.validation)["validation_accuracy"]
-    searches = (
-        ("jtt", JTT_UPWEIGHTS, lambda model, args, upweight: train_jtt(model, data, args, upweight=upweight,
+    searches = {
+        "jtt": (JTT_UPWEIGHTS, lambda model, args, upweight: train_jtt(model, data, args, upweight=upweight,
                                                                        error_indices=errors)),
-        ("group_dro", GROUP_DRO_STEP_SIZES, lambda model, args, step: train_group_dro(
+        "group_dro": (GROUP_DRO_STEP_SIZES, lambda model, args, step: train_group_dro(
             model, {"train": groups.train}, args, step_size=step, num_groups=groups.count)),
-    )
-    for peer, knobs, fit in [search for search in searches if search[0] in peers]:
+    }
+    for peer in peers:  # in the order asked for
+        knobs, fit = searches[peer]
         model = new_model(task, cli)
         initial = snapshot_expert(model, "general")
         candidates, fitted = {}, {}
