@@ -388,7 +388,7 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
     over the validation groups among the knobs within the run's accuracy budget of ERM's
     validation accuracy (`_chosen_knob`, `--max-accuracy-drop`). JTT's first phase is ERM for the run's epochs, which is
     `erm_model`'s general expert (same data, seed and arguments): only its error set is computed
-    here. `peers` names those to train, in that order ("jtt", "group_dro"; `--resume` leaves out those done).
+    here. `peers` names those to train, in that order ("group_dro", "jtt"; `--resume` leaves out those done).
     Yields (method, model, training log with `cpu_seconds_training`)."""
     from mme_jd.training.peers import jtt_error_indices, restore_expert, snapshot_expert, train_group_dro, train_jtt
 
@@ -424,13 +424,18 @@ def group_peers(erm_model, data, groups: PeerGroups, name: str, task: str, cli: 
             "num_errors": len(errors), "cpu_seconds_training": round(cpu + extra, 1)}
 
 
+def mme_jd_checkpoint(output: str, name: str) -> Path:
+    """Where a run of `name` saves its mme_jd model (`train` writes `<output>/<name>/mme_jd/final`)."""
+    return Path(output) / name / "mme_jd" / "final"
+
+
 def saved_mme_jd(output: str, name: str, results_path: Path):
-    """The mme_jd checkpoint a run of `name` saved under `output` (`train` writes
-    `<output>/<name>/mme_jd/final`), loaded with its processor."""
+    """The mme_jd checkpoint a run of `name` saved under `output` (`mme_jd_checkpoint`), loaded
+    with its processor."""
     from mme_jd.minilm import build_minilm_processor
     from mme_jd.modeling.modeling_mme_jd import MMEJDModel
 
-    final = Path(output) / name / "mme_jd" / "final"
+    final = mme_jd_checkpoint(output, name)
     if not final.is_dir():
         raise SystemExit(f"{results_path}: no mme_jd checkpoint at {final} (run the script from the folder it ran in, "
                          "with the --output it was given).")
@@ -457,7 +462,7 @@ def erm_again(name: str, data, task: str, cli: argparse.Namespace, epochs: float
     train(model, data, training_arguments(cli, f"{cli.output}/{name}/mme_jd_erm", epochs), config,
           resume_from_checkpoint=True)
     figures = {split: evaluate(model, data[split], "general", task, 64, False)["general (ERM)"] for split in kept}
-    same = all({k: v for k, v in figures[split].items() if k in kept[split]} == kept[split] for split in kept)
+    same = all(figures[split] == {k: kept[split][k] for k in figures[split]} for split in kept)
     if not same:
         print(f"[resume] WARNING: the ERM trained again differs from the run's ({figures} now, {kept} then): "
               "the methods added from it do not start from the ERM of the kept figures", flush=True)
@@ -881,13 +886,12 @@ def run_dataset(name: str, cli: argparse.Namespace) -> dict:
             # a later method reads the run's ERM or groups: load its saved mme_jd model for them
             wanted = recipe == "mme_jd" and (with_dfr or peers or with_told)
             model = None
-            if wanted and (Path(cli.output) / name / "mme_jd" / "final").is_dir():
+            if wanted and mme_jd_checkpoint(cli.output, name).is_dir():
                 model = saved_mme_jd(cli.output, name, path)
             elif wanted:  # e.g. the output folder did not outlive the machine: train its ERM again
                 erm = results["methods"].get("general (ERM)") or results["methods"]["general expert of mme_jd"]
-                erm_figures = {split: {k: v for k, v in erm[split].items()
-                                       if k in ("accuracy", "f1", "macro_f1", "weighted_f1")} for split in test_splits}
-                model, notes["erm_again"] = erm_again(name, data, task, cli, epochs, erm_figures)
+                model, notes["erm_again"] = erm_again(name, data, task, cli, epochs,
+                                                      {split: erm[split] for split in test_splits})
         else:
             model = new_model(task, cli)
             results.setdefault("environment", run_environment(model))  # versions, lock, threads, base checksum
