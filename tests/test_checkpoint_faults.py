@@ -48,9 +48,13 @@ def _leftovers(folder) -> list[str]:
 # ---------------------------------------------------------------------------- kill during save
 
 KILL_DURING_SAVE = r"""
-import hashlib, json, os, random, signal, sys, time
+import faulthandler, hashlib, json, os, random, signal, sys, threading, time
 import torch
+import tqdm
 torch.set_num_threads(1)
+# No tqdm monitor thread: a fork while it holds tqdm's lock deadlocks the child's first progress
+# bar (save_pretrained's "Writing model shards"), as one run in a dozen did under load.
+tqdm.tqdm.monitor_interval = 0
 import mme_jd
 from mme_jd.modeling.modeling_mme_jd import MMEJDModel
 
@@ -85,8 +89,10 @@ def slowly(function):
 
 
 def save_in_a_child(version):
+    assert threading.active_count() == 1, [thread.name for thread in threading.enumerate()]  # fork-safe
     pid = os.fork()
     if pid == 0:  # the child saves slowly; the parent kills it
+        faulthandler.dump_traceback_later(60, exit=True)  # a hung child prints where, and fails fast
         os.replace, os.rename, os.link = slowly(os.replace), slowly(os.rename), slowly(os.link)
         use_version(version)
         model.save_pretrained(target)
@@ -103,7 +109,8 @@ for version in (0, 1):
     model.save_pretrained(target)
     versions.append(snapshot())
 started = time.perf_counter()  # how long a slowed save takes: the kills fall inside it
-os.waitpid(save_in_a_child(0), 0)
+_, status = os.waitpid(save_in_a_child(0), 0)
+assert os.waitstatus_to_exitcode(status) == 0, f"the timed save in a child failed: status {status}"
 window = time.perf_counter() - started
 current = 0
 rng = random.Random(seed)
