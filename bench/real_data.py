@@ -432,14 +432,19 @@ def mme_jd_checkpoint(output: str, name: str) -> Path:
 def saved_mme_jd(output: str, name: str, results_path: Path):
     """The mme_jd checkpoint a run of `name` saved under `output` (`mme_jd_checkpoint`), loaded
     with its processor."""
-    from mme_jd.minilm import build_minilm_processor
-    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
-
     final = mme_jd_checkpoint(output, name)
     if not final.is_dir():
         raise SystemExit(f"{results_path}: no mme_jd checkpoint at {final} (run the script from the folder it ran in, "
                          "with the --output it was given).")
-    model = MMEJDModel.from_pretrained(final)
+    return load_saved_model(final)
+
+
+def load_saved_model(folder: Path):
+    """An `MMEJDModel` a run saved in `folder`, with the runs' MiniLM processor."""
+    from mme_jd.minilm import build_minilm_processor
+    from mme_jd.modeling.modeling_mme_jd import MMEJDModel
+
+    model = MMEJDModel.from_pretrained(folder)
     model.processor = model.processor or build_minilm_processor()
     return model
 
@@ -541,13 +546,20 @@ def add_recovery_ratios(methods: dict[str, dict], split: str = "test") -> None:
     mme_jd run's general expert, or the general recipe) and of the cue-free reference."""
     from mme_jd.evaluation.metrics import recovery_ratio
 
-    erm = methods.get("general (ERM)", methods.get("general expert of mme_jd", {})).get(split)
-    reference = methods.get(CUE_FREE_REFERENCE, {}).get(split)
-    if not erm or not reference:
+    references = recovery_references(methods, split)
+    if references is None:
         return
     for values in methods.values():
         if split in values:
-            values[split]["recovery_ratio"] = round(recovery_ratio(values[split]["f1"], erm["f1"], reference["f1"]), 4)
+            values[split]["recovery_ratio"] = round(recovery_ratio(values[split]["f1"], *references), 4)
+
+
+def recovery_references(methods: dict[str, dict], split: str = "test") -> tuple[float, float] | None:
+    """(F1 of ERM on MMSD, F1 of the cue-free reference) on `split`, the two ends of the
+    recovery ratio (None when the run lacks either)."""
+    erm = methods.get("general (ERM)", methods.get("general expert of mme_jd", {})).get(split)
+    reference = methods.get(CUE_FREE_REFERENCE, {}).get(split)
+    return (erm["f1"], reference["f1"]) if erm and reference else None
 
 
 def majority_baseline(data, task: str) -> dict[str, dict]:

@@ -332,3 +332,26 @@ def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
     table = (tmp_path / "real.md").read_text()
     assert "Mean ± std over seeds" in table and "± " in table
     assert "[seed0]" not in table  # per-seed files are not listed as variants
+    # bench/routing_curve.py on the told model: its ends are ERM and the text expert alone, the
+    # saved routing gives the told run's figures, every kept routing keeps to the run's budget
+    curve_run = subprocess.run([sys.executable, str(SCRIPT.parent / "routing_curve.py"), "--model",
+                                str(tmp_path / "out" / "mmsd-to-mmsd2" / real_data.TOLD_RUN / "final"), "--results",
+                                str(results), "--inits", "2", "--threads", "1"],
+                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert curve_run.returncode == 0, curve_run.stderr[-3000:]
+    curve = json.loads((tmp_path / "routing_curve_mmsd-to-mmsd2.json").read_text())
+    assert (tmp_path / "routing_curve_mmsd-to-mmsd2.md").read_text() in curve_run.stdout
+    ends = sorted(curve["curve"], key=lambda row: row["routed_share"])
+    figures = again["methods"]
+    for row, method in ((ends[0], "general (ERM)"), (ends[-1], real_data.TOLD_METHODS["text_debias expert alone"])):
+        assert row["test"]["routed_share"] == row["routed_share"] == (0.0 if method == "general (ERM)" else 1.0)
+        for split in ("test", "test_mmsd"):
+            assert row[split]["f1"] == figures[method][split]["f1"], (method, split)
+    routed = figures[real_data.TOLD_METHODS["MME-JD routed"]]
+    for split in ("test", "test_mmsd"):
+        saved = curve["saved_routing"][split]
+        assert (saved["f1"], saved["accuracy"]) == (routed[split]["f1"], routed[split]["accuracy"]), split
+        assert saved["routed_share"] == pytest.approx(1 - routed[split]["router_shares"]["none"], abs=1e-4)
+    assert [choice["init"] for choice in curve["choices"]] == [0, 1]
+    for choice in curve["choices"]:
+        assert choice["accuracy"] >= curve["validation_general_accuracy"] - curve["max_accuracy_drop"] - 1e-4
