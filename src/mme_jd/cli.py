@@ -474,6 +474,127 @@ def _add_train(commands) -> None:
     train.set_defaults(handler=_train)
 
 
+# ---------------------------------------------------------------------------- reroute
+
+
+def accuracy_budget(value: str) -> float | None:
+    """An `--max-accuracy-drop` value: a share of accuracy in [0, 1], or "none" (no budget)."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        drop = float(value)
+    except ValueError:
+        drop = -1.0
+    if not 0.0 <= drop <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share of accuracy in [0, 1] (0.015 = 1.5 points) or 'none'; "
+                                         f"got {value!r}")
+    return drop
+
+
+def _routing_line(name: str, routing: dict) -> str:
+    return f"{name}: threshold {routing['threshold']:.4f}, routed strategy {routing['routed_strategy'] or 'the router'}"
+
+
+def _reroute(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from transformers import AutoProcessor, TrainingArguments
+
+    from .cues import parse_cues
+    from .training import MMEJDTrainingConfig
+    from .training.run import refit_router, saved_training_config
+
+    model_folder, output = Path(args.model), Path(args.output_dir)
+    if output.exists() and output.resolve() == model_folder.resolve():
+        raise ValueError(f"--output-dir {args.output_dir!r} is the model's own folder; give another folder (the "
+                         "model you saved stays as it is).")
+    if output.is_dir() and any(output.iterdir()) and not (output / "config.json").is_file():
+        raise ValueError(f"--output-dir {args.output_dir!r} holds files but no saved model; give an empty or new "
+                         "folder, or an earlier reroute's.")
+    with _remote_code_needs_consent(args.model):
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        processor = model.processor or AutoProcessor.from_pretrained(args.model,
+                                                                     trust_remote_code=args.trust_remote_code)
+    config = saved_training_config(model_folder) if model_folder.is_dir() else None
+    if config is None:
+        print(f"[mme-jd] {args.model}: no training report; the router stage runs with MMEJDTrainingConfig's "
+              "defaults", flush=True)
+        config = MMEJDTrainingConfig()
+    changes: dict = {"router_split": args.split or config.router_split}
+    for field, value in (("selection_max_accuracy_drop", args.max_accuracy_drop),
+                         ("router_cost_tolerance", args.cost_tolerance),
+                         ("router_max_routed_share", args.max_routed_share)):
+        if value is not _KEEP:
+            changes[field] = value
+    if args.cue:
+        changes["cues"] = parse_cues(args.cue)
+    config = dataclasses.replace(config, **changes)
+    if config.router_split.lower().startswith("test"):
+        raise ValueError(f"--split {config.router_split!r}: the routing would be chosen on a test split, whose "
+                         "figures would then mean nothing; choose it on a validation split.")
+    dataset, split = load_split(args.dataset, config.router_split, args.data_dir, rows=args.rows, seed=args.seed)
+    before = {"threshold": model.config.router_threshold, "routed_strategy": model.config.routed_strategy}
+    training_args = TrainingArguments(output_dir=str(output / ".router-stage"), seed=args.seed, report_to="none",
+                                      disable_tqdm=True)
+    log = refit_router(model, dataset, training_args, config, processor)
+    after = {"threshold": model.config.router_threshold, "routed_strategy": model.config.routed_strategy}
+    model.save_pretrained(output, processor=processor)
+    report = {"model": str(args.model), "dataset": args.dataset, "split": split, "rows": len(dataset[split]),
+              "seed": args.seed, "before": before, "after": after,
+              "settings": {key: getattr(config, key) for key in ("router_split", "selection_max_accuracy_drop",
+                                                                 "router_cost_tolerance", "router_max_routed_share")},
+              "cues": [cue.name for cue in config.cues or ()], "router_stage": log}
+    atomic_write_text(output / "reroute_report.json", json.dumps(report, indent=2, default=str))
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in log["routed_shares"].items() if share)
+    accuracy = log.get("validation_accuracy")
+    print(_routing_line("before", before))
+    print(_routing_line("after", after))
+    print(f"on {split!r} ({len(dataset[split])} rows, out of fold): {shares}"
+          + (f"; accuracy {accuracy:.4f} against the general expert's {log['validation_general_accuracy']:.4f}"
+             if accuracy is not None else "")
+          + (f"; worst-group accuracy {log['validation_worst_group_accuracy']:.4f}"
+             if log.get("validation_worst_group_accuracy") is not None else ""))
+    print(f"saved to {output} (with reroute_report.json)")
+
+
+#: An option left unset: the saved training config's value stays.
+_KEEP = object()
+
+
+def _add_reroute(commands) -> None:
+    reroute = commands.add_parser(
+        "reroute", help="choose a trained model's routing again under another accuracy budget or cost tolerance",
+        description="Run the router stage alone on a saved MME-JD model: router labels on a validation split, a "
+                    "router trained from scratch on cached pooled states, its threshold and routed strategy chosen "
+                    "under the rules given here (else those the model was trained with, from its "
+                    "training_report.json). The base and the experts are not trained: one pass of each expert "
+                    "over the split, then seconds. Saves the rerouted model to --output-dir, never over the "
+                    "model's own folder. MID's lambda is not chosen again.",
+    )
+    reroute.add_argument("model", help="a saved MME-JD model folder")
+    reroute.add_argument("--dataset", default="synthetic", help=f"{DATA_HELP} (default: %(default)s)")
+    reroute.add_argument("--split", default=None,
+                         help="the split the routing is chosen on (default: the model's router split, "
+                              "validation_balanced unless trained otherwise); never a test split")
+    reroute.add_argument("--data-dir", default=None, help="folder of the real datasets (default: ../shared/data)")
+    reroute.add_argument("--rows", type=int, default=1000, help="synthetic rows to generate (default: %(default)s)")
+    reroute.add_argument("--seed", type=int, default=0, help="data and router seed (default: %(default)s)")
+    reroute.add_argument("--max-accuracy-drop", type=accuracy_budget, default=_KEEP, metavar="DROP|none",
+                         help="keep only routings whose accuracy on the split is at most this below the general "
+                              "expert's (0.02 = 2 points; 'none': no budget; default: the model's)")
+    reroute.add_argument("--cost-tolerance", type=float, default=_KEEP, metavar="T",
+                         help="keep the cheapest routing within T of the best worst-group accuracy (0: the best "
+                              "whatever it costs; default: the model's)")
+    reroute.add_argument("--max-routed-share", type=float, default=_KEEP, metavar="SHARE",
+                         help="route at most this share of the split's samples (default: the model's)")
+    reroute.add_argument("--cue", action="append", default=None, metavar="NAME=REGEX",
+                         help="declared cues whose label x presence groups score the routings (default: the "
+                              "model's); repeat for several")
+    reroute.add_argument("--output-dir", required=True, help="where the rerouted model goes")
+    _add_trust_remote_code(reroute)
+    reroute.set_defaults(handler=_reroute)
+
+
 # ---------------------------------------------------------------------------- evaluate
 
 
@@ -665,8 +786,8 @@ def _add_bench(commands) -> None:
     bench.set_defaults(handler=_bench)
 
 
-_COMMANDS = (_add_demo, _add_train, _add_evaluate, _add_predict, _add_publish, _add_cues, _add_inspect, _add_app,
-             _add_bench)
+_COMMANDS = (_add_demo, _add_train, _add_reroute, _add_evaluate, _add_predict, _add_publish, _add_cues, _add_inspect,
+             _add_app, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

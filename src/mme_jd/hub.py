@@ -293,16 +293,11 @@ def _load_model(model_or_folder: Any, trust_remote_code: bool = False):
 
 
 def _training_settings(folder: Path | None) -> dict | None:
-    """The training settings of the training report saved in a model folder (None without one)."""
-    from .training.run import TRAINING_REPORT_NAME
+    """The training settings of the training report saved in a model folder (None without one:
+    the card goes without them)."""
+    from .training.run import saved_training_settings
 
-    path = folder / TRAINING_REPORT_NAME if folder is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("settings")
-    except (ValueError, AttributeError):  # not JSON, or not an object: the card goes without it
-        return None
+    return saved_training_settings(folder) if folder is not None else None
 
 
 def _files(folder: Path) -> list[str]:

@@ -15,6 +15,7 @@ _LAZY = {
     "RECIPES": "mme_jd.training.run",
     "precompute_image_masks": "mme_jd.training.run",
     "refit_router": "mme_jd.training.run",
+    "saved_training_config": "mme_jd.training.run",
     "fit_lambdas": "mme_jd.training.mid",
     "train_router": "mme_jd.training.router_labels",
     "copy_expert": "mme_jd.training.stages",

@@ -27,6 +27,7 @@ finished stages trained with other settings would otherwise be reused silently.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -733,6 +734,39 @@ def refit_router(model, dataset, args, config: MMEJDTrainingConfig | None = None
     model.router.reset_parameters()
     passes = CueOnlyPasses(model, processor, dataset, config, {})
     return _router_stage(model, processor, dataset, args, config, passes)
+
+
+def saved_training_settings(folder: str | Path) -> dict[str, Any] | None:
+    """The `settings` (an `MMEJDTrainingConfig` as JSON) of the training report `train` saved
+    in a model folder; None without a readable report."""
+    path = Path(folder) / TRAINING_REPORT_NAME
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
+def saved_training_config(folder: str | Path) -> MMEJDTrainingConfig | None:
+    """The `MMEJDTrainingConfig` a saved model folder was trained with (`saved_training_settings`;
+    fields this version does not know are dropped, declared cues come back as `Cue`s); None
+    without a training report. A cue whose image test was a Python function cannot come back
+    from JSON: declare it again."""
+    from ..cues import Cue
+
+    settings = saved_training_settings(folder)
+    if settings is None:
+        return None
+    known = {f.name for f in dataclasses.fields(MMEJDTrainingConfig) if f.init}
+    values = {key: value for key, value in settings.items() if key in known}
+    try:
+        values["cues"] = [Cue.from_spec(spec) for spec in values.get("cues") or ()] or None
+        return MMEJDTrainingConfig(**values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the training report of {folder} does not make a training config ({error}); declare the "
+                         "cues again (--cue / cues=) or pass the config yourself.") from None
 
 
 def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
