@@ -549,7 +549,7 @@ def _reroute(args: argparse.Namespace) -> None:
     accuracy = log.get("validation_accuracy")
     print(_routing_line("before", before))
     print(_routing_line("after", after))
-    print(f"on {split!r} ({len(dataset[split])} rows, out of fold): {shares}"
+    print(f"on {split!r} ({len(dataset[split])} rows, router scores {log['selection_scores']}): {shares}"
           + (f"; accuracy {accuracy:.4f} against the general expert's {log['validation_general_accuracy']:.4f}"
              if accuracy is not None else "")
           + (f"; worst-group accuracy {log['validation_worst_group_accuracy']:.4f}"
