@@ -4,36 +4,40 @@ saved real-data run, and how the router stage's choice moves with the router's i
     python bench/routing_curve.py --model OUT/mmsd-to-mmsd2/mme_jd_told/final \
         --results bench/results/real_mmsd-to-mmsd2_full.json [--inits 5]
 
-For a model saved by `bench/real_data.py` (its experts and router, with the run's
-`run_settings.json` one folder up), on the run's own data (`--results`' rows and seed):
+For a model saved by `bench/real_data.py`, told or untold (its experts and router, its
+`training_report.json`, and the run's `run_settings.json` one folder up), on the run's own data
+(`--results`' rows and seed), with the validation split read as the router stage reads it
+(`training.run.router_split_passes`: the cue-only passes, the declared or inferred selection
+groups, every trained expert's logits) and the rules it was trained with:
 
 * the curve: every routing the router stage could choose (the router's own strategy, or every
-  routed row to the text expert; one row per 5% of validation routed), each with its
-  validation share, accuracy and worst-group accuracy (out-of-fold router scores, the same rule
-  as the router stage: `router_labels.routing_candidates`), and, at the same threshold, the
-  share routed, MMSD2.0 F1 and recovery ratio, and MMSD-test accuracy on the test splits (the
-  router refitted on every validation row, as the stage does);
+  routed row to the text expert where the router could choose more; one row per 5% of
+  validation routed), each with its validation share, accuracy and worst-group accuracy
+  (out-of-fold router scores, as the stage tunes on: `router_labels.routing_candidates`), and, at
+  the same threshold, the share routed, MMSD2.0 F1 and recovery ratio, and MMSD-test accuracy on
+  the test splits (the router refitted on every validation row, as the stage does);
 * the choice under `--inits` router initialisations (seeded `reset_parameters`; the folds and
   the fit are the run's): what the router stage keeps each time (`cheapest_routing` within the
   run's accuracy budget and cost tolerance) and its test figures. The run's own choice came from
-  one initialisation that cannot be replayed; its figures are in `--results`.
+  one initialisation that cannot be replayed; its figures are in `--results` and, as
+  `saved_routing`, here.
 
-Nothing is trained but the router (seconds a fit, on cached pooled states): one inference pass
-of the general and text experts per split. Writes bench/results/routing_curve_<dataset><suffix>.json
-and .md beside `--results`, and prints the table. Choices are read on validation only; the
-test columns say what each would have given.
+Nothing is trained but the router (seconds a fit, on cached pooled states). Writes
+routing_curve_<dataset><suffix>.json and .md beside `--results`, and prints the table. Choices
+are read on validation only; the test columns say what each would have given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
 import torch
 
-from real_data import CUE_FREE_REFERENCE, _configure, _mmsd_cues, load_data, load_saved_model, recovery_references
+from real_data import CUE_FREE_REFERENCE, _configure, load_data, load_saved_model, recovery_references
 
 from mme_jd.files import atomic_write_text
 
@@ -114,10 +118,11 @@ def main() -> None:
     from mme_jd.training.router_labels import (cheapest_routing, fit_router, out_of_fold_router_logits,
                                                routing_candidates)
     from mme_jd.training.mid import accuracy
+    from mme_jd.training.run import CueOnlyPasses, router_arguments, router_split_passes, saved_training_config
 
     results = json.loads(cli.results.read_text())
     run_settings = json.loads(settings_path.read_text())
-    training, optimizer = run_settings["training"], run_settings["optimizer"]
+    optimizer = run_settings["optimizer"]
     if results["dataset"] != "mmsd-to-mmsd2":
         parser.error(f"--results {cli.results}: dataset {results['dataset']!r}; the curve reads MMSD2.0 F1 "
                      "(mmsd-to-mmsd2 runs only).")
@@ -134,16 +139,13 @@ def main() -> None:
                      "from (add them with bench/real_data.py --add-references).")
 
     model = load_saved_model(cli.model).eval()
-    cues = _mmsd_cues() if training.get("cues") else None
-    if cues:
-        from mme_jd.cues import CUE_GROUP_COLUMN, add_cue_columns
-
-        validation = add_cue_columns(data["validation"], cues)
-        group_column = CUE_GROUP_COLUMN
-    else:  # untold runs select on groups inferred from the cue-only reading: not replayed here
-        parser.error("this script replays told runs (declared cues: their selection groups are columns); "
-                     f"{settings_path} declares none.")
-    val = _split_outputs(model, validation, cli.batch_size, group_column=group_column, description="validation")
+    config = saved_training_config(cli.model)
+    if config is None:
+        parser.error(f"--model {cli.model}: no training_report.json there (the router stage's settings).")
+    # the router split as the router stage reads it: its cue-only passes, selection groups (declared
+    # or inferred) and every expert's logits (`router_split_passes`)
+    val, experts, group_column, group_sizes = router_split_passes(
+        model, model.processor, data, config, CueOnlyPasses(model, model.processor, data, config, {}))
     tests = {split: _split_outputs(model, data[split], cli.batch_size, description=split)
              for split in ("test", "test_mmsd")}
     saved = {"threshold": model.config.router_threshold, "routed_strategy": model.config.routed_strategy}
@@ -151,17 +153,16 @@ def main() -> None:
                                           saved["routed_strategy"], saved["threshold"], references[split])
                      for split, out in tests.items()}
 
-    experts = _experts(val)
-    labels, groups, pooled = val["labels"], val["groups"], val["pooled_hidden_state"]
+    labels, groups, pooled = val["labels"], val.get("groups"), val["pooled_hidden_state"]
     targets = strategy_targets(labels, experts, model.config.both_combination)
-    args = TrainingArguments(output_dir=str(cli.model.parent / "stages" / "router_curve"), report_to="none",
-                             num_train_epochs=training["router_epochs"], learning_rate=training["router_learning_rate"],
-                             per_device_train_batch_size=64, warmup_steps=0, seed=optimizer["seed"],
-                             weight_decay=optimizer["weight_decay"], adam_beta1=optimizer["adam_beta1"],
-                             adam_beta2=optimizer["adam_beta2"], adam_epsilon=optimizer["adam_epsilon"],
-                             max_grad_norm=optimizer["max_grad_norm"], use_cpu=True)
+    # the run's optimiser settings, with the router stage's schedule
+    args = router_arguments(TrainingArguments(output_dir=str(cli.model.parent), report_to="none", use_cpu=True,
+                                              seed=optimizer["seed"], weight_decay=optimizer["weight_decay"],
+                                              adam_beta1=optimizer["adam_beta1"], adam_beta2=optimizer["adam_beta2"],
+                                              adam_epsilon=optimizer["adam_epsilon"],
+                                              max_grad_norm=optimizer["max_grad_norm"]), config)
     general_accuracy = accuracy(experts["general"].argmax(-1), labels)
-    budget, tolerance = training["selection_max_accuracy_drop"], training["router_cost_tolerance"]
+    budget, tolerance = config.selection_max_accuracy_drop, config.router_cost_tolerance
     # the router's own choice, and every routed row to the text expert unless that is all it can choose
     usable = usable_strategies(model.config.skipped_experts)
     routed_strategies = (None,) if set(usable) <= {Strategy.NONE, Strategy.TEXT} else (None, "text")
@@ -169,7 +170,7 @@ def main() -> None:
     for init in range(cli.inits):
         torch.manual_seed(init)
         model.router.reset_parameters()
-        selection_logits = out_of_fold_router_logits(model, pooled, targets, args, training["router_selection_folds"],
+        selection_logits = out_of_fold_router_logits(model, pooled, targets, args, config.router_selection_folds,
                                                      seed=args.seed)
         fit_router(model, pooled, targets, args, quiet=True)
         test_logits = {split: _router_logits(model, out["pooled_hidden_state"]) for split, out in tests.items()}
@@ -179,7 +180,7 @@ def main() -> None:
                                          candidate["threshold"], references[split]) for split, out in tests.items()}
 
         kept = cheapest_routing(model, selection_logits, experts, labels, groups, tolerance,
-                                training["router_max_routed_share"], budget)
+                                config.router_max_routed_share, budget)
         choices.append({"init": init, **{k: kept[k] for k in ("routed_strategy", "threshold", "routed_share",
                                                               "accuracy", "worst_group_accuracy")},
                         **on_tests(kept)})
@@ -193,7 +194,8 @@ def main() -> None:
     payload = {"model": str(cli.model), "results": str(cli.results), "seed": seed, "rows": rows,
                "router_label_shares": {"text": round(float((targets != Strategy.NONE).float().mean()), 4)},
                "validation_general_accuracy": round(general_accuracy, 4), "max_accuracy_drop": budget,
-               "cost_tolerance": tolerance, "saved_routing": {**saved, **saved_figures},
+               "cost_tolerance": tolerance, "selection_groups": {"column": group_column, "sizes": group_sizes},
+               "saved_routing": {**saved, **saved_figures},
                "curve": curve, "choices": choices}
     suffix = cli.suffix if cli.suffix is not None else cli.results.stem.removeprefix(f"real_{results['dataset']}")
     stem = cli.results.parent / f"routing_curve_{results['dataset']}{suffix}"
@@ -229,7 +231,9 @@ def markdown(payload: dict) -> str:
         lines.append(f"| {row['init']} | {row['routed_strategy'] or 'router'} | {_pct(row['routed_share'])} "
                      f"| {row['worst_group_accuracy']:.4f} | {_pct(row['test']['routed_share'])} "
                      f"| {row['test']['recovery_ratio']:.2f} | {row['test_mmsd']['accuracy']:.4f} |")
-    recoveries = [row["test"]["recovery_ratio"] for row in payload["choices"]]
+    # no ratio where ERM on MMSD2.0 is not above ERM on MMSD (`recovery_ratio` is NaN there)
+    recoveries = [row["test"]["recovery_ratio"] for row in payload["choices"]
+                  if math.isfinite(row["test"]["recovery_ratio"])]
     if len(recoveries) > 1:
         lines += ["", f"Recovery over {len(recoveries)} initialisations: {statistics.mean(recoveries):.2f} ± "
                   f"{statistics.stdev(recoveries):.2f} (min {min(recoveries):.2f}, max {max(recoveries):.2f})."]

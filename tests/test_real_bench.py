@@ -286,6 +286,10 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
                                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
         assert added.returncode == 0, added.stderr[-3000:]
         assert json.loads(results.read_text())["methods"][method] == figures, flag
+    # bench/routing_curve.py on the untold model (groups inferred), before its folder goes
+    _check_routing_curve(tmp_path / "out" / "mmsd-to-mmsd2" / "mme_jd" / "final", results, "_untold",
+                         json.loads(results.read_text())["methods"], "general (ERM)", "text_debias expert alone",
+                         "MME-JD routed", inferred=True)
     # a resumed run with nothing left to make neither trains nor needs the saved mme_jd model
     shutil.rmtree(tmp_path / "out" / "mmsd-to-mmsd2" / "mme_jd" / "final")
     before = json.loads(results.read_text())
@@ -332,26 +336,33 @@ def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
     table = (tmp_path / "real.md").read_text()
     assert "Mean ± std over seeds" in table and "± " in table
     assert "[seed0]" not in table  # per-seed files are not listed as variants
-    # bench/routing_curve.py on the told model: its ends are ERM and the text expert alone, the
-    # saved routing gives the told run's figures, every kept routing keeps to the run's budget
-    curve_run = subprocess.run([sys.executable, str(SCRIPT.parent / "routing_curve.py"), "--model",
-                                str(tmp_path / "out" / "mmsd-to-mmsd2" / real_data.TOLD_RUN / "final"), "--results",
-                                str(results), "--inits", "2", "--threads", "1"],
+    # ... and on the told model (declared cue groups)
+    _check_routing_curve(tmp_path / "out" / "mmsd-to-mmsd2" / real_data.TOLD_RUN / "final", results, "_told",
+                         again["methods"], "general (ERM)", real_data.TOLD_METHODS["text_debias expert alone"],
+                         real_data.TOLD_METHODS["MME-JD routed"], inferred=False)
+
+
+def _check_routing_curve(model, results, suffix: str, methods: dict, erm: str, text_expert: str, routed: str,
+                         inferred: bool) -> None:
+    """bench/routing_curve.py on a saved run's model: the curve's ends are ERM and the text expert
+    alone, the saved routing gives the run's routed figures, every routing kept under the two
+    router initialisations keeps to the run's budget, and the selection groups are the run's."""
+    completed = subprocess.run([sys.executable, str(SCRIPT.parent / "routing_curve.py"), "--model", str(model),
+                                "--results", str(results), "--inits", "2", "--threads", "1", "--suffix", suffix],
                                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert curve_run.returncode == 0, curve_run.stderr[-3000:]
-    curve = json.loads((tmp_path / "routing_curve_mmsd-to-mmsd2.json").read_text())
-    assert (tmp_path / "routing_curve_mmsd-to-mmsd2.md").read_text() in curve_run.stdout
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    curve = json.loads((results.parent / f"routing_curve_mmsd-to-mmsd2{suffix}.json").read_text())
+    assert (results.parent / f"routing_curve_mmsd-to-mmsd2{suffix}.md").read_text() in completed.stdout
+    assert curve["selection_groups"]["column"].startswith("inferred") == inferred
     ends = sorted(curve["curve"], key=lambda row: row["routed_share"])
-    figures = again["methods"]
-    for row, method in ((ends[0], "general (ERM)"), (ends[-1], real_data.TOLD_METHODS["text_debias expert alone"])):
-        assert row["test"]["routed_share"] == row["routed_share"] == (0.0 if method == "general (ERM)" else 1.0)
+    for row, method in ((ends[0], erm), (ends[-1], text_expert)):
+        assert row["test"]["routed_share"] == row["routed_share"] == (0.0 if method == erm else 1.0)
         for split in ("test", "test_mmsd"):
-            assert row[split]["f1"] == figures[method][split]["f1"], (method, split)
-    routed = figures[real_data.TOLD_METHODS["MME-JD routed"]]
+            assert row[split]["f1"] == methods[method][split]["f1"], (method, split)
     for split in ("test", "test_mmsd"):
         saved = curve["saved_routing"][split]
-        assert (saved["f1"], saved["accuracy"]) == (routed[split]["f1"], routed[split]["accuracy"]), split
-        assert saved["routed_share"] == pytest.approx(1 - routed[split]["router_shares"]["none"], abs=1e-4)
+        assert (saved["f1"], saved["accuracy"]) == (methods[routed][split]["f1"], methods[routed][split]["accuracy"])
+        assert saved["routed_share"] == pytest.approx(1 - methods[routed][split]["router_shares"]["none"], abs=1e-4)
     assert [choice["init"] for choice in curve["choices"]] == [0, 1]
     for choice in curve["choices"]:
         assert choice["accuracy"] >= curve["validation_general_accuracy"] - curve["max_accuracy_drop"] - 1e-4

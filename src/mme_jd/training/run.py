@@ -789,14 +789,15 @@ def precompute_image_masks(model, processor, rows, config: MMEJDTrainingConfig):
     return rows.add_column("image_counterfactual_mask", masks)
 
 
-def _router_stage(model, processor, dataset, args, config, cue_only_passes: CueOnlyPasses) -> dict:
+def router_split_passes(model, processor, dataset, config, cue_only_passes: CueOnlyPasses) -> tuple:
+    """What the router stage reads of `config.router_split`: (outputs, experts' logits by name,
+    group column, group sizes); `outputs` has the labels, the general expert's pooled states
+    and the selection groups (declared, given or inferred), as MID's λ fit reads them. The
+    general expert's logits and pooled states come from the cue-only passes (the general expert
+    has not changed since), so only the trained debias experts run here."""
     from ..inference import collect_outputs
 
-    # the selection groups (declared, given or inferred) of the router split, as MID's λ fit reads them,
-    # and the general expert's logits and pooled states on its originals: the cue-only passes ran
-    # them (the general expert has not changed since), so only the trained debias experts run here
     passes, group_column, sizes = cue_only_passes.get(config.router_split)
-    labels, pooled = passes["labels"], passes["pooled_hidden_state"]
     experts = {"general": passes["general_logits"]}
     skipped = set(model.config.skipped_experts or ())
     for name in DEBIAS_EXPERTS:
@@ -805,15 +806,27 @@ def _router_stage(model, processor, dataset, args, config, cue_only_passes: CueO
             continue
         outputs = collect_outputs(model, processor, dataset[config.router_split], expert=name, progress=True,
                                   batch_size=config.inference_batch_size, description=f"router labels ({name})")
-        if not torch.equal(outputs["labels"], labels):
+        if not torch.equal(outputs["labels"], passes["labels"]):
             raise RuntimeError("the router split's rows came back in another order than in its cue-only passes.")
         experts[name] = outputs["logits"]
-    targets = strategy_targets(labels, experts, model.config.both_combination)
-    router_args = stage_arguments(
+    return passes, experts, group_column, sizes
+
+
+def router_arguments(args, config):
+    """The router stage's TrainingArguments: the run's, with the router's epochs and learning
+    rate (`config.router_epochs`, `router_learning_rate`), 64 rows a step, no warm-up."""
+    return stage_arguments(
         args, "router", str(Path(args.output_dir) / "stages" / "router"), num_train_epochs=config.router_epochs,
         learning_rate=config.router_learning_rate, max_steps=-1, per_device_train_batch_size=64,
         warmup_steps=0,
     )
+
+
+def _router_stage(model, processor, dataset, args, config, cue_only_passes: CueOnlyPasses) -> dict:
+    passes, experts, group_column, sizes = router_split_passes(model, processor, dataset, config, cue_only_passes)
+    labels, pooled = passes["labels"], passes["pooled_hidden_state"]
+    targets = strategy_targets(labels, experts, model.config.both_combination)
+    router_args = router_arguments(args, config)
     log = train_router(model, pooled, targets, router_args,
                        threshold_objective=config.router_threshold_objective, expert_logits=experts,
                        labels=labels, groups=passes.get("groups"), cost_tolerance=config.router_cost_tolerance,
